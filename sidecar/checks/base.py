@@ -1,0 +1,63 @@
+"""The small protocols every check and component implements.
+
+A :class:`Check` is polled by the scheduler (interval + jitter, timeout, single-flight).
+A :class:`Component` owns background machinery (an NVML event thread, a worker process,
+file watchers) and hands its checks to the scheduler; event-driven findings go straight to
+the :class:`ResultSink`, so they reach the health services within milliseconds instead of
+waiting for the next poll.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol, runtime_checkable
+
+from sidecar.model import CheckResult
+
+
+@runtime_checkable
+class Check(Protocol):
+    """One polled check. ``run`` must not block the event loop: blocking calls (NVML, file
+    hashing, pipes) go to a thread with ``asyncio.to_thread`` or are awaited natively."""
+
+    name: str
+    interval_s: float
+    timeout_s: float
+
+    async def run(self) -> Sequence[CheckResult]:
+        """Observe once and return one result per condition this check owns."""
+        ...
+
+    def on_timeout(self, elapsed_s: float) -> Sequence[CheckResult]:
+        """Results to record when a run exceeded its timeout (or is still in flight at the next
+        tick). They are findings for this check's own conditions (readiness), never liveness."""
+        ...
+
+
+class ResultSink(Protocol):
+    """Where results go. ``submit`` and ``trigger`` are safe to call from any thread."""
+
+    def submit(self, results: Iterable[CheckResult]) -> None:
+        """Record results now (event-driven path: Xid, scenario change, worker death)."""
+        ...
+
+    def trigger(self, check_name: str) -> None:
+        """Ask the scheduler to run the named check as soon as possible (single-flight still
+        applies: a run in flight is not doubled)."""
+        ...
+
+
+class Component(Protocol):
+    """A unit of background machinery with checks. Started after the servers are up;
+    ``start`` must return quickly (load in the background) so ``startup`` never waits for it."""
+
+    name: str
+
+    def checks(self) -> Sequence[Check]:
+        ...
+
+    async def start(self, sink: ResultSink) -> None:
+        ...
+
+    async def stop(self) -> None:
+        ...

@@ -1,0 +1,120 @@
+"""The scenario file: simulated GPU state and canary fault modes, driven from outside.
+
+Tests, the demo and chaos drills edit one YAML file; the sidecar re-reads it when it changes.
+A file that does not parse (for example half-written) is ignored and the last good document
+stays in force, so a user never sees a flap caused by their editor.
+
+Only used with ``serve --simulate``. The keys are documented in ``docs/scenario.md``:
+``gpus:`` (simulated GPU backend), ``canary:`` (worker fault modes), ``workload:``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+ScenarioListener = Callable[[Mapping[str, Any]], None]
+
+
+def parse_scenario(text: str) -> dict[str, Any]:
+    """Parse a scenario document. Raises ``ValueError`` when it is not a YAML mapping."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not valid YAML: {exc}") from exc
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"top level must be a mapping, got {type(doc).__name__}")
+    return doc
+
+
+class ScenarioFile:
+    """Watches one scenario file and notifies listeners with each new good document.
+
+    Change detection is a ``stat`` poll (size, mtime_ns, inode) every ``poll_interval_s``:
+    it works on every file system, costs one syscall per tick, and sees atomic renames.
+    Listeners run on the event loop thread, in subscription order.
+    """
+
+    def __init__(self, path: Path | None, poll_interval_s: float = 0.02) -> None:
+        self.path = path
+        self.poll_interval_s = poll_interval_s
+        self._doc: dict[str, Any] = {}
+        self._listeners: list[ScenarioListener] = []
+        self._stamp: tuple[int, int, int] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.generation = 0  # how many good documents were applied
+        self.last_error: str | None = None
+
+    def current(self) -> Mapping[str, Any]:
+        return self._doc
+
+    def subscribe(self, listener: ScenarioListener) -> None:
+        self._listeners.append(listener)
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def reload(self) -> bool:
+        """Read the file now if it changed. Returns True when a new good document applied."""
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        if stamp is None or self.path is None:
+            return False  # a missing file keeps the last good state
+        try:
+            text = self.path.read_text(encoding="utf-8")
+            doc = parse_scenario(text)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            if self.last_error != str(exc):
+                log.warning(
+                    "scenario file ignored, last good state stays",
+                    extra={"path": str(self.path), "error": str(exc)},
+                )
+            self.last_error = str(exc)
+            return False
+        self.last_error = None
+        if doc == self._doc and self.generation > 0:
+            return False
+        self._doc = doc
+        self.generation += 1
+        for listener in list(self._listeners):
+            try:
+                listener(doc)
+            except Exception:  # a listener bug must not stop the others or the watcher
+                log.exception("scenario listener failed")
+        return True
+
+    async def start(self) -> None:
+        self.reload()
+        if self._task is None:
+            self._task = asyncio.create_task(self._watch(), name="scenario-watch")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            self.reload()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
