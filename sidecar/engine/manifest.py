@@ -1,0 +1,196 @@
+"""The engine manifest: what an engine file is, and how to prove it still answers correctly.
+
+One YAML file next to each engine (``<engine>.manifest.yaml`` or ``manifest.yaml`` in the
+engine's folder). The schema is documented in ``engines/README.md``. Paths inside a manifest
+are relative to the manifest's folder.
+
+Example::
+
+    name: canary
+    file: canary.onnx            # the engine / model file
+    format: onnx                 # onnx | tensorrt-plan
+    sha256: 3b1f...              # of `file`
+    size: 1234
+    tensorrt_version: null       # "10.13.0" for plans: the version it was built with
+    compute_capability: null     # "9.0" for plans
+    hardware_compatibility: none # none | ampere+ | same-compute-capability
+    version_compatible: false    # built with BuilderFlag.VERSION_COMPATIBLE
+    inputs:
+      - {name: x, dtype: float32, shape: [1, 16]}
+    outputs:
+      - {name: y, dtype: float32, shape: [1, 8]}
+    golden:
+      inputs: {x: golden_input_x.npy}
+      outputs: {y: golden_output_y.npy}
+    tolerance: {atol: 1.0e-4, rtol: 1.0e-3}
+    latency_budget_ms: 50
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidecar.configfields import ConfigError, Section
+
+FORMATS = ("onnx", "tensorrt-plan")
+HARDWARE_COMPAT = ("none", "ampere+", "same-compute-capability")
+DTYPES = ("float32", "float16", "bfloat16", "int8", "int32", "int64", "bool", "uint8")
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One I/O tensor: name, dtype (numpy name) and the concrete canary shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Tolerance:
+    atol: float = 1e-4
+    rtol: float = 1e-3
+
+
+@dataclass(frozen=True, slots=True)
+class EngineManifest:
+    """A parsed manifest. ``directory`` is where relative paths resolve."""
+
+    name: str
+    file: str
+    directory: Path
+    format: str = "tensorrt-plan"
+    sha256: str | None = None
+    size: int | None = None
+    tensorrt_version: str | None = None
+    compute_capability: str | None = None
+    hardware_compatibility: str = "none"
+    version_compatible: bool = False
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    golden_inputs: dict[str, str] = field(default_factory=dict)
+    golden_outputs: dict[str, str] = field(default_factory=dict)
+    tolerance: Tolerance = Tolerance()
+    latency_budget_ms: float | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.directory / self.file
+
+    def golden_input_paths(self) -> dict[str, Path]:
+        return {k: self.directory / v for k, v in self.golden_inputs.items()}
+
+    def golden_output_paths(self) -> dict[str, Path]:
+        return {k: self.directory / v for k, v in self.golden_outputs.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+            return [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in specs]
+
+        return {
+            "name": self.name,
+            "file": self.file,
+            "format": self.format,
+            "sha256": self.sha256,
+            "size": self.size,
+            "tensorrt_version": self.tensorrt_version,
+            "compute_capability": self.compute_capability,
+            "hardware_compatibility": self.hardware_compatibility,
+            "version_compatible": self.version_compatible,
+            "inputs": tensors(self.inputs),
+            "outputs": tensors(self.outputs),
+            "golden": {"inputs": dict(self.golden_inputs), "outputs": dict(self.golden_outputs)},
+            "tolerance": {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol},
+            "latency_budget_ms": self.latency_budget_ms,
+        }
+
+
+def _tensors(sec: Section, key: str) -> tuple[TensorSpec, ...]:
+    out = []
+    for item in sec.sub_list(key):
+        name = item.str("name", "")
+        if not name:
+            item.error("name", "required")
+        dtype = item.str("dtype", "float32", choices=DTYPES)
+        shape = item.int_list("shape")
+        if any(d <= 0 for d in shape):
+            item.error("shape", f"every dimension must be > 0 (the canary shape), got {shape}")
+        item.reject_unknown()
+        out.append(TensorSpec(name=name, dtype=dtype, shape=tuple(shape)))
+    return tuple(out)
+
+
+def parse_manifest(raw: Any, directory: Path, *, where: str = "manifest") -> EngineManifest:
+    """Parse a manifest mapping. Raises :class:`ConfigError` naming every bad field."""
+    errors: list[str] = []
+    sec = Section(raw, where, errors)
+    name = sec.str("name", "")
+    if not name:
+        sec.error("name", "required")
+    file = sec.str("file", "")
+    if not file:
+        sec.error("file", "required")
+    fmt = sec.str("format", "tensorrt-plan", choices=FORMATS)
+    sha = sec.opt_str("sha256")
+    if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+        sec.error("sha256", "must be 64 lowercase hex digits")
+    size = sec.int("size", -1, minimum=-1) if sec.has("size") else None
+    trt = sec.opt_str("tensorrt_version")
+    cc = sec.opt_str("compute_capability")
+    hw = sec.str("hardware_compatibility", "none", choices=HARDWARE_COMPAT)
+    vc = sec.bool("version_compatible", False)
+    inputs = _tensors(sec, "inputs")
+    outputs = _tensors(sec, "outputs")
+    golden = sec.sub("golden")
+    gin = golden.sub("inputs")
+    gout = golden.sub("outputs")
+    golden_inputs = {str(k): gin.str(str(k), "") for k in gin.raw}
+    golden_outputs = {str(k): gout.str(str(k), "") for k in gout.raw}
+    golden.reject_unknown()
+    tol = sec.sub("tolerance")
+    tolerance = Tolerance(
+        atol=tol.float("atol", 1e-4, minimum=0.0), rtol=tol.float("rtol", 1e-3, minimum=0.0)
+    )
+    tol.reject_unknown()
+    budget = sec.float("latency_budget_ms", 0.0, minimum=0.0) if sec.has("latency_budget_ms") else None
+    sec.reject_unknown()
+    if errors:
+        raise ConfigError(errors)
+    return EngineManifest(
+        name=name,
+        file=file,
+        directory=directory,
+        format=fmt,
+        sha256=sha,
+        size=size,
+        tensorrt_version=trt,
+        compute_capability=cc,
+        hardware_compatibility=hw,
+        version_compatible=vc,
+        inputs=inputs,
+        outputs=outputs,
+        golden_inputs=golden_inputs,
+        golden_outputs=golden_outputs,
+        tolerance=tolerance,
+        latency_budget_ms=budget,
+    )
+
+
+def load_manifest(path: Path) -> EngineManifest:
+    """Read and parse a manifest file. Raises ``ConfigError`` (bad content) or ``OSError``."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    return parse_manifest(raw, path.parent, where=str(path))
+
+
+def dump_manifest(manifest: EngineManifest, path: Path) -> None:
+    """Write a manifest atomically (temp file + rename) so watchers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(manifest.to_dict(), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
