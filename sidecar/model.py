@@ -76,7 +76,7 @@ class CheckResult:
     severity: Severity = Severity.CRITICAL
     reason: str = ""
     message: str = ""
-    labels: Mapping[str, str] = field(default=_EMPTY)
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     value: float | str | None = None
     gates: frozenset[str] = frozenset({SERVICE_READINESS})
 
@@ -194,5 +194,5 @@ class Transition:
     reason: str
     message: str
     at: float
-    labels: Mapping[str, str] = field(default=_EMPTY)
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     severity: Severity = Severity.CRITICAL
