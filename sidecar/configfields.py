@@ -101,9 +101,11 @@ class Section:
         if not isinstance(value, list):
             self.error(key, f"must be a list, got {type(value).__name__}")
             return []
-        return [Section(item, f"{self.field(key)}[{i}]", self.errors) for i, item in enumerate(value)]
+        return [
+            Section(item, f"{self.field(key)}[{i}]", self.errors) for i, item in enumerate(value)
+        ]
 
-    def str(self, key: str, default: str, *, choices: Iterable[str] | None = None) -> str:
+    def text(self, key: str, default: str, *, choices: Iterable[str] | None = None) -> str:
         self._known.add(key)
         value = self.raw.get(key, default)
         if value is None:
@@ -118,7 +120,7 @@ class Section:
                 return default
         return value
 
-    def opt_str(self, key: str) -> str | None:
+    def opt_text(self, key: str) -> str | None:
         self._known.add(key)
         value = self.raw.get(key)
         if value is None:
@@ -128,7 +130,7 @@ class Section:
             return None
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         self._known.add(key)
         value = self.raw.get(key, default)
         if isinstance(value, bool):
@@ -138,7 +140,7 @@ class Section:
         self.error(key, f"must be true or false, got {value!r}")
         return default
 
-    def int(
+    def integer(
         self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None
     ) -> int:
         self._known.add(key)
@@ -156,7 +158,7 @@ class Section:
             return default
         return value
 
-    def float(
+    def number(
         self,
         key: str,
         default: float,
@@ -202,7 +204,7 @@ class Section:
             return default
         return out
 
-    def str_list(self, key: str, default: Iterable[str] = ()) -> list[str]:
+    def text_list(self, key: str, default: Iterable[str] = ()) -> list[str]:
         self._known.add(key)
         value = self.raw.get(key)
         if value is None:

@@ -112,10 +112,10 @@ class EngineManifest:
 def _tensors(sec: Section, key: str) -> tuple[TensorSpec, ...]:
     out = []
     for item in sec.sub_list(key):
-        name = item.str("name", "")
+        name = item.text("name", "")
         if not name:
             item.error("name", "required")
-        dtype = item.str("dtype", "float32", choices=DTYPES)
+        dtype = item.text("dtype", "float32", choices=DTYPES)
         shape = item.int_list("shape")
         if any(d <= 0 for d in shape):
             item.error("shape", f"every dimension must be > 0 (the canary shape), got {shape}")
@@ -128,35 +128,37 @@ def parse_manifest(raw: Any, directory: Path, *, where: str = "manifest") -> Eng
     """Parse a manifest mapping. Raises :class:`ConfigError` naming every bad field."""
     errors: list[str] = []
     sec = Section(raw, where, errors)
-    name = sec.str("name", "")
+    name = sec.text("name", "")
     if not name:
         sec.error("name", "required")
-    file = sec.str("file", "")
+    file = sec.text("file", "")
     if not file:
         sec.error("file", "required")
-    fmt = sec.str("format", "tensorrt-plan", choices=FORMATS)
-    sha = sec.opt_str("sha256")
+    fmt = sec.text("format", "tensorrt-plan", choices=FORMATS)
+    sha = sec.opt_text("sha256")
     if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
         sec.error("sha256", "must be 64 lowercase hex digits")
-    size = sec.int("size", -1, minimum=-1) if sec.has("size") else None
-    trt = sec.opt_str("tensorrt_version")
-    cc = sec.opt_str("compute_capability")
-    hw = sec.str("hardware_compatibility", "none", choices=HARDWARE_COMPAT)
-    vc = sec.bool("version_compatible", False)
+    size = sec.integer("size", -1, minimum=-1) if sec.has("size") else None
+    trt = sec.opt_text("tensorrt_version")
+    cc = sec.opt_text("compute_capability")
+    hw = sec.text("hardware_compatibility", "none", choices=HARDWARE_COMPAT)
+    vc = sec.flag("version_compatible", False)
     inputs = _tensors(sec, "inputs")
     outputs = _tensors(sec, "outputs")
     golden = sec.sub("golden")
     gin = golden.sub("inputs")
     gout = golden.sub("outputs")
-    golden_inputs = {str(k): gin.str(str(k), "") for k in gin.raw}
-    golden_outputs = {str(k): gout.str(str(k), "") for k in gout.raw}
+    golden_inputs = {str(k): gin.text(str(k), "") for k in gin.raw}
+    golden_outputs = {str(k): gout.text(str(k), "") for k in gout.raw}
     golden.reject_unknown()
     tol = sec.sub("tolerance")
     tolerance = Tolerance(
-        atol=tol.float("atol", 1e-4, minimum=0.0), rtol=tol.float("rtol", 1e-3, minimum=0.0)
+        atol=tol.number("atol", 1e-4, minimum=0.0), rtol=tol.number("rtol", 1e-3, minimum=0.0)
     )
     tol.reject_unknown()
-    budget = sec.float("latency_budget_ms", 0.0, minimum=0.0) if sec.has("latency_budget_ms") else None
+    budget = (
+        sec.number("latency_budget_ms", 0.0, minimum=0.0) if sec.has("latency_budget_ms") else None
+    )
     sec.reject_unknown()
     if errors:
         raise ConfigError(errors)
