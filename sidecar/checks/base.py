@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
-from sidecar.model import CheckResult
+from sidecar.model import CheckResult, Transition
 
 
 @runtime_checkable
@@ -60,4 +60,36 @@ class Component(Protocol):
         ...
 
     async def stop(self) -> None:
+        ...
+
+
+class GpuStateView(Protocol):
+    """What other components (the canary) may ask the GPU component, cheaply and from the
+    event loop (answers come from the latest poll, never a fresh driver call)."""
+
+    def exclusive_process(self) -> bool:
+        """True when any of this pod's GPUs is in compute mode EXCLUSIVE_PROCESS (the canary
+        worker must then create no CUDA context)."""
+        ...
+
+    def busy(self) -> bool:
+        """True while the GPU is saturated (utilisation high): canaries back off."""
+        ...
+
+    def reset_generation(self) -> int:
+        """Increments each time a GPU reset is observed (volatile counters cleared, recovery
+        action back to none after a reset class). Sticky canary latches clear on a change."""
+        ...
+
+    def gpu_fault(self) -> bool:
+        """True while any GPU-layer condition is failing (the GPU itself is at fault): the
+        workload probe then never asks for a restart of the main container."""
+        ...
+
+
+class TransitionListener(Protocol):
+    """Told about every change of a condition's established state, on the event loop thread.
+    Must not block: queue and do I/O elsewhere (Kubernetes Events, logs)."""
+
+    def on_transition(self, transition: Transition) -> None:
         ...
