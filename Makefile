@@ -1,0 +1,59 @@
+# trt-health-sidecar — the two commands the README starts with, and the rest.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 9180
+HTTP_PORT ?= 9181
+SCENARIO ?= demo/scenario.yaml
+
+.PHONY: run test lint typecheck proto bench soak gpu-test clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[cpu]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+## make run: set up .venv and start the sidecar on its demo default (simulated GPU + CPU canary)
+run: $(VENV)/.installed-run
+	@mkdir -p demo/state
+	@test -f $(SCENARIO) || cp demo/scenario.example.yaml $(SCENARIO)
+	$(BIN)/trt-health-sidecar serve --simulate --scenario $(SCENARIO) \
+	  --grpc-port $(PORT) --http-port $(HTTP_PORT) --state-dir demo/state --log-format text
+
+## make test: set up .venv with test extras and run the whole suite (what CI runs)
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check sidecar tests
+	$(BIN)/mypy
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check sidecar tests
+	$(BIN)/ruff format --check sidecar tests
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy
+
+## regenerate the diagnostics stubs (a test fails when they drift from proto/)
+proto: $(VENV)/.installed-test
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. \
+	  proto/sidecar/proto/diagnostics.proto
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m bench.run --out BENCHMARKS.md
+
+soak: $(VENV)/.installed-test
+	$(BIN)/python -m bench.soak --minutes 10
+
+## on the GPU machine (see README "Development"): the real NVML / CUDA / TensorRT tests
+gpu-test:
+	python3 -m pytest -q -m gpu -s tests/gpu
+
+clean:
+	rm -rf $(VENV) demo/state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,628 @@
+"""Composition root: config -> backends -> checks -> policy -> publishers.
+
+The only place where the pieces are wired together. Order at start:
+
+1. servers bind (gRPC plaintext, optional TLS port and Unix socket, HTTP); every service is
+   NOT_SERVING;
+2. loops start (scheduler, liveness heartbeat, scenario / config watchers) and components
+   start in the background;
+3. ``startup`` and ``liveness`` turn SERVING at once (they never wait for the GPU);
+   ``readiness`` follows the checks.
+
+Shutdown (SIGTERM/SIGINT): every service NOT_SERVING first, Watch streams are sent that and
+ended, in-flight RPCs drain within the grace period, components stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from sidecar import __version__
+from sidecar.checks.base import Check, Component, GpuStateView, TransitionListener
+from sidecar.config import SidecarConfig, load_config
+from sidecar.configfields import ConfigError
+from sidecar.errors import BindError, TlsMaterialError
+from sidecar.model import SERVICE_OVERALL, CheckResult, CheckStatus, Transition
+from sidecar.policy import HealthPolicy
+from sidecar.proto import diagnostics_pb2_grpc
+from sidecar.publish.diagnostics import DiagnosticsService
+from sidecar.publish.grpc_health import (
+    NOT_SERVING,
+    SERVICE_NAME,
+    HealthRegistry,
+    HealthService,
+    to_wire_statuses,
+)
+from sidecar.publish.http import HttpPublisher, HttpSnapshot, healthz_document
+from sidecar.publish.log import configure_logging
+from sidecar.publish.tls import TlsCredentialsWatcher
+from sidecar.scenario import ScenarioFile
+from sidecar.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+GRPC_SERVER_OPTIONS: list[tuple[str, Any]] = [
+    # A second sidecar (or anything else) on the same port must be an error, not a silent
+    # share of the port.
+    ("grpc.so_reuseport", 0),
+    # Health messages are tiny; a huge request is refused by the transport.
+    ("grpc.max_receive_message_length", 64 * 1024),
+    ("grpc.max_send_message_length", 4 * 1024 * 1024),
+    # Find dead Watch peers and idle connections, so hostile clients cannot hold resources.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.max_connection_idle_ms", 300_000),
+]
+
+
+class _RpcCollector(Collector):
+    """Exports the hot-path plain counters of the health service."""
+
+    def __init__(self, service: HealthService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterable[Any]:
+        calls = CounterMetricFamily(
+            "trt_health_grpc_requests",
+            "grpc.health.v1 RPCs handled, by method and status code",
+            labels=["method", "code"],
+        )
+        for (method, code), n in sorted(self._service.stats.calls.items()):
+            calls.add_metric([method, code], n)
+        yield calls
+        yield GaugeMetricFamily(
+            "trt_health_watch_streams",
+            "Open Watch streams",
+            value=self._service.stats.watchers_open,
+        )
+        yield CounterMetricFamily(
+            "trt_health_watch_rejected",
+            "Watch streams refused with RESOURCE_EXHAUSTED (cap reached)",
+            value=self._service.stats.watch_rejected,
+        )
+
+
+class CoreMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.condition_ok = Gauge(
+            "trt_health_condition_ok",
+            "Established state per condition: 1 healthy, 0 unhealthy, -1 not yet established",
+            ["condition", "severity"],
+            registry=registry,
+        )
+        self.condition_gating = Gauge(
+            "trt_health_condition_gating",
+            "1 while the condition holds its services NOT_SERVING",
+            ["condition"],
+            registry=registry,
+        )
+        self.service_serving = Gauge(
+            "trt_health_service_serving",
+            "1 when the grpc.health.v1 service is SERVING",
+            ["service"],
+            registry=registry,
+        )
+        self.transitions = Counter(
+            "trt_health_transitions",
+            "Changes of a condition's established state",
+            ["condition", "to", "reason"],
+            registry=registry,
+        )
+        self.check_duration = Histogram(
+            "trt_health_check_duration_seconds",
+            "Wall time of one check run",
+            ["check"],
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 120),
+            registry=registry,
+        )
+        self.check_runs = Counter(
+            "trt_health_check_runs",
+            "Check runs by outcome (ok, fail, timeout, inflight, late, error)",
+            ["check", "outcome"],
+            registry=registry,
+        )
+        self.config_reloads = Counter(
+            "trt_health_config_reloads",
+            "Config reload attempts by result (applied, rejected, unchanged)",
+            ["result"],
+            registry=registry,
+        )
+        self.loop_lag = Gauge(
+            "trt_health_event_loop_lag_seconds",
+            "How late the last heartbeat woke up (event loop responsiveness)",
+            registry=registry,
+        )
+        self.build = Gauge(
+            "trt_health_build_info", "Version of the sidecar", ["version"], registry=registry
+        )
+        self.build.labels(__version__).set(1)
+
+
+class SidecarApp:
+    """The running sidecar. Implements ResultSink for components and the scheduler."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.clock = clock
+        self.started_unix = time.time()
+        self.policy = HealthPolicy(config.policy)
+        self.health = HealthRegistry()
+        self.health_service = HealthService(
+            self.health,
+            max_watchers=config.grpc.max_watchers,
+            list_max_services=config.grpc.list_max_services,
+            max_service_name_bytes=config.grpc.max_service_name_bytes,
+        )
+        self.metrics = CoreMetrics(self.registry)
+        self.registry.register(_RpcCollector(self.health_service))
+        self.scheduler = Scheduler(
+            self._submit_now, jitter=config.jitter, clock=clock, observe_run=self._observe_run
+        )
+        self.components: list[Component] = []
+        self.listeners: list[TransitionListener] = []
+        self.scenario: ScenarioFile | None = None
+        self.server: grpc.aio.Server | None = None
+        self.http: HttpPublisher | None = None
+        self.grpc_port = 0
+        self.grpc_tls_port = 0
+        self._tls: TlsCredentialsWatcher | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._http_snapshot = HttpSnapshot()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = asyncio.Event()
+        self._stopped = False
+        self._config_stamp: tuple[int, int] | None = None
+        # every service starts NOT_SERVING (the stock servicers start "" as SERVING)
+        self._publish()
+
+    # -- ResultSink -----------------------------------------------------------------------
+    def submit(self, results: Iterable[CheckResult]) -> None:
+        """Thread-safe: record results (event-driven path)."""
+        batch = list(results)
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == getattr(self, "_loop_thread", None):
+            self._submit_now(batch)
+        else:
+            loop.call_soon_threadsafe(self._submit_now, batch)
+
+    def trigger(self, check_name: str) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == getattr(self, "_loop_thread", None):
+            self.scheduler.trigger(check_name)
+        else:
+            loop.call_soon_threadsafe(self.scheduler.trigger, check_name)
+
+    # -- policy -> publishers -------------------------------------------------------------
+    def _submit_now(self, results: Sequence[CheckResult]) -> None:
+        if not results:
+            return
+        now = self.clock()
+        for r in results:
+            log.debug(
+                "result",
+                extra={
+                    "condition": r.name,
+                    "status": r.status.value,
+                    "reason": r.reason,
+                    "detail": r.message,
+                },
+            )
+        transitions = self.policy.observe(results, now)
+        for t in transitions:
+            self._on_transition(t)
+        self._publish()
+
+    def _observe_run(self, check: str, outcome: str, seconds: float) -> None:
+        self.policy.settle(check)
+        self.metrics.check_runs.labels(check, outcome).inc()
+        if outcome in ("ok", "fail", "error", "late"):
+            self.metrics.check_duration.labels(check).observe(seconds)
+
+    def _on_transition(self, t: Transition) -> None:
+        to = "unknown" if t.healthy is None else ("healthy" if t.healthy else "unhealthy")
+        level = logging.INFO if t.healthy is not False else logging.WARNING
+        log.log(
+            level,
+            "condition changed",
+            extra={
+                "condition": t.condition,
+                "to": to,
+                "from": "unknown"
+                if t.previous is None
+                else ("healthy" if t.previous else "unhealthy"),
+                "reason": t.reason,
+                "detail": t.message,
+                "severity": t.severity.name.lower(),
+                "labels": dict(t.labels),
+            },
+        )
+        self.metrics.transitions.labels(t.condition, to, t.reason or "").inc()
+        for listener in self.listeners:
+            try:
+                listener.on_transition(t)
+            except Exception:
+                log.exception("transition listener failed")
+
+    def _publish(self) -> None:
+        verdicts = self.policy.verdicts()
+        serving = {name: v.serving for name, v in verdicts.items()}
+        self.health.set_statuses(to_wire_statuses(serving))
+        for name, ok in serving.items():
+            self.metrics.service_serving.labels(name).set(1 if ok else 0)
+        conditions = self.policy.conditions()
+        checks: dict[str, Any] = {}
+        for c in conditions:
+            self.metrics.condition_ok.labels(c.name, c.last.severity.name.lower()).set(
+                -1 if c.healthy is None else (1 if c.healthy else 0)
+            )
+            self.metrics.condition_gating.labels(c.name).set(1 if c.gating else 0)
+            entry: dict[str, Any] = {
+                "ok": c.last.status is CheckStatus.OK,
+                "status": c.last.status.value,
+                "established": None if c.healthy is None else c.healthy,
+                "gating": c.gating,
+                "severity": c.last.severity.name.lower(),
+                "reason": c.last.reason,
+                "message": c.last.message,
+            }
+            if c.last.labels:
+                entry["labels"] = dict(c.last.labels)
+            if c.last.value is not None:
+                entry["value"] = c.last.value
+            checks[c.name] = entry
+        services = {
+            name: {"status": "SERVING" if v.serving else "NOT_SERVING", "reasons": list(v.reasons)}
+            for name, v in sorted(verdicts.items())
+        }
+        ready = serving.get(SERVICE_OVERALL, False)
+        self._http_snapshot = HttpSnapshot(
+            ready=ready,
+            live=serving.get("liveness", False),
+            body=healthz_document("trt-health-sidecar", ready, services, checks),
+            services=serving,
+        )
+
+    def snapshot(self) -> tuple[list[Any], dict[str, Any]]:
+        return self.policy.conditions(), self.policy.verdicts()
+
+    def http_snapshot(self) -> HttpSnapshot:
+        return self._http_snapshot
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Bind servers, start loops and components. Raises BindError / TlsMaterialError."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        cfg = self.config
+        await self._start_grpc()
+        if cfg.http.enabled:
+            self.http = HttpPublisher(
+                cfg.http.host, cfg.http.port, self.registry, self.http_snapshot
+            )
+            self.http.start()
+        if cfg.simulate:
+            self.scenario = ScenarioFile(Path(cfg.scenario) if cfg.scenario else None)
+            await self.scenario.start()
+        self.components = self._build_components()
+        for component in self.components:
+            checks = component.checks()
+            self.policy.expect(c.name for c in checks)
+            self.scheduler.add(checks)
+        for component in self.components:
+            await component.start(self)
+        for listener in self.listeners:
+            start = getattr(listener, "start", None)
+            if start is not None:
+                await start()
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        if cfg.config_file:
+            self._config_stamp = self._stat_config()
+            self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
+        self.policy.set_started(True)
+        self._publish()
+        log.info(
+            "sidecar started",
+            extra={
+                "grpc_port": self.grpc_port,
+                "grpc_tls_port": self.grpc_tls_port or None,
+                "http_port": self.http.port if self.http else None,
+                "simulate": cfg.simulate,
+                "components": [c.name for c in self.components],
+                "version": __version__,
+            },
+        )
+
+    async def _start_grpc(self) -> None:
+        cfg = self.config.grpc
+        server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
+        server.add_generic_rpc_handlers((self.health_service.handler(),))
+        diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(
+            DiagnosticsService(
+                self.snapshot,
+                monotonic=self.clock,
+                started_unix=self.started_unix,
+                simulated=self.config.simulate,
+            ),
+            server,
+        )
+        if cfg.reflection:
+            from grpc_reflection.v1alpha import reflection
+
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, "trt_health.diagnostics.v1.Diagnostics", reflection.SERVICE_NAME),
+                server,
+            )
+        address = f"{cfg.host}:{cfg.port}"
+        try:
+            self.grpc_port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise BindError(f"grpc {address}: {exc}") from exc
+        if self.grpc_port == 0:
+            raise BindError(f"grpc {address}: cannot bind")
+        if cfg.unix_socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(cfg.unix_socket)
+            try:
+                server.add_insecure_port(f"unix:{cfg.unix_socket}")
+            except RuntimeError as exc:
+                raise BindError(f"grpc unix:{cfg.unix_socket}: {exc}") from exc
+        if cfg.tls is not None:
+            self._tls = TlsCredentialsWatcher(
+                cert_file=cfg.tls.cert_file,
+                key_file=cfg.tls.key_file,
+                client_ca_file=cfg.tls.client_ca_file,
+                require_client_cert=cfg.tls.require_client_cert,
+            )
+            creds = self._tls.server_credentials()  # raises TlsMaterialError
+            tls_address = f"{cfg.host}:{cfg.tls.port}"
+            try:
+                self.grpc_tls_port = server.add_secure_port(tls_address, creds)
+            except RuntimeError as exc:
+                raise BindError(f"grpc tls {tls_address}: {exc}") from exc
+            if self.grpc_tls_port == 0:
+                raise BindError(f"grpc tls {tls_address}: cannot bind")
+        await server.start()
+        self.server = server
+
+    def _build_components(self) -> list[Component]:
+        """Instantiate every configured component. Imports are local so `probe` stays light."""
+        cfg = self.config
+        out: list[Component] = []
+        state_dir = Path(cfg.state_dir)
+        comps = cfg.components
+        gpu_state: GpuStateView | None = None
+        if "gpu" in comps:
+            from sidecar.gpu.component import GpuComponent
+
+            gpu = GpuComponent(
+                comps["gpu"],
+                simulate=cfg.simulate,
+                scenario=self.scenario,
+                registry=self.registry,
+                state_dir=state_dir,
+            )
+            gpu_state = gpu
+            out.append(gpu)
+        if "canary" in comps:
+            from sidecar.canary.component import CanaryComponent
+
+            out.append(
+                CanaryComponent(
+                    comps["canary"],
+                    simulate=cfg.simulate,
+                    scenario=self.scenario,
+                    registry=self.registry,
+                    gpu_state=gpu_state,
+                    engines_dir=Path(cfg.engines_dir) if cfg.engines_dir else default_engines_dir(),
+                )
+            )
+        if "engines" in comps:
+            from sidecar.engine.component import EngineComponent
+
+            out.append(self._engine_component(EngineComponent, comps["engines"], gpu_state))
+        if "workload" in comps:
+            from sidecar.workload.component import WorkloadComponent
+
+            out.append(
+                WorkloadComponent(comps["workload"], registry=self.registry, gpu_state=gpu_state)
+            )
+        if "events" in comps:
+            from sidecar.publish.events import KubeEventEmitter
+
+            events_cfg = comps["events"]
+            if getattr(events_cfg, "enabled", False):
+                self.listeners.append(KubeEventEmitter(events_cfg, registry=self.registry))
+        return out
+
+    def _engine_component(self, cls: Any, engines_cfg: Any, gpu_state: Any) -> Component:
+        kwargs: dict[str, Any] = {"registry": self.registry}
+        if gpu_state is not None:
+            kwargs["gpu_compute_capability"] = getattr(gpu_state, "compute_capability", None)
+            kwargs["gpu_free_memory_mib"] = getattr(gpu_state, "free_memory_mib", None)
+        component: Component = cls(engines_cfg, **kwargs)
+        return component
+
+    async def _heartbeat(self) -> None:
+        """Liveness: the loop wakes on time and every check loop keeps beating."""
+        interval = self.config.liveness.heartbeat_interval_s
+        max_lag = self.config.liveness.max_loop_lag_s
+        while True:
+            before = self.clock()
+            await asyncio.sleep(interval)
+            now = self.clock()
+            lag = max(0.0, now - before - interval)
+            self.metrics.loop_lag.set(lag)
+            stalled = self.scheduler.stalled(
+                now, lambda c: c.timeout_s + c.interval_s * 1.6 + max_lag + 1.0
+            )
+            if lag > max_lag:
+                alive, reason = False, f"EventLoopLag: {lag:.1f}s"
+            elif stalled:
+                alive, reason = False, "SchedulerStalled: " + ", ".join(sorted(stalled))
+            else:
+                alive, reason = True, ""
+            self.policy.set_liveness(alive, reason)
+            self._publish()
+
+    def _stat_config(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.config.config_file)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            stamp = self._stat_config()
+            if stamp != self._config_stamp and stamp is not None:
+                self._config_stamp = stamp
+                await self.reload_config()
+
+    async def reload_config(self, overrides: Mapping[tuple[str, ...], Any] | None = None) -> bool:
+        """Re-read the config (SIGHUP / file change). A valid config applies; an invalid one is
+        reported and the old one stays. Ports and TLS need a restart (reported)."""
+        try:
+            new = load_config(
+                config_file=self.config.config_file or None, overrides=overrides or self._overrides
+            )
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("rejected").inc()
+            log.error("config reload rejected, old config stays", extra={"problems": exc.problems})
+            return False
+        old = self.config
+        if new == old:
+            self.metrics.config_reloads.labels("unchanged").inc()
+            return True
+        if new.grpc != old.grpc or new.http != old.http or new.simulate != old.simulate:
+            log.warning("config reload: listener or simulation changes need a restart")
+        self.policy.reconfigure(new.policy)
+        configure_logging(new.log_level, new.log_format)
+        self.scheduler._jitter = new.jitter
+        if new.components != old.components:
+            await self._restart_components(new)
+        self.config = new
+        self.metrics.config_reloads.labels("applied").inc()
+        log.info("config reloaded")
+        self._publish()
+        return True
+
+    _overrides: Mapping[tuple[str, ...], Any] = {}
+
+    async def _restart_components(self, new: SidecarConfig) -> None:
+        old_conditions = {c.name for c in self.policy.conditions()}
+        for component in self.components:
+            await self.scheduler.remove(c.name for c in component.checks())
+            await component.stop()
+        self.listeners = []
+        self.config = new
+        self.policy.forget(old_conditions)
+        self.components = self._build_components()
+        for component in self.components:
+            checks = component.checks()
+            self.policy.expect(c.name for c in checks)
+            self.scheduler.add(checks)
+        for component in self.components:
+            await component.start(self)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        """Graceful: NOT_SERVING everywhere, watchers told and ended, drain, stop components."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.policy.set_shutting_down()
+        self._publish()
+        self.health.set_statuses({s: NOT_SERVING for s in self.health.snapshot()})
+        await asyncio.sleep(0)  # let Watch streams write NOT_SERVING
+        self.health.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.scheduler.stop()
+        if self.server is not None:
+            await self.server.stop(self.config.shutdown_grace_s)
+        for component in reversed(self.components):
+            try:
+                await asyncio.wait_for(component.stop(), timeout=self.config.shutdown_grace_s)
+            except Exception:
+                log.exception("component stop failed", extra={"component": component.name})
+        for listener in self.listeners:
+            stop = getattr(listener, "stop", None)
+            if stop is not None:
+                with contextlib.suppress(Exception):
+                    await stop()
+        if self.scenario is not None:
+            await self.scenario.stop()
+        if self.http is not None:
+            self.http.stop()
+        log.info("sidecar stopped")
+
+
+def default_engines_dir() -> Path:
+    """engines/ of the source tree (demo canary model), or of the installed image."""
+    here = Path(__file__).resolve().parent.parent / "engines"
+    return here
+
+
+async def serve(config: SidecarConfig, overrides: Mapping[tuple[str, ...], Any]) -> int:
+    """Run until SIGTERM/SIGINT. Returns the process exit code."""
+    from sidecar.errors import EXIT_BIND, EXIT_OK, EXIT_TLS
+
+    app = SidecarApp(config)
+    app._overrides = overrides
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, app.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(app.reload_config()))
+    try:
+        await app.start()
+    except BindError as exc:
+        log.error("cannot bind", extra={"error": str(exc)})
+        await app.stop()
+        return EXIT_BIND
+    except TlsMaterialError as exc:
+        log.error("cannot load TLS material", extra={"error": str(exc)})
+        await app.stop()
+        return EXIT_TLS
+    await app.wait_stopped()
+    log.info("shutdown requested")
+    await app.stop()
+    return EXIT_OK
+
+
+def checks_of(components: Iterable[Component]) -> list[Check]:
+    return [c for comp in components for c in comp.checks()]

@@ -1,0 +1,183 @@
+"""Messages between the canary supervisor (serving process) and its worker (child process).
+
+One JSON object per line. The supervisor writes requests to the worker's stdin; the worker
+answers on its stdout, which it reserves for the protocol (its own fd 1 is pointed at stderr
+at start, so C libraries that print cannot corrupt the stream). Arrays travel as raw bytes in
+base64 with dtype and shape: canary tensors are tiny.
+
+Requests (``op``):
+
+- ``load``: choose and load a runner. Fields of :class:`LoadRequest`.
+- ``run``: one canary. ``id``, ``fault`` (simulation only; ``None`` in production).
+- ``release``: drop the production engine (verify-then-release).
+- ``exit``: leave the main loop.
+
+Replies carry the same ``op`` plus ``ok``; a failure carries ``error`` (:class:`WorkerError`
+fields). Every reply carries ``rss_bytes`` (the worker's resident memory) and
+``gpu_memory_bytes`` (per GPU, as the worker measured it).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+OP_LOAD = "load"
+OP_RUN = "run"
+OP_RELEASE = "release"
+OP_EXIT = "exit"
+
+# Fault modes the scenario file may set (simulation only). ``gpu_fault`` values are test-only
+# real GPU faults honoured by the CUDA kernel runner when the worker runs with --allow-faults.
+FAULT_MODES = ("ok", "hang", "crash", "wrong", "slow", "leak")
+GPU_FAULTS = ("none", "illegal_address", "spin")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerError:
+    """Why the worker could not do what it was asked.
+
+    ``sticky`` means the worker's CUDA context is unusable (e.g. ``CUDA_ERROR_ILLEGAL_ADDRESS``):
+    the supervisor must replace the process, not retry in it.
+    """
+
+    reason: str
+    message: str
+    cuda_error: str | None = None
+    sticky: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> WorkerError:
+        if not isinstance(raw, dict):
+            return cls(reason="WorkerProtocolError", message=f"bad error field: {raw!r}")
+        return cls(
+            reason=str(raw.get("reason") or "WorkerError"),
+            message=str(raw.get("message") or ""),
+            cuda_error=raw.get("cuda_error"),
+            sticky=bool(raw.get("sticky", False)),
+            labels={str(k): str(v) for k, v in (raw.get("labels") or {}).items()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSpec:
+    """A simulated misbehaviour for one request (scenario ``canary:`` key)."""
+
+    mode: str = "ok"
+    delay_ms: float = 0.0
+    leak_mib: float = 16.0
+    gpu_fault: str = "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> FaultSpec | None:
+        if not isinstance(raw, dict):
+            return None
+        return cls(
+            mode=str(raw.get("mode", "ok")),
+            delay_ms=float(raw.get("delay_ms", 0.0)),
+            leak_mib=float(raw.get("leak_mib", 16.0)),
+            gpu_fault=str(raw.get("gpu_fault", "none")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProductionSpec:
+    """The opt-in production engine: its manifest and the GPU memory it may take."""
+
+    manifest: str
+    memory_budget_mib: float
+    release_after_verify: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRequest:
+    """What the worker should load. Paths are absolute strings."""
+
+    runner: str  # auto | onnxruntime | cuda-kernel | tensorrt
+    manifest: str | None  # ONNX canary model manifest (onnxruntime runner)
+    tensorrt_manifest: str | None  # tiny canary plan manifest (tensorrt runner)
+    production: ProductionSpec | None = None
+    allow_engine_host_code: bool = False
+    devices: tuple[int, ...] = ()  # CUDA ordinals for the kernel canary; () = all visible
+    warmup_runs: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["op"] = OP_LOAD
+        out["devices"] = list(self.devices)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> LoadRequest:
+        prod = raw.get("production")
+        return cls(
+            runner=str(raw.get("runner", "auto")),
+            manifest=raw.get("manifest"),
+            tensorrt_manifest=raw.get("tensorrt_manifest"),
+            production=ProductionSpec(**prod) if isinstance(prod, dict) else None,
+            allow_engine_host_code=bool(raw.get("allow_engine_host_code", False)),
+            devices=tuple(int(d) for d in raw.get("devices") or ()),
+            warmup_runs=int(raw.get("warmup_runs", 2)),
+        )
+
+
+def encode_array(arr: np.ndarray) -> dict[str, Any]:
+    a = np.ascontiguousarray(arr)
+    return {
+        "dtype": a.dtype.str,
+        "shape": list(a.shape),
+        "b64": base64.b64encode(a.tobytes()).decode("ascii"),
+    }
+
+
+def decode_array(raw: Any) -> np.ndarray:
+    """Rebuild an array. Raises ``ValueError`` on anything malformed."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"array must be an object, got {type(raw).__name__}")
+    try:
+        dtype = np.dtype(raw["dtype"])
+        shape = tuple(int(d) for d in raw["shape"])
+        data = base64.b64decode(raw["b64"], validate=True)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed array: {exc}") from exc
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        raise ValueError(f"array has {len(data)} bytes, shape {shape} needs {expected}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+
+
+def encode_arrays(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {k: encode_array(v) for k, v in arrays.items()}
+
+
+def decode_arrays(raw: Any) -> dict[str, np.ndarray]:
+    if not isinstance(raw, dict):
+        raise ValueError("outputs must be an object")
+    return {str(k): decode_array(v) for k, v in raw.items()}
+
+
+def dumps(message: dict[str, Any]) -> bytes:
+    """One protocol line."""
+    return json.dumps(message, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def loads(line: bytes) -> dict[str, Any]:
+    """Parse one protocol line. Raises ``ValueError`` when it is not a JSON object."""
+    try:
+        msg = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(msg, dict):
+        raise ValueError("message must be a JSON object")
+    return msg

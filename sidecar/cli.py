@@ -1,0 +1,213 @@
+"""Command line: serve, probe, status, engine, webhook, version. The only place that exits.
+
+Exit codes of ``serve`` (see sidecar/errors.py and the README):
+0 clean shutdown, 1 internal error, 2 config error, 3 cannot bind, 4 bad TLS material.
+``probe`` uses grpc_health_probe's codes 0/1/2/3/4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from sidecar import __version__, defaults
+from sidecar.errors import EXIT_CONFIG, EXIT_INTERNAL
+
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the sidecar (gRPC health + HTTP + checks)")
+    p.add_argument("--config", metavar="FILE", help="YAML config file (env TRT_HEALTH_CONFIG)")
+    p.add_argument(
+        "--grpc-port", type=int, metavar="N", help=f"plaintext gRPC port ({defaults.GRPC_PORT})"
+    )
+    p.add_argument("--http-port", type=int, metavar="N", help=f"HTTP port ({defaults.HTTP_PORT})")
+    p.add_argument("--grpc-host", metavar="HOST", help="gRPC bind host ([::])")
+    p.add_argument("--unix-socket", metavar="PATH", help="also serve gRPC on this Unix socket")
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        default=None,
+        help="use the simulated GPU and canary fault modes (demo, tests, chaos drills)",
+    )
+    p.add_argument("--scenario", metavar="FILE", help="scenario YAML driving the simulation")
+    p.add_argument("--state-dir", metavar="DIR", help=f"persisted latches ({defaults.STATE_DIR})")
+    p.add_argument("--engines-dir", metavar="DIR", help="where the canary model lives")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-format", choices=("json", "text"))
+
+
+def _status_parser(sub: Any) -> None:
+    p = sub.add_parser("status", help="table of every service and check (diagnostics RPC)")
+    p.add_argument("--addr", default=f"localhost:{defaults.GRPC_PORT}")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds")
+    p.add_argument("--prefix", default="", help="only conditions starting with this")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trt-health-sidecar",
+        description="Deep health-check sidecar for GPU inference services (grpc.health.v1).",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _serve_parser(sub)
+    sub.add_parser(
+        "probe", help="grpc_health_probe drop-in (same flags and exit codes)", add_help=False
+    )
+    _status_parser(sub)
+    try:
+        from sidecar.engine.commands import add_engine_subcommands
+
+        add_engine_subcommands(sub)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from sidecar.webhook import add_webhook_arguments
+
+        add_webhook_arguments(sub.add_parser("webhook", help="mutating admission webhook (HTTPS)"))
+    except ImportError:  # pragma: no cover
+        pass
+    return parser
+
+
+def _serve_overrides(args: argparse.Namespace) -> dict[tuple[str, ...], Any]:
+    out: dict[tuple[str, ...], Any] = {}
+    pairs = [
+        ("grpc_port", ("grpc", "port")),
+        ("http_port", ("http", "port")),
+        ("grpc_host", ("grpc", "host")),
+        ("unix_socket", ("grpc", "unix_socket")),
+        ("simulate", ("simulate",)),
+        ("scenario", ("scenario",)),
+        ("state_dir", ("state_dir",)),
+        ("engines_dir", ("engines_dir",)),
+        ("log_level", ("log", "level")),
+        ("log_format", ("log", "format")),
+    ]
+    for attr, path in pairs:
+        value = getattr(args, attr)
+        if value is not None:
+            out[path] = value
+    return out
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from sidecar.app import serve
+    from sidecar.config import load_config
+    from sidecar.configfields import ConfigError
+    from sidecar.publish.log import configure_logging
+
+    overrides = _serve_overrides(args)
+    try:
+        config = load_config(config_file=args.config, overrides=overrides)
+    except ConfigError as exc:
+        print("trt-health-sidecar: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(config.log_level, config.log_format)
+    return asyncio.run(serve(config, overrides))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import grpc
+
+    from sidecar.errors import PROBE_CONNECTION_FAILURE, PROBE_RPC_FAILURE
+    from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
+
+    target = args.addr if not args.addr.startswith(":") else f"localhost{args.addr}"
+    with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=args.timeout)
+        except grpc.FutureTimeoutError:
+            print(
+                f"timeout: failed to connect to {args.addr} within {args.timeout}s", file=sys.stderr
+            )
+            return PROBE_CONNECTION_FAILURE
+        stub = diagnostics_pb2_grpc.DiagnosticsStub(channel)
+        try:
+            resp = stub.GetConditions(
+                diagnostics_pb2.ConditionsRequest(prefix=args.prefix), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(
+                f"error: diagnostics rpc failed: {exc.code().name}: {exc.details()}",
+                file=sys.stderr,
+            )
+            return PROBE_RPC_FAILURE
+    if args.json:
+        from google.protobuf.json_format import MessageToDict
+
+        print(json.dumps(MessageToDict(resp, preserving_proto_field_name=True), indent=1))
+        return 0
+    print(render_status(resp))
+    return 0
+
+
+def render_status(resp: Any) -> str:
+    """Human table: services, then conditions with reason and message."""
+    import time
+
+    lines = [f"trt-health-sidecar {resp.version}{'  (SIMULATED)' if resp.simulated else ''}", ""]
+    lines.append(f"{'SERVICE':<40} {'STATUS':<12} REASONS")
+    for s in resp.services:
+        label = s.name or '"" (overall)'
+        lines.append(
+            f"{label:<40} {'SERVING' if s.serving else 'NOT_SERVING':<12} {'; '.join(s.reasons)}"
+        )
+    lines += ["", f"{'CONDITION':<44} {'STATE':<10} {'SEVERITY':<9} {'SINCE':>8}  REASON: MESSAGE"]
+    now = time.time()
+    for c in resp.conditions:
+        est = {0: "pending", 1: "healthy", 2: "UNHEALTHY"}.get(int(c.established), "?")
+        if c.gating:
+            est = "GATING" if est != "pending" else "pending"
+        since = _ago(now - c.since_unix)
+        reason = f"{c.reason}: {c.message}" if c.reason else c.message
+        lines.append(f"{c.name:<44} {est:<10} {c.severity:<9} {since:>8}  {reason}")
+    return "\n".join(lines)
+
+
+def _ago(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "probe":
+        from sidecar.probe import main as probe_main
+
+        return probe_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "engine":
+            from sidecar.engine.commands import run_engine_command
+
+            return int(run_engine_command(args))
+        if args.command == "webhook":
+            from sidecar.webhook import run_webhook
+
+            return int(run_webhook(args))
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:  # the documented code for a bug, with the reason
+        import traceback
+
+        traceback.print_exc()
+        print(f"trt-health-sidecar: internal error: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL

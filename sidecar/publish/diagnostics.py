@@ -1,0 +1,102 @@
+"""The sidecar's own Diagnostics RPC: every condition with its reason, since when, and value."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import grpc
+
+from sidecar import __version__
+from sidecar.model import CheckStatus, Condition, ServiceVerdict
+from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
+
+_STATUS = {
+    CheckStatus.OK: diagnostics_pb2.Condition.OK,
+    CheckStatus.FAIL: diagnostics_pb2.Condition.FAIL,
+    CheckStatus.UNKNOWN: diagnostics_pb2.Condition.UNKNOWN,
+}
+
+
+def condition_to_proto(c: Condition, now_wall: float, now_mono: float) -> Any:
+    """Convert a Condition (monotonic times) into the wire message (wall-clock seconds)."""
+    msg = diagnostics_pb2.Condition(
+        name=c.name,
+        status=_STATUS[c.last.status],
+        established=(
+            diagnostics_pb2.Condition.ESTABLISHED_UNSPECIFIED
+            if c.healthy is None
+            else diagnostics_pb2.Condition.HEALTHY
+            if c.healthy
+            else diagnostics_pb2.Condition.UNHEALTHY
+        ),
+        severity=c.last.severity.name.lower(),
+        reason=c.last.reason,
+        message=c.last.message,
+        since_unix=now_wall - (now_mono - c.since),
+        last_result_unix=now_wall - (now_mono - c.last_result_at),
+        gates=sorted(c.last.gates),
+        gating=c.gating,
+        consecutive_failures=c.consecutive_failures,
+        consecutive_successes=c.consecutive_successes,
+    )
+    msg.labels.update(dict(c.last.labels))
+    if isinstance(c.last.value, int | float):
+        msg.number = float(c.last.value)
+    elif isinstance(c.last.value, str):
+        msg.text = c.last.value
+    return msg
+
+
+def build_response(
+    conditions: Iterable[Condition],
+    verdicts: Mapping[str, ServiceVerdict],
+    *,
+    prefix: str,
+    now_mono: float,
+    started_unix: float,
+    simulated: bool,
+) -> Any:
+    now_wall = time.time()
+    resp = diagnostics_pb2.ConditionsResponse(
+        version=__version__, started_unix=started_unix, simulated=simulated
+    )
+    for c in conditions:
+        if c.name.startswith(prefix):
+            resp.conditions.append(condition_to_proto(c, now_wall, now_mono))
+    for name in sorted(verdicts):
+        v = verdicts[name]
+        resp.services.append(
+            diagnostics_pb2.ServiceStatus(name=name, serving=v.serving, reasons=list(v.reasons))
+        )
+    return resp
+
+
+Snapshot = Callable[[], tuple[list[Condition], dict[str, ServiceVerdict]]]
+
+
+class DiagnosticsService(diagnostics_pb2_grpc.DiagnosticsServicer):
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        monotonic: Callable[[], float],
+        started_unix: float,
+        simulated: bool,
+    ) -> None:
+        self._snapshot = snapshot
+        self._monotonic = monotonic
+        self._started_unix = started_unix
+        self._simulated = simulated
+
+    async def GetConditions(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        conditions, verdicts = self._snapshot()
+        return build_response(
+            conditions,
+            verdicts,
+            prefix=request.prefix,
+            now_mono=self._monotonic(),
+            started_unix=self._started_unix,
+            simulated=self._simulated,
+        )
