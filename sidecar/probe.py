@@ -147,16 +147,14 @@ _FLAGS: tuple[_Flag, ...] = (
         "rpc-header",
         "value",
         "rpc_headers",
-        "additional RPC headers in 'name: value' format. May specify more than one via "
-        "multiple flags.",
+        "additional RPC headers in 'name: value' format. May specify more than one via multiple flags.",
     ),
     _Flag("tls", "bool", "tls", "use TLS (default: false, INSECURE plaintext transport)"),
     _Flag(
         "tls-no-verify",
         "bool",
         "tls_no_verify",
-        "(with -tls) don't verify the certificate (INSECURE) presented by the server "
-        "(default: false)",
+        "(with -tls) don't verify the certificate (INSECURE) presented by the server (default: false)",
     ),
     _Flag(
         "tls-ca-cert",
@@ -175,8 +173,7 @@ _FLAGS: tuple[_Flag, ...] = (
         "tls-client-key",
         "string",
         "tls_client_key",
-        "(with -tls) client private key for authenticating to the server "
-        "(requires -tls-client-cert)",
+        "(with -tls) client private key for authenticating to the server (requires -tls-client-cert)",
     ),
     _Flag(
         "tls-server-name",
@@ -308,14 +305,10 @@ def _validate(o: ProbeOptions) -> str | None:
         return "-addr not specified"
     if o.connect_timeout <= 0:
         return (
-            "-connect-timeout must be greater than zero "
-            f"(specified: {format_go_duration(o.connect_timeout)})"
+            f"-connect-timeout must be greater than zero (specified: {format_go_duration(o.connect_timeout)})"
         )
     if o.rpc_timeout <= 0:
-        return (
-            f"-rpc-timeout must be greater than zero "
-            f"(specified: {format_go_duration(o.rpc_timeout)})"
-        )
+        return f"-rpc-timeout must be greater than zero (specified: {format_go_duration(o.rpc_timeout)})"
     if o.alts and o.spiffe:
         return "-alts and -spiffe are mutually incompatible"
     if o.tls and o.alts:
@@ -659,23 +652,18 @@ def _tls_material(opts: ProbeOptions) -> tuple[bytes | None, bytes | None, bytes
 
         try:
             # load_cert_chain also proves the key matches the certificate, as tls.LoadX509KeyPair.
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
-                opts.tls_client_cert, opts.tls_client_key
-            )
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(opts.tls_client_cert, opts.tls_client_key)
             chain = _read_file(opts.tls_client_cert)
             key = _read_file(opts.tls_client_key)
         except (OSError, ssl.SSLError) as exc:
-            raise _TlsSetupError(
-                f"failed to load tls client cert/key pair. error={_describe(exc)}"
-            ) from exc
+            raise _TlsSetupError(f"failed to load tls client cert/key pair. error={_describe(exc)}") from exc
     roots: bytes | None = None
     if opts.tls_ca_cert:
         try:
             roots = _read_file(opts.tls_ca_cert)
         except OSError as exc:
             raise _TlsSetupError(
-                f"failed to load root CA certificates from file ({opts.tls_ca_cert}) "
-                f"error={_describe(exc)}"
+                f"failed to load root CA certificates from file ({opts.tls_ca_cert}) error={_describe(exc)}"
             ) from exc
         if b"-----BEGIN CERTIFICATE-----" not in roots:
             raise _TlsSetupError(f"no root CA certs parsed from file {opts.tls_ca_cert}")
@@ -690,8 +678,13 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def run_probe(opts: ProbeOptions, err: TextIO | None = None) -> int:
-    """Connect, call Check once, print the Go tool's messages to ``err``; return the exit code."""
+def run_probe(opts: ProbeOptions, err: TextIO | None = None, *, close_channel: bool = True) -> int:
+    """Connect, call Check once, print the Go tool's messages to ``err``; return the exit code.
+
+    ``close_channel=False`` is for a process that exits right after (what :func:`main` does):
+    grpcio's ``Channel.close()`` waits for its connectivity poller's 200 ms watch to expire,
+    which would double the wall time of an exec probe; process exit releases the channel anyway.
+    """
     stream = err if err is not None else sys.stderr
 
     def log(line: str) -> None:
@@ -732,8 +725,12 @@ def run_probe(opts: ProbeOptions, err: TextIO | None = None) -> int:
             log(f"failed to initialize tls credentials. error={exc}")
             return PROBE_INVALID_ARGUMENTS
 
+    if not opts.verbose:
+        # grpc core logs handshake failures itself; the Go tool prints only its own lines.
+        # With -v they stay: they say *why* a connect timed out (grpc_health_probe#158).
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     with _Interrupts(log) as interrupts:
-        return _probe(opts, tls_parts, interrupts, log)
+        return _probe(opts, tls_parts, interrupts, log, close_channel)
 
 
 def _probe(
@@ -741,6 +738,7 @@ def _probe(
     tls_parts: tuple[bytes | None, bytes | None, bytes | None] | None,
     interrupts: _Interrupts,
     log: Callable[[str], None],
+    close_channel: bool,
 ) -> int:
     import grpc
     from grpc_health.v1 import health_pb2
@@ -784,19 +782,17 @@ def _probe(
             f'timeout: failed to connect service "{opts.addr}" within '
             f"{format_go_duration(opts.connect_timeout)}"
         )
-        _close(channel)
+        _close(channel, close_channel)
         return PROBE_CONNECTION_FAILURE
     except _Cancelled:
         log(f'error: failed to connect service at "{opts.addr}": context canceled')
-        _close(channel)
+        _close(channel, close_channel)
         return PROBE_CONNECTION_FAILURE
     conn_ns = time.perf_counter_ns() - conn_start
     if opts.verbose:
         log(f"connection established (took {_format_ns(conn_ns)})")
 
-    metadata = [
-        (k.lower(), v.encode() if k.lower().endswith("-bin") else v) for k, v in opts.rpc_headers
-    ]
+    metadata = [(k.lower(), v.encode() if k.lower().endswith("-bin") else v) for k, v in opts.rpc_headers]
     check = channel.unary_unary(
         CHECK_METHOD,
         request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
@@ -818,7 +814,7 @@ def _probe(
         if call is not None:
             call.cancel()
         log(f"error: health rpc failed: {_go_status_error('CANCELLED', 'context canceled')}")
-        _close(channel)
+        _close(channel, close_channel)
         return PROBE_RPC_FAILURE
     except grpc.RpcError as exc:
         interrupts.disarm()
@@ -830,21 +826,18 @@ def _probe(
                 f"(grpc.health.v1.Health): {details}"
             )
         elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            log(
-                f"timeout: health rpc did not complete within "
-                f"{format_go_duration(opts.rpc_timeout)}"
-            )
+            log(f"timeout: health rpc did not complete within {format_go_duration(opts.rpc_timeout)}")
         else:
             log(f"error: health rpc failed: {_go_status_error(code.name, details)}")
-        _close(channel)
+        _close(channel, close_channel)
         return PROBE_RPC_FAILURE
     except (ValueError, TypeError) as exc:  # e.g. metadata grpcio refuses to send
         interrupts.disarm()
         log(f"error: health rpc failed: {_go_status_error('INTERNAL', str(exc))}")
-        _close(channel)
+        _close(channel, close_channel)
         return PROBE_RPC_FAILURE
     rpc_ns = time.perf_counter_ns() - rpc_start
-    _close(channel)
+    _close(channel, close_channel)
 
     status_enum = health_pb2.HealthCheckResponse.ServingStatus
     try:
@@ -860,8 +853,8 @@ def _probe(
     return PROBE_OK
 
 
-def _close(channel: Any) -> None:
-    if channel is not None:
+def _close(channel: Any, really: bool) -> None:
+    if channel is not None and really:
         channel.close()
 
 
@@ -886,7 +879,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_version_line() + "\n")
         sys.stdout.flush()
         return PROBE_OK
-    return run_probe(parsed)
+    return run_probe(parsed, close_channel=False)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,17 @@ CHECK_METHOD = "/grpc.health.v1.Health/Check"
 class CallRecorder:
     """Metadata of every call the server received, recorded by a server interceptor."""
 
-    calls: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    calls: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def last(self) -> dict[str, str]:
+    def last(self) -> list[tuple[str, str]]:
+        """(key, value) pairs of the latest call, in the order received."""
         with self.lock:
-            return self.calls[-1][1] if self.calls else {}
+            return list(self.calls[-1][1]) if self.calls else []
+
+    def values(self, key: str) -> list[str]:
+        """Every value of ``key`` in the latest call."""
+        return [v for k, v in self.last() if k == key]
 
 
 class _Recording(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -46,7 +51,7 @@ class _Recording(grpc.ServerInterceptor):  # type: ignore[misc]
         self._recorder = recorder
 
     def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
-        md = {k: v for k, v in details.invocation_metadata or ()}
+        md = [(k, v) for k, v in details.invocation_metadata or ()]
         with self._recorder.lock:
             self._recorder.calls.append((details.method, md))
         return continuation(details)

@@ -1,0 +1,439 @@
+"""The serving side of the canary: start, feed, time and replace the worker process.
+
+Everything here is asyncio and never blocks the loop: the worker is a separate interpreter
+(``python -m sidecar.canary.worker``, started with exec, never a fork of this process) talking
+JSON lines over pipes. Each request has a deadline (the first canary after a load its own,
+longer one, because first inferences are slow); a worker that misses it is SIGKILLed (a hung
+kernel cannot be interrupted any other way). Every death is turned into a :class:`Death` with a
+reason and a metric label, and the next start waits an exponential backoff.
+
+This module imports nothing that touches CUDA, TensorRT or ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from sidecar.canary import protocol
+from sidecar.canary.protocol import FaultSpec, LoadRequest, WorkerError
+
+log = logging.getLogger(__name__)
+
+EXIT_STICKY = 3  # the worker's exit code after reporting a sticky CUDA error (worker.py)
+_PIPE_LIMIT = 16 << 20
+
+
+class CanaryMetrics:
+    """The canary's metrics, all on the given registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.worker_gpu_memory = Gauge(
+            "trt_health_canary_worker_gpu_memory_bytes",
+            "GPU memory held by the canary worker process, as the worker measured it (NVML)",
+            ["gpu"],
+            registry=registry,
+        )
+        self.worker_rss = Gauge(
+            "trt_health_canary_worker_rss_bytes",
+            "Resident memory of the canary worker process",
+            registry=registry,
+        )
+        self.worker_startup = Gauge(
+            "trt_health_canary_worker_startup_seconds",
+            "Seconds from spawning the worker to its runner being loaded (last start)",
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "trt_health_canary_latency_seconds",
+            "Canary inference latency, warm-up excluded",
+            ["runner"],
+            buckets=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+            registry=registry,
+        )
+        self.results = Counter(
+            "trt_health_canary_results_total",
+            "Canary outcomes: pass, mismatch, error, timeout, crashed, skipped, unmonitored",
+            ["outcome"],
+            registry=registry,
+        )
+        self.restarts = Counter(
+            "trt_health_canary_worker_restarts_total",
+            "Canary worker replacements by cause (signal, exit code, CUDA error, timeout ...)",
+            ["cause"],
+            registry=registry,
+        )
+        self.max_abs_error = Gauge(
+            "trt_health_canary_max_abs_error",
+            "Largest absolute difference from the golden output in the last canary",
+            registry=registry,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorSettings:
+    timeout_s: float = 5.0
+    first_timeout_s: float = 60.0
+    load_timeout_s: float = 120.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    allow_faults: bool = False  # simulation only: lets scenario faults reach the worker
+    python: str = sys.executable
+    env: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Death:
+    """Why a worker went away. ``cause`` is the bounded metric label."""
+
+    cause: str
+    reason: str
+    message: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """One canary request: outputs on success, else an error and possibly a death."""
+
+    ok: bool
+    runner: str = ""
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    production_outputs: dict[str, np.ndarray] | None = None
+    latency_s: float = 0.0
+    warmup_s: float = 0.0
+    rss_bytes: int = 0
+    error: WorkerError | None = None
+    death: Death | None = None
+
+
+def backoff_delay(failures: int, initial_s: float, max_s: float) -> float:
+    """Exponential backoff: 0 before any failure, then initial, 2x initial ... capped."""
+    if failures <= 0:
+        return 0.0
+    return float(min(max_s, initial_s * (2 ** min(failures - 1, 30))))
+
+
+def describe_exit(returncode: int | None) -> tuple[str, str]:
+    """(cause label, message) for a worker exit status."""
+    if returncode is None:
+        return "unknown", "worker ended, exit status unknown"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return name, f"worker killed by {name}"
+    return f"exit_{returncode}", f"worker exited with code {returncode}"
+
+
+class CanarySupervisor:
+    """Owns one worker process at a time. Not re-entrant: callers serialise requests."""
+
+    def __init__(
+        self,
+        load: LoadRequest,
+        settings: SupervisorSettings,
+        metrics: CanaryMetrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.load_request = load
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.proc: asyncio.subprocess.Process | None = None
+        self.loaded = False
+        self.loading = False
+        self.runner = ""
+        self.detail = ""
+        self.first_canary_pending = False
+        self.failures = 0  # consecutive deaths / load failures (drives the backoff)
+        self.not_before = 0.0
+        self.last_death: Death | None = None
+        self.starts = 0
+        self.rss_baseline: int | None = None
+        self._stderr: collections.deque[str] = collections.deque(maxlen=20)
+        self._stderr_task: asyncio.Task[None] | None = None
+        self._next_id = 0
+        self._lock = asyncio.Lock()
+
+    # --- state ------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and self.proc is not None and self.proc.returncode is None
+
+    def backoff_remaining(self) -> float:
+        return max(0.0, self.not_before - self.clock())
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> WorkerError | None:
+        """Spawn a worker and load its runner. Returns ``None`` on success, else why not
+        (the worker is then gone and the backoff armed)."""
+        async with self._lock:
+            return await self._start()
+
+    async def _start(self) -> WorkerError | None:
+        await self._kill()
+        t0 = self.clock()
+        args = [self.settings.python, "-m", "sidecar.canary.worker"]
+        if self.settings.allow_faults:
+            args.append("--allow-faults")
+        self.loading = True
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=_PIPE_LIMIT,
+                env=self.settings.env,
+            )
+        except OSError as exc:
+            self.loading = False
+            err = WorkerError("WorkerSpawnFailed", f"cannot start the canary worker: {exc}")
+            self._record_death(Death("spawn_failed", err.reason, err.message))
+            return err
+        self.starts += 1
+        self._stderr.clear()
+        self._stderr_task = asyncio.create_task(self._drain_stderr(self.proc), name="canary-stderr")
+        log.info("canary worker started", extra={"pid": self.proc.pid, "runner": self.load_request.runner})
+        reply, death = await self._request(self.load_request.to_dict(), self.settings.load_timeout_s,
+                                           timeout_reason="LoadTimeout")
+        self.loading = False
+        if death is not None:
+            return WorkerError(death.reason, death.message, labels=death.labels)
+        assert reply is not None
+        if not reply.get("ok"):
+            err = WorkerError.from_dict(reply.get("error"))
+            await self._kill()
+            self._record_death(Death(err.cuda_error or err.reason, err.reason, err.message, err.labels))
+            return err
+        self.loaded = True
+        self.first_canary_pending = True
+        self.runner = str(reply.get("runner", ""))
+        self.detail = str(reply.get("detail", ""))
+        self.rss_baseline = None
+        self.metrics.worker_startup.set(self.clock() - t0)
+        self._record_memory(reply)
+        log.info(
+            "canary worker loaded",
+            extra={"pid": self.proc.pid, "runner": self.runner, "detail": self.detail,
+                   "startup_s": round(self.clock() - t0, 3)},
+        )
+        return None
+
+    async def run(self, fault: FaultSpec | None = None) -> RunOutcome:
+        """One canary with its deadline. The worker must be ``ready``."""
+        async with self._lock:
+            if not self.ready:
+                return RunOutcome(False, error=WorkerError("WorkerNotReady", "no loaded worker"))
+            self._next_id += 1
+            msg: dict[str, Any] = {"op": protocol.OP_RUN, "id": self._next_id}
+            if fault is not None and self.settings.allow_faults:
+                msg["fault"] = fault.to_dict()
+            first = self.first_canary_pending
+            deadline = self.settings.first_timeout_s if first else self.settings.timeout_s
+            reply, death = await self._request(msg, deadline, timeout_reason="CanaryTimeout")
+            if death is not None:
+                return RunOutcome(False, runner=self.runner, error=None, death=death)
+            assert reply is not None
+            self.first_canary_pending = False
+            rss = int(reply.get("rss_bytes") or 0)
+            self._record_memory(reply)
+            if not reply.get("ok"):
+                err = WorkerError.from_dict(reply.get("error"))
+                if err.sticky:  # the worker exits by itself; make sure, and count the death
+                    await self._kill(grace_s=2.0)
+                    death = Death(err.cuda_error or err.reason, err.reason,
+                                  f"{err.message}; worker replaced", err.labels)
+                    self._record_death(death)
+                    return RunOutcome(False, runner=self.runner, error=err, death=death,
+                                      rss_bytes=rss)
+                return RunOutcome(False, runner=self.runner, error=err, rss_bytes=rss)
+            try:
+                outputs = protocol.decode_arrays(reply.get("outputs"))
+                prod_raw = reply.get("production_outputs")
+                prod = protocol.decode_arrays(prod_raw) if prod_raw is not None else None
+            except ValueError as exc:
+                err = WorkerError("WorkerProtocolError", f"bad outputs from worker: {exc}")
+                return RunOutcome(False, runner=self.runner, error=err, rss_bytes=rss)
+            self.failures = 0  # a worker that answers is healthy: the backoff starts over
+            if self.rss_baseline is None:
+                self.rss_baseline = rss
+            latency = float(reply.get("latency_s") or 0.0)
+            self.metrics.latency.labels(runner=self.runner).observe(latency)
+            return RunOutcome(
+                True,
+                runner=self.runner,
+                outputs=outputs,
+                production_outputs=prod,
+                latency_s=latency,
+                warmup_s=float(reply.get("warmup_s") or 0.0),
+                rss_bytes=rss,
+            )
+
+    async def release_production(self) -> None:
+        """Drop the production engine in the worker (verify-then-release)."""
+        async with self._lock:
+            if self.ready:
+                reply, _ = await self._request({"op": protocol.OP_RELEASE}, self.settings.timeout_s,
+                                               timeout_reason="CanaryTimeout")
+                if reply is not None:
+                    self._record_memory(reply)
+
+    async def replace(self, cause: str, reason: str, message: str) -> Death:
+        """Kill the worker on purpose (memory limit ...) and arm the backoff."""
+        async with self._lock:
+            await self._kill()
+            death = Death(cause, reason, message)
+            self._record_death(death)
+            return death
+
+    async def stop(self) -> None:
+        async with self._lock:
+            proc = self.proc
+            if proc is not None and proc.returncode is None and proc.stdin is not None:
+                with contextlib.suppress(OSError, RuntimeError):
+                    proc.stdin.write(protocol.dumps({"op": protocol.OP_EXIT}))
+                    proc.stdin.close()
+            await self._kill(grace_s=2.0)
+
+    # --- internals --------------------------------------------------------------------------
+
+    async def _request(
+        self, msg: dict[str, Any], timeout_s: float, *, timeout_reason: str
+    ) -> tuple[dict[str, Any] | None, Death | None]:
+        proc = self.proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(protocol.dumps(msg))
+            await asyncio.wait_for(proc.stdin.drain(), timeout_s)
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
+        except TimeoutError:
+            await self._kill()
+            what = "load" if msg.get("op") == protocol.OP_LOAD else "canary"
+            death = Death(timeout_reason, timeout_reason,
+                          f"{what} did not answer within {timeout_s:g}s; worker SIGKILLed")
+            self._record_death(death)
+            return None, death
+        except (ConnectionError, BrokenPipeError, ValueError, OSError):
+            line = b""  # the worker is gone; its exit status says why
+        except asyncio.CancelledError:
+            # A reply may still come; it must never be read as the answer to a later request.
+            self._kill_now()
+            raise
+        if not line:
+            death = await self._reap()
+            return None, death
+        try:
+            return protocol.loads(line), None
+        except ValueError as exc:
+            await self._kill()
+            death = Death("protocol_error", "WorkerProtocolError", f"worker sent garbage: {exc}")
+            self._record_death(death)
+            return None, death
+
+    async def _reap(self) -> Death:
+        """The worker closed its pipe: wait briefly for its status and describe it."""
+        proc = self.proc
+        assert proc is not None
+        try:
+            await asyncio.wait_for(proc.wait(), 5.0)
+        except TimeoutError:
+            await self._kill()
+        cause, message = describe_exit(proc.returncode)
+        await self._join_stderr()
+        tail = self._stderr[-1] if self._stderr else ""
+        labels = {"exit": cause}
+        if tail:
+            message = f"{message}; last stderr: {tail[:300]}"
+        death = Death(cause, "WorkerCrashed", message, labels)
+        self.loaded = False
+        self._record_death(death)
+        return death
+
+    def _record_death(self, death: Death) -> None:
+        self.loaded = False
+        self.loading = False
+        self.failures += 1
+        delay = backoff_delay(self.failures, self.settings.backoff_initial_s,
+                              self.settings.backoff_max_s)
+        self.not_before = self.clock() + delay
+        self.last_death = death
+        self.metrics.restarts.labels(cause=death.cause).inc()
+        self.metrics.worker_gpu_memory.clear()
+        log.warning(
+            "canary worker lost",
+            extra={"cause": death.cause, "reason": death.reason, "detail": death.message,
+                   "restart_in_s": round(delay, 3), "consecutive_failures": self.failures},
+        )
+
+    def _record_memory(self, reply: dict[str, Any]) -> None:
+        rss = reply.get("rss_bytes")
+        if isinstance(rss, int):
+            self.metrics.worker_rss.set(rss)
+        mem = reply.get("gpu_memory_bytes")
+        if isinstance(mem, dict):
+            for gpu, value in mem.items():
+                if isinstance(value, int):
+                    self.metrics.worker_gpu_memory.labels(gpu=str(gpu)).set(value)
+
+    def _kill_now(self) -> None:
+        self.loaded = False
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    async def _kill(self, grace_s: float = 0.0) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.returncode is None and grace_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), grace_s)
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()  # SIGKILL: the only thing that ends a hung kernel
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10.0)
+        await self._join_stderr()
+        self.proc = None
+        self.loaded = False
+
+    async def _join_stderr(self) -> None:
+        task = self._stderr_task
+        if task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), 1.0)
+
+    async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        while True:
+            try:
+                line = await proc.stderr.readline()
+            except (ValueError, OSError):
+                return
+            if not line:
+                return
+            text = line.decode("utf-8", errors="replace").rstrip()
+            if text:
+                self._stderr.append(text)
+                log.info("canary worker: %s", text, extra={"pid": proc.pid})

@@ -1,0 +1,542 @@
+"""The simulated GPU backend: the same surface as NVML, state driven by the scenario file.
+
+The ``gpus:`` list (and an optional ``nvml:`` mapping) of the scenario document describe the
+GPUs; ``docs/scenario.md`` documents every key with an example per fault. A document whose
+``gpus:`` part does not validate is ignored (logged) and the last good state stays. No
+``gpus:`` key means one healthy GPU, so the demo is ready by default.
+
+Events are delivered through :meth:`wait_event`, exactly like NVML's event set, so the same
+:class:`~sidecar.gpu.listener.XidListener` code runs against both backends: an Xid code is
+delivered when it appears in a GPU's ``xid`` list (removing it and adding it again delivers it
+again); an increase of ``ecc_volatile_uncorrected`` / ``ecc_volatile_corrected`` delivers a
+double- / single-bit ECC event; a change of ``recovery_action`` a recovery-action event.
+A change of ``reset`` simulates a GPU reset: volatile ECC counters restart from zero and
+reset-class states (recovery action, pending remap / retirement, lost, reset required) clear
+until the scenario sets them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar.configfields import Section
+from sidecar.gpu.backend import (
+    MIG_ID_ANY,
+    SIGNALS,
+    UNSUPPORTED,
+    DriverNotLoadedError,
+    DriverVersionMismatchError,
+    EccCounters,
+    EventRegistration,
+    EventType,
+    GpuEvent,
+    GpuInfo,
+    GpuLostError,
+    GpuSample,
+    MemoryInfo,
+    MigInstance,
+    NvmlUnavailableError,
+    ProcessInfo,
+    Reading,
+    RecoveryAction,
+    RemappedRows,
+    ResetRequiredError,
+    SystemInfo,
+)
+from sidecar.scenario import ScenarioFile
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+
+RECOVERY_ACTION_NAMES = tuple(a.name.lower() for a in RecoveryAction)
+COMPUTE_MODE_NAMES = {"default": 0, "exclusive_thread": 1, "prohibited": 2, "exclusive_process": 3}
+CLOCK_REASON_NAMES = {
+    "gpu_idle": 0x1,
+    "applications_clocks_setting": 0x2,
+    "sw_power_cap": 0x4,
+    "hw_slowdown": 0x8,
+    "sync_boost": 0x10,
+    "sw_thermal_slowdown": 0x20,
+    "hw_thermal_slowdown": 0x40,
+    "hw_power_brake_slowdown": 0x80,
+}
+UNAVAILABLE_KINDS: dict[str, type[NvmlUnavailableError]] = {
+    "nvmlunavailable": NvmlUnavailableError,
+    "drivernotloaded": DriverNotLoadedError,
+    "driverversionmismatch": DriverVersionMismatchError,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SimXid:
+    code: int
+    gi: int = MIG_ID_ANY
+    ci: int = MIG_ID_ANY
+
+
+@dataclass(frozen=True, slots=True)
+class SimGpu:
+    """One simulated GPU as the scenario describes it."""
+
+    index: int
+    uuid: str
+    name: str = "NVIDIA H100 80GB HBM3 (simulated)"
+    lost: bool = False
+    reset_required: bool = False
+    xid: tuple[SimXid, ...] = ()
+    ecc_volatile_corrected: int = 0
+    ecc_volatile_uncorrected: int = 0
+    ecc_aggregate_corrected: int = 0
+    ecc_aggregate_uncorrected: int = 0
+    remap_correctable: int = 0
+    remap_uncorrectable: int = 0
+    remap_pending: bool = False
+    remap_failure: bool = False
+    retired_pages_pending: bool = False
+    recovery_action: int = 0
+    memory_total_mib: int = 81559
+    memory_free_mib: int = 80000
+    temperature_c: int = 40
+    temperature_slowdown_c: int = 87
+    temperature_shutdown_c: int = 92
+    clock_event_reasons: int = 0
+    compute_mode: int = 0
+    utilization_gpu: int = 0
+    pcie_replay: int = 0
+    processes: tuple[ProcessInfo, ...] = ()
+    inforom_valid: bool = True
+    mig: bool = False
+    mig_instances: tuple[MigInstance, ...] = ()
+    unsupported: frozenset[str] = frozenset()
+    nvml_hang: bool = False
+    reset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SimState:
+    """The parsed GPU part of one scenario document."""
+
+    gpus: tuple[SimGpu, ...]
+    unavailable: str | None = None  # reason class name, e.g. "DriverNotLoaded"
+    hang: bool = False
+    driver_version: str = "580.00 (simulated)"
+
+
+def _default_gpu(index: int = 0) -> SimGpu:
+    return SimGpu(index=index, uuid=f"GPU-sim-{index}")
+
+
+def parse_sim_state(doc: Mapping[str, Any]) -> SimState:
+    """Parse the ``gpus:`` / ``nvml:`` part of a scenario. Raises ValueError naming each field."""
+    errors: list[str] = []
+    root = Section(doc, "", errors)
+    nvml = root.sub("nvml")
+    unavailable_raw = nvml.raw.get("unavailable") if nvml.raw else None
+    nvml._known.add("unavailable")
+    unavailable: str | None = None
+    if unavailable_raw is True:
+        unavailable = "NvmlUnavailable"
+    elif isinstance(unavailable_raw, str):
+        if unavailable_raw.lower() not in UNAVAILABLE_KINDS:
+            nvml.error(
+                "unavailable",
+                "must be true, NvmlUnavailable, DriverNotLoaded or DriverVersionMismatch",
+            )
+        else:
+            unavailable = unavailable_raw
+    elif unavailable_raw not in (None, False):
+        nvml.error("unavailable", f"must be true or a reason name, got {unavailable_raw!r}")
+    hang = nvml.flag("hang", False)
+    driver = nvml.text("driver_version", "580.00 (simulated)")
+    nvml.reject_unknown()
+    gpus: list[SimGpu] = []
+    if root.has("gpus"):
+        for i, sec in enumerate(root.sub_list("gpus")):
+            gpus.append(_parse_gpu(sec, i))
+    else:
+        gpus.append(_default_gpu())
+    uuids = [g.uuid for g in gpus]
+    if len(set(uuids)) != len(uuids):
+        errors.append("gpus: uuids must be unique")
+    if errors:
+        raise ValueError("; ".join(errors))
+    return SimState(gpus=tuple(gpus), unavailable=unavailable, hang=hang, driver_version=driver)
+
+
+def _parse_gpu(sec: Section, position: int) -> SimGpu:
+    index = sec.integer("index", position, minimum=0)
+    uuid = sec.text("uuid", f"GPU-sim-{index}")
+    xids: list[SimXid] = []
+    for j, item in enumerate(sec.raw.get("xid") or []):
+        if isinstance(item, int) and not isinstance(item, bool):
+            xids.append(SimXid(item))
+        elif isinstance(item, Mapping):
+            x = Section(item, f"{sec.field('xid')}[{j}]", sec.errors)
+            xids.append(
+                SimXid(
+                    x.integer("code", 0, minimum=0),
+                    x.integer("gi", MIG_ID_ANY, minimum=0),
+                    x.integer("ci", MIG_ID_ANY, minimum=0),
+                )
+            )
+            x.reject_unknown()
+        else:
+            sec.error("xid", f"items must be Xid codes or {{code, gi, ci}}, got {item!r}")
+    sec._known.add("xid")
+    if "xid" in sec.raw and not isinstance(sec.raw.get("xid") or [], list):
+        sec.error("xid", "must be a list")
+    action = sec.text("recovery_action", "none", choices=RECOVERY_ACTION_NAMES)
+    mode = sec.text("compute_mode", "default", choices=tuple(COMPUTE_MODE_NAMES))
+    clocks = _clock_reasons(sec)
+    processes = tuple(
+        ProcessInfo(pid=p.integer("pid", 0, minimum=0), used_bytes=p.integer("used_mib", 0) * MIB)
+        for p in sec.sub_list("processes")
+    )
+    instances = tuple(
+        MigInstance(
+            uuid=m.text("uuid", f"MIG-sim-{index}-{k}"),
+            gpu_instance_id=m.integer("gi", k + 1, minimum=0),
+            compute_instance_id=m.integer("ci", 0, minimum=0),
+        )
+        for k, m in enumerate(sec.sub_list("mig_instances"))
+    )
+    unsupported = frozenset(sec.text_list("unsupported"))
+    for name in unsupported - set(SIGNALS) - {"inforom", "events"}:
+        sec.error("unsupported", f"unknown signal {name!r}; known: {', '.join(SIGNALS)}")
+    gpu = SimGpu(
+        index=index,
+        uuid=uuid,
+        name=sec.text("name", SimGpu.name),
+        lost=sec.flag("lost", False),
+        reset_required=sec.flag("reset_required", False),
+        xid=tuple(xids),
+        ecc_volatile_corrected=sec.integer("ecc_volatile_corrected", 0, minimum=0),
+        ecc_volatile_uncorrected=sec.integer("ecc_volatile_uncorrected", 0, minimum=0),
+        ecc_aggregate_corrected=sec.integer("ecc_aggregate_corrected", 0, minimum=0),
+        ecc_aggregate_uncorrected=sec.integer("ecc_aggregate_uncorrected", 0, minimum=0),
+        remap_correctable=sec.integer("remap_correctable", 0, minimum=0),
+        remap_uncorrectable=sec.integer("remap_uncorrectable", 0, minimum=0),
+        remap_pending=sec.flag("remap_pending", False),
+        remap_failure=sec.flag("remap_failure", False),
+        retired_pages_pending=sec.flag("retired_pages_pending", False),
+        recovery_action=int(RecoveryAction[action.upper()]),
+        memory_total_mib=sec.integer("memory_total_mib", SimGpu.memory_total_mib, minimum=1),
+        memory_free_mib=sec.integer("memory_free_mib", SimGpu.memory_free_mib, minimum=0),
+        temperature_c=sec.integer("temperature_c", 40),
+        temperature_slowdown_c=sec.integer("temperature_slowdown_c", 87),
+        temperature_shutdown_c=sec.integer("temperature_shutdown_c", 92),
+        clock_event_reasons=clocks,
+        compute_mode=COMPUTE_MODE_NAMES[mode],
+        utilization_gpu=sec.integer("utilization_gpu", 0, minimum=0, maximum=100),
+        pcie_replay=sec.integer("pcie_replay", 0, minimum=0),
+        processes=processes,
+        inforom_valid=sec.flag("inforom_valid", True),
+        mig=sec.flag("mig", False),
+        mig_instances=instances,
+        unsupported=unsupported,
+        nvml_hang=sec.flag("nvml_hang", False),
+        reset=sec.integer("reset", 0, minimum=0),
+    )
+    if gpu.memory_free_mib > gpu.memory_total_mib:
+        sec.error("memory_free_mib", "must be <= memory_total_mib")
+    sec.reject_unknown()
+    return gpu
+
+
+def _clock_reasons(sec: Section) -> int:
+    sec._known.add("clock_event_reasons")
+    raw = sec.raw.get("clock_event_reasons", 0)
+    if raw is None:
+        return 0
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, list) and all(isinstance(v, str) for v in raw):
+        mask = 0
+        for name in raw:
+            if name not in CLOCK_REASON_NAMES:
+                sec.error("clock_event_reasons", f"unknown reason {name!r}")
+            else:
+                mask |= CLOCK_REASON_NAMES[name]
+        return mask
+    sec.error("clock_event_reasons", f"must be a bitmask or a list of names, got {raw!r}")
+    return 0
+
+
+@dataclass(slots=True)
+class _ResetMask:
+    """Values the last simulated reset cleared; they stay cleared until the scenario changes."""
+
+    reset: int
+    ecc_corrected_base: int = 0
+    ecc_uncorrected_base: int = 0
+    cleared: dict[str, Any] = field(default_factory=dict)
+
+
+_RESET_CLEARS = {
+    "recovery_action": 0,
+    "remap_pending": False,
+    "retired_pages_pending": False,
+    "lost": False,
+    "reset_required": False,
+}
+
+
+class SimulatedBackend:
+    """GPU backend whose state is the scenario file's ``gpus:`` part (see module doc)."""
+
+    kind = "simulated"
+
+    def __init__(self, scenario: ScenarioFile | None = None) -> None:
+        self._lock = threading.Condition()
+        self._events: queue.Queue[GpuEvent] = queue.Queue()
+        self._state = SimState(gpus=(_default_gpu(),))
+        self._masks: dict[str, _ResetMask] = {}
+        self._registered: set[str] = set()
+        self._closed = False
+        self.last_error: str | None = None
+        self.generation = 0
+        if scenario is not None:
+            self.apply(scenario.current())
+            scenario.subscribe(self.apply)
+        else:
+            self.apply({})
+
+    # -- scenario -----------------------------------------------------------------------------
+
+    def apply(self, doc: Mapping[str, Any]) -> bool:
+        """Apply a scenario document; returns False (last good state stays) when it is bad."""
+        try:
+            new = parse_sim_state(doc)
+        except ValueError as exc:
+            if self.last_error != str(exc):
+                log.warning("scenario gpus ignored, last good state stays", extra={"error": str(exc)})
+            self.last_error = str(exc)
+            return False
+        self.last_error = None
+        with self._lock:
+            old = {g.uuid: self._effective(g) for g in self._state.gpus}
+            old_raw = {g.uuid: g for g in self._state.gpus}
+            for g in new.gpus:
+                prev = old_raw.get(g.uuid)
+                mask = self._masks.get(g.uuid)
+                if mask is None:
+                    self._masks[g.uuid] = _ResetMask(reset=g.reset)
+                elif g.reset != mask.reset:
+                    self._masks[g.uuid] = _ResetMask(
+                        reset=g.reset,
+                        ecc_corrected_base=g.ecc_volatile_corrected,
+                        ecc_uncorrected_base=g.ecc_volatile_uncorrected,
+                        cleared={k: getattr(g, k) for k in _RESET_CLEARS},
+                    )
+                elif prev is not None:
+                    # a field the scenario changed since the reset is no longer masked
+                    for key in list(mask.cleared):
+                        if getattr(g, key) != getattr(prev, key):
+                            del mask.cleared[key]
+            self._state = new
+            self.generation += 1
+            for g in new.gpus:
+                if g.uuid in self._registered:
+                    self._queue_changes(old.get(g.uuid), old_raw.get(g.uuid), g)
+            self._lock.notify_all()
+        return True
+
+    def _effective(self, g: SimGpu) -> SimGpu:
+        mask = self._masks.get(g.uuid)
+        if mask is None:
+            return g
+        changes: dict[str, Any] = {
+            "ecc_volatile_corrected": max(0, g.ecc_volatile_corrected - mask.ecc_corrected_base),
+            "ecc_volatile_uncorrected": max(
+                0, g.ecc_volatile_uncorrected - mask.ecc_uncorrected_base
+            ),
+        }
+        for key in mask.cleared:
+            changes[key] = _RESET_CLEARS[key]
+        return dataclasses.replace(g, **changes)
+
+    def _queue_changes(self, old: SimGpu | None, old_raw: SimGpu | None, raw: SimGpu) -> None:
+        new = self._effective(raw)
+        now = time.time()
+        seen = set(old_raw.xid) if old_raw is not None else set()
+        for x in raw.xid:
+            if x not in seen:
+                self._events.put(
+                    GpuEvent(new.uuid, int(EventType.XID_CRITICAL), x.code, x.gi, x.ci, now)
+                )
+                seen.add(x)
+        if "events" in new.unsupported:
+            return
+        before_unc = old.ecc_volatile_uncorrected if old is not None else 0
+        before_corr = old.ecc_volatile_corrected if old is not None else 0
+        if new.ecc_volatile_uncorrected > before_unc:
+            self._events.put(GpuEvent(new.uuid, int(EventType.DOUBLE_BIT_ECC), 0, wall_time=now))
+        if new.ecc_volatile_corrected > before_corr:
+            self._events.put(GpuEvent(new.uuid, int(EventType.SINGLE_BIT_ECC), 0, wall_time=now))
+        if old is not None and new.recovery_action != old.recovery_action:
+            self._events.put(
+                GpuEvent(new.uuid, int(EventType.GPU_RECOVERY_ACTION), 0, wall_time=now)
+            )
+
+    def _gpu(self, uuid: str) -> SimGpu:
+        for g in self._state.gpus:
+            if g.uuid == uuid:
+                return self._effective(g)
+        raise GpuLostError(f"simulated GPU {uuid} is no longer present", uuid=uuid)
+
+    def _wait_not_hung(self, uuid: str | None = None) -> None:
+        """Block like a hung driver call while the scenario says so (released by close())."""
+        with self._lock:
+            while not self._closed:
+                hung = self._state.hang
+                if uuid is not None and not hung:
+                    hung = any(g.uuid == uuid and g.nvml_hang for g in self._state.gpus)
+                if not hung:
+                    return
+                self._lock.wait(0.5)
+
+    def _check_available(self) -> None:
+        name = self._state.unavailable
+        if name is not None:
+            cls = UNAVAILABLE_KINDS.get(name.lower(), NvmlUnavailableError)
+            raise cls(f"simulated: {name}")
+
+    # -- protocol -----------------------------------------------------------------------------
+
+    def open(self) -> SystemInfo:
+        self._wait_not_hung()
+        with self._lock:
+            self._check_available()
+            return SystemInfo(
+                driver_version=self._state.driver_version,
+                nvml_version="13.580.00 (simulated)",
+                cuda_driver_version=13000,
+            )
+
+    def devices(self) -> list[GpuInfo]:
+        self._wait_not_hung()
+        with self._lock:
+            self._check_available()
+            return [self._info(self._effective(g)) for g in self._state.gpus]
+
+    @staticmethod
+    def _info(g: SimGpu) -> GpuInfo:
+        return GpuInfo(
+            index=g.index,
+            uuid=g.uuid,
+            name=g.name,
+            pci_bus_id=f"00000000:{0x18 + g.index:02X}:00.0",
+            mig_enabled=g.mig,
+            instances=g.mig_instances if g.mig else (),
+        )
+
+    def sample(self, uuid: str) -> GpuSample:
+        self._wait_not_hung(uuid)
+        with self._lock:
+            self._check_available()
+            g = self._gpu(uuid)
+        if g.lost:
+            raise GpuLostError("GPU is lost (simulated)", code=15, uuid=uuid)
+        if g.reset_required:
+            raise ResetRequiredError("GPU requires reset (simulated)", code=16, uuid=uuid)
+        off = set(g.unsupported)
+        if g.mig:  # NVML: remapped rows, utilisation and the process list are not per-GPU
+            off |= {"remap", "utilization_gpu_pct", "processes", "retired_pages_pending"}
+
+        def r(name: str, value: Any) -> Reading[Any]:
+            return UNSUPPORTED if name in off else value
+
+        total = g.memory_total_mib * MIB
+        free = g.memory_free_mib * MIB
+        return GpuSample(
+            info=self._info(g),
+            ecc=r(
+                "ecc",
+                EccCounters(
+                    volatile_corrected=g.ecc_volatile_corrected,
+                    volatile_uncorrected=g.ecc_volatile_uncorrected,
+                    aggregate_corrected=max(g.ecc_aggregate_corrected, g.ecc_volatile_corrected),
+                    aggregate_uncorrected=max(
+                        g.ecc_aggregate_uncorrected, g.ecc_volatile_uncorrected
+                    ),
+                ),
+            ),
+            remap=r(
+                "remap",
+                RemappedRows(
+                    g.remap_correctable, g.remap_uncorrectable, g.remap_pending, g.remap_failure
+                ),
+            ),
+            retired_pages_pending=r("retired_pages_pending", g.retired_pages_pending),
+            recovery_action=r("recovery_action", g.recovery_action),
+            memory=r("memory", MemoryInfo(total=total, used=total - free, free=free)),
+            temperature_c=r("temperature_c", g.temperature_c),
+            slowdown_threshold_c=r("slowdown_threshold_c", g.temperature_slowdown_c),
+            shutdown_threshold_c=r("shutdown_threshold_c", g.temperature_shutdown_c),
+            clock_event_reasons=r("clock_event_reasons", g.clock_event_reasons),
+            compute_mode=r("compute_mode", g.compute_mode),
+            utilization_gpu_pct=r("utilization_gpu_pct", g.utilization_gpu),
+            pcie_replay_count=r("pcie_replay_count", g.pcie_replay),
+            processes=r("processes", g.processes),
+            reset_count=g.reset,
+        )
+
+    def validate_inforom(self, uuid: str) -> Reading[bool]:
+        self._wait_not_hung(uuid)
+        with self._lock:
+            self._check_available()
+            g = self._gpu(uuid)
+        if "inforom" in g.unsupported:
+            return UNSUPPORTED
+        return g.inforom_valid
+
+    def register_events(self, uuids: Iterable[str]) -> list[EventRegistration]:
+        out: list[EventRegistration] = []
+        with self._lock:
+            for uuid in uuids:
+                raw = next((g for g in self._state.gpus if g.uuid == uuid), None)
+                if raw is None:
+                    continue
+                g = self._effective(raw)
+                if "events" in g.unsupported:
+                    out.append(EventRegistration(uuid, 0, int(EventType.XID_CRITICAL) | 0x3))
+                    continue
+                if uuid not in self._registered:
+                    self._registered.add(uuid)
+                    # the codes already listed are delivered once at registration
+                    self._queue_changes(g, None, raw)
+                out.append(
+                    EventRegistration(
+                        uuid,
+                        int(
+                            EventType.XID_CRITICAL
+                            | EventType.DOUBLE_BIT_ECC
+                            | EventType.SINGLE_BIT_ECC
+                            | EventType.GPU_RECOVERY_ACTION
+                        ),
+                    )
+                )
+        return out
+
+    def wait_event(self, timeout_s: float) -> GpuEvent | None:
+        try:
+            return self._events.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+
+    def inject_event(self, event: GpuEvent) -> None:
+        """Queue an event directly (tests)."""
+        self._events.put(event)

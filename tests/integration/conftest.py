@@ -1,0 +1,211 @@
+"""Fixtures: a real sidecar app on ephemeral ports (in-process, on its own loop thread), and a
+real sidecar process started from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sidecar.app import SidecarApp
+from sidecar.config import GrpcConfig, HttpConfig, SidecarConfig
+from sidecar.model import CheckResult
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class AppThread:
+    """A SidecarApp running on an event loop in a background thread."""
+
+    def __init__(self, config: SidecarConfig) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.app = SidecarApp(config)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> AppThread:
+        self._thread.start()
+        self.call(self.app.start())
+        return self
+
+    def call(self, coro: Any, timeout: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def submit(self, *results: CheckResult) -> None:
+        self.app.submit(results)
+        # wait until the loop applied it
+        self.call(asyncio.sleep(0))
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.call(self.app.stop(), timeout=15)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.app.grpc_port}"
+
+    @property
+    def http_base(self) -> str:
+        assert self.app.http is not None
+        return f"http://127.0.0.1:{self.app.http.port}"
+
+
+def core_config(**kw: Any) -> SidecarConfig:
+    grpc_kw = {k[5:]: v for k, v in kw.items() if k.startswith("grpc_")}
+    rest = {k: v for k, v in kw.items() if not k.startswith("grpc_")}
+    base = SidecarConfig(
+        grpc=GrpcConfig(host="127.0.0.1", port=0),
+        http=HttpConfig(host="127.0.0.1", port=0),
+        state_dir="/nonexistent-state",
+        components={},
+    )
+    if grpc_kw:
+        base = replace(base, grpc=replace(base.grpc, **grpc_kw))
+    return replace(base, **rest)
+
+
+@pytest.fixture
+def make_app() -> Iterator[Callable[..., AppThread]]:
+    apps: list[AppThread] = []
+
+    def make(config: SidecarConfig | None = None, **kw: Any) -> AppThread:
+        app = AppThread(config or core_config(**kw)).start()
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.stop()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., AppThread]) -> AppThread:
+    return make_app()
+
+
+def health_stub(addr: str) -> tuple[grpc.Channel, Any]:
+    ch = grpc.insecure_channel(addr)
+    return ch, health_pb2_grpc.HealthStub(ch)
+
+
+def check(addr: str, service: str, timeout: float = 2.0) -> int:
+    ch, stub = health_stub(addr)
+    with ch:
+        return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status)
+
+
+@dataclass
+class SidecarProcess:
+    proc: subprocess.Popen[str]
+    grpc_port: int
+    http_port: int
+    lines: list[dict[str, Any]]
+    stderr_path: Path
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log_records(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.stderr_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def stop(self, sig: int = 15, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def start_sidecar(
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    wait_started: bool = True,
+) -> SidecarProcess:
+    """Start `python -m sidecar serve ...` on free ports; waits for the 'sidecar started' log."""
+    grpc_port, http_port = free_port(), free_port()
+    stderr_path = tmp_path / f"sidecar-{grpc_port}.log"
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    cmd = [
+        sys.executable,
+        "-m",
+        "sidecar",
+        "serve",
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
+        "--state-dir",
+        str(tmp_path / "state"),
+        *args,
+    ]
+    with open(stderr_path, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=full_env, cwd=REPO)
+    sp = SidecarProcess(proc, grpc_port, http_port, [], stderr_path)
+    if wait_started:
+
+        def started() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"sidecar exited {proc.returncode}: {stderr_path.read_text()}")
+            return any(r.get("msg") == "sidecar started" for r in sp.log_records())
+
+        wait_until(started, timeout=20)
+    return sp
+
+
+@pytest.fixture
+def sidecar_proc(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
+    procs: list[SidecarProcess] = []
+
+    def start(*args: str, **kw: Any) -> SidecarProcess:
+        sp = start_sidecar(tmp_path, *args, **kw)
+        procs.append(sp)
+        return sp
+
+    yield start
+    for sp in procs:
+        if sp.proc.poll() is None:
+            sp.proc.kill()
+            sp.proc.wait(5)
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
