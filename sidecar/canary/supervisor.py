@@ -215,8 +215,9 @@ class CanarySupervisor:
         self._stderr.clear()
         self._stderr_task = asyncio.create_task(self._drain_stderr(self.proc), name="canary-stderr")
         log.info("canary worker started", extra={"pid": self.proc.pid, "runner": self.load_request.runner})
-        reply, death = await self._request(self.load_request.to_dict(), self.settings.load_timeout_s,
-                                           timeout_reason="LoadTimeout")
+        reply, death = await self._request(
+            self.load_request.to_dict(), self.settings.load_timeout_s, timeout_reason="LoadTimeout"
+        )
         self.loading = False
         if death is not None:
             return WorkerError(death.reason, death.message, labels=death.labels)
@@ -235,8 +236,12 @@ class CanarySupervisor:
         self._record_memory(reply)
         log.info(
             "canary worker loaded",
-            extra={"pid": self.proc.pid, "runner": self.runner, "detail": self.detail,
-                   "startup_s": round(self.clock() - t0, 3)},
+            extra={
+                "pid": self.proc.pid,
+                "runner": self.runner,
+                "detail": self.detail,
+                "startup_s": round(self.clock() - t0, 3),
+            },
         )
         return None
 
@@ -262,11 +267,14 @@ class CanarySupervisor:
                 err = WorkerError.from_dict(reply.get("error"))
                 if err.sticky:  # the worker exits by itself; make sure, and count the death
                     await self._kill(grace_s=2.0)
-                    death = Death(err.cuda_error or err.reason, err.reason,
-                                  f"{err.message}; worker replaced", err.labels)
+                    death = Death(
+                        err.cuda_error or err.reason,
+                        err.reason,
+                        f"{err.message}; worker replaced",
+                        err.labels,
+                    )
                     self._record_death(death)
-                    return RunOutcome(False, runner=self.runner, error=err, death=death,
-                                      rss_bytes=rss)
+                    return RunOutcome(False, runner=self.runner, error=err, death=death, rss_bytes=rss)
                 return RunOutcome(False, runner=self.runner, error=err, rss_bytes=rss)
             try:
                 outputs = protocol.decode_arrays(reply.get("outputs"))
@@ -294,8 +302,9 @@ class CanarySupervisor:
         """Drop the production engine in the worker (verify-then-release)."""
         async with self._lock:
             if self.ready:
-                reply, _ = await self._request({"op": protocol.OP_RELEASE}, self.settings.timeout_s,
-                                               timeout_reason="CanaryTimeout")
+                reply, _ = await self._request(
+                    {"op": protocol.OP_RELEASE}, self.settings.timeout_s, timeout_reason="CanaryTimeout"
+                )
                 if reply is not None:
                     self._record_memory(reply)
 
@@ -330,8 +339,11 @@ class CanarySupervisor:
         except TimeoutError:
             await self._kill()
             what = "load" if msg.get("op") == protocol.OP_LOAD else "canary"
-            death = Death(timeout_reason, timeout_reason,
-                          f"{what} did not answer within {timeout_s:g}s; worker SIGKILLed")
+            death = Death(
+                timeout_reason,
+                timeout_reason,
+                f"{what} did not answer within {timeout_s:g}s; worker SIGKILLed",
+            )
             self._record_death(death)
             return None, death
         except (ConnectionError, BrokenPipeError, ValueError, OSError):
@@ -374,16 +386,20 @@ class CanarySupervisor:
         self.loaded = False
         self.loading = False
         self.failures += 1
-        delay = backoff_delay(self.failures, self.settings.backoff_initial_s,
-                              self.settings.backoff_max_s)
+        delay = backoff_delay(self.failures, self.settings.backoff_initial_s, self.settings.backoff_max_s)
         self.not_before = self.clock() + delay
         self.last_death = death
         self.metrics.restarts.labels(cause=death.cause).inc()
         self.metrics.worker_gpu_memory.clear()
         log.warning(
             "canary worker lost",
-            extra={"cause": death.cause, "reason": death.reason, "detail": death.message,
-                   "restart_in_s": round(delay, 3), "consecutive_failures": self.failures},
+            extra={
+                "cause": death.cause,
+                "reason": death.reason,
+                "detail": death.message,
+                "restart_in_s": round(delay, 3),
+                "consecutive_failures": self.failures,
+            },
         )
 
     def _record_memory(self, reply: dict[str, Any]) -> None:

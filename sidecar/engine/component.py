@@ -71,9 +71,7 @@ def _call(provider: Provider | None) -> Any:
         return None
 
 
-def check_compute_capability(
-    built_for: str, gpu: str, hardware_compatibility: str
-) -> tuple[bool, str]:
+def check_compute_capability(built_for: str, gpu: str, hardware_compatibility: str) -> tuple[bool, str]:
     """Would a plan built for ``built_for`` run on a GPU of compute capability ``gpu``?"""
 
     def parse(cc: str) -> tuple[int, int]:
@@ -193,9 +191,7 @@ class EngineComponent:
             labels,
             registry=registry,
         )
-        self.m_size = Gauge(
-            "trt_health_engine_size_bytes", "Engine file size", labels, registry=registry
-        )
+        self.m_size = Gauge("trt_health_engine_size_bytes", "Engine file size", labels, registry=registry)
         self.m_hash_seconds = Gauge(
             "trt_health_engine_hash_seconds",
             "Wall time of the last full SHA-256 of the engine file",
@@ -251,9 +247,7 @@ class EngineComponent:
         for s in self._states:
             for cond in ("file", "checksum") if s.spec.manifest else ("file",):
                 first.append(
-                    self.result(
-                        s, cond, CheckStatus.UNKNOWN, "LoadingEngine", "engine not verified yet"
-                    )
+                    self.result(s, cond, CheckStatus.UNKNOWN, "LoadingEngine", "engine not verified yet")
                 )
         if first:
             sink.submit(first)
@@ -326,9 +320,7 @@ class EngineComponent:
             # A stat here is cheap on the local volumes inotify serves; on polled (network)
             # volumes the triggered check finds a deletion itself, off the event loop.
             gone = (
-                self.watch_mode == "inotify"
-                and engine_path is not None
-                and stat_stamp(engine_path) is None
+                self.watch_mode == "inotify" and engine_path is not None and stat_stamp(engine_path) is None
             )
             level = logging.WARNING if s.verified_once else logging.INFO
             log.log(
@@ -417,12 +409,8 @@ class EngineComponent:
     def _unmonitored(self, s: _EngineState, cond: str, message: str) -> CheckResult:
         return self._ok(s, cond, message, reason="Unmonitored", severity=Severity.INFO)
 
-    def _blocked(
-        self, s: _EngineState, conds: Sequence[str], reason: str, message: str
-    ) -> list[CheckResult]:
-        return [
-            self.result(s, c, CheckStatus.UNKNOWN, reason, f"not checked: {message}") for c in conds
-        ]
+    def _blocked(self, s: _EngineState, conds: Sequence[str], reason: str, message: str) -> list[CheckResult]:
+        return [self.result(s, c, CheckStatus.UNKNOWN, reason, f"not checked: {message}") for c in conds]
 
     # -- verification -----------------------------------------------------------------------
 
@@ -469,9 +457,7 @@ class EngineComponent:
             log.info("engine verified", extra={"engine": s.spec.name, "sha256": sha})
             self._keep_last_good(s)
             return self._ok(s, "change", "verified; baseline recorded")
-        same = (sha is not None and sha == s.baseline_sha) or (
-            sha is None and stamp == s.baseline_stamp
-        )
+        same = (sha is not None and sha == s.baseline_sha) or (sha is None and stamp == s.baseline_stamp)
         if same:
             return self._ok(s, "change", "the file is the one verified first")
         self._keep_last_good(s)
@@ -608,9 +594,7 @@ class EngineComponent:
         if s.observed != stamp:
             s.observed, s.observed_at = stamp, time.monotonic()
         self.m_size.labels(engine=spec.name).set(stamp.size)
-        out.append(
-            self._ok(s, "file", f"{path} present and stable ({stamp.size} bytes)", value=stamp.size)
-        )
+        out.append(self._ok(s, "file", f"{path} present and stable ({stamp.size} bytes)", value=stamp.size))
         m = s.manifest
 
         # 3. plan header (read first: cheap, and a non-plan makes hashing moot for diagnosis)
@@ -620,9 +604,7 @@ class EngineComponent:
                 header = await asyncio.to_thread(read_plan_header, path)
             except OSError as exc:
                 header = None
-                out.append(
-                    self.result(s, "plan", CheckStatus.FAIL, "EngineMissing", f"unreadable: {exc}")
-                )
+                out.append(self.result(s, "plan", CheckStatus.FAIL, "EngineMissing", f"unreadable: {exc}"))
             s.header = header
             if header is not None:
                 if header.is_plan:
@@ -675,9 +657,7 @@ class EngineComponent:
         self, s: _EngineState, header: PlanHeader | None, m: EngineManifest | None
     ) -> CheckResult:
         if header is None or not header.is_plan:
-            return self.result(
-                s, "version", CheckStatus.UNKNOWN, "EngineNotAPlan", "not checked: not a plan"
-            )
+            return self.result(s, "version", CheckStatus.UNKNOWN, "EngineNotAPlan", "not checked: not a plan")
         if not header.layout_known or header.tensorrt_version is None:
             return self._ok(
                 s,
@@ -697,8 +677,7 @@ class EngineComponent:
                     "version",
                     CheckStatus.FAIL,
                     "EngineVersionMismatch",
-                    f"the plan header says TensorRT {hv} but the manifest says "
-                    f"{m.tensorrt_version}",
+                    f"the plan header says TensorRT {hv} but the manifest says {m.tensorrt_version}",
                     labels={"header_version": hv},
                 )
         runtime, source = self._runtime()
@@ -706,8 +685,7 @@ class EngineComponent:
             return self._ok(
                 s,
                 "version",
-                f"plan built by TensorRT {hv}; runtime version unknown (set "
-                "engines.tensorrt_version)",
+                f"plan built by TensorRT {hv}; runtime version unknown (set engines.tensorrt_version)",
                 reason="Unmonitored",
                 severity=Severity.INFO,
                 value=hv,
@@ -759,8 +737,7 @@ class EngineComponent:
                 "memory",
                 CheckStatus.FAIL,
                 "InsufficientGpuMemory",
-                f"engine weights ~{size / 2**20:.0f} MiB exceed free GPU memory "
-                f"{free_i / 2**20:.0f} MiB",
+                f"engine weights ~{size / 2**20:.0f} MiB exceed free GPU memory {free_i / 2**20:.0f} MiB",
                 severity=Severity.WARNING,
                 value=float(size - free_i),
             )
@@ -810,13 +787,10 @@ class EngineComponent:
                     "checksum",
                     CheckStatus.UNKNOWN,
                     "EngineHashTimeout",
-                    f"hashing did not finish in {cfg.hash_timeout_s:.0f}s "
-                    f"({exc.done / 1e6:.0f} MB read)",
+                    f"hashing did not finish in {cfg.hash_timeout_s:.0f}s ({exc.done / 1e6:.0f} MB read)",
                 )
             except FileNotFoundError:
-                return self.result(
-                    s, "checksum", CheckStatus.FAIL, "EngineMissing", f"{path} disappeared"
-                )
+                return self.result(s, "checksum", CheckStatus.FAIL, "EngineMissing", f"{path} disappeared")
             except OSError as exc:
                 return self.result(
                     s,
@@ -870,8 +844,7 @@ class EngineComponent:
         return self._ok(
             s,
             "checksum",
-            f"sha256 matches ({res.size / 1e6:.0f} MB in {res.seconds:.2f}s, "
-            f"{res.mb_per_s:.0f} MB/s)",
+            f"sha256 matches ({res.size / 1e6:.0f} MB in {res.seconds:.2f}s, {res.mb_per_s:.0f} MB/s)",
             value=res.seconds,
             labels=labels,
         )

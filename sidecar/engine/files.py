@@ -109,9 +109,7 @@ async def sha256_file(path: Path, *, timeout_s: float, max_bytes_per_s: float = 
     cancel = threading.Event()
     start = time.monotonic()
     task = asyncio.ensure_future(
-        asyncio.to_thread(
-            sha256_file_blocking, path, cancel=cancel, max_bytes_per_s=max_bytes_per_s
-        )
+        asyncio.to_thread(sha256_file_blocking, path, cancel=cancel, max_bytes_per_s=max_bytes_per_s)
     )
     try:
         return await asyncio.wait_for(asyncio.shield(task), timeout_s)
@@ -136,9 +134,7 @@ class Stability:
     previous: FileStamp | None
 
 
-async def observe_stability(
-    path: Path, window_s: float, *, previous: FileStamp | None = None
-) -> Stability:
+async def observe_stability(path: Path, window_s: float, *, previous: FileStamp | None = None) -> Stability:
     """Stat, wait ``window_s``, stat again; stable when nothing changed (not being written).
 
     When ``previous`` (a stamp taken at least ``window_s`` ago) equals the current stamp, the

@@ -156,9 +156,7 @@ def parse_manifest(raw: Any, directory: Path, *, where: str = "manifest") -> Eng
         atol=tol.number("atol", 1e-4, minimum=0.0), rtol=tol.number("rtol", 1e-3, minimum=0.0)
     )
     tol.reject_unknown()
-    budget = (
-        sec.number("latency_budget_ms", 0.0, minimum=0.0) if sec.has("latency_budget_ms") else None
-    )
+    budget = sec.number("latency_budget_ms", 0.0, minimum=0.0) if sec.has("latency_budget_ms") else None
     sec.reject_unknown()
     if errors:
         raise ConfigError(errors)

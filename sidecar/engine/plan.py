@@ -67,9 +67,7 @@ def parse_plan_header(data: bytes) -> PlanHeader:
     if magic != PLAN_MAGIC:
         if not data:
             return PlanHeader(False, magic, problem="file is empty")
-        return PlanHeader(
-            False, magic, problem=f"first bytes are {magic.hex()} (expected 'ftrt' plan tag)"
-        )
+        return PlanHeader(False, magic, problem=f"first bytes are {magic.hex()} (expected 'ftrt' plan tag)")
     if len(data) < 8:
         return PlanHeader(True, magic, problem="header truncated before the layout field")
     (layout,) = struct.unpack_from("<I", data, 4)
@@ -177,9 +175,7 @@ def compare_versions(plan: str, runtime: str, *, version_compatible: bool) -> Ve
     if p[0] == r[0]:
         if r[:2] >= p[:2]:
             return VersionVerdict(True, f"version-compatible plan {plan} runs on {runtime}")
-        return VersionVerdict(
-            False, f"version-compatible plan {plan} is newer than runtime {runtime}"
-        )
+        return VersionVerdict(False, f"version-compatible plan {plan} is newer than runtime {runtime}")
     if (p[0], r[0]) in ((10, 11), (8, 10)):
         return VersionVerdict(True, f"version-compatible plan {plan} runs on {runtime}")
     return VersionVerdict(

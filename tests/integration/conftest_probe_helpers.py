@@ -234,9 +234,7 @@ def make_tls_files(directory: Path) -> TlsFiles:
     )
 
 
-def server_credentials(
-    cert: Path, key: Path, *, client_ca: Path | None = None
-) -> grpc.ServerCredentials:
+def server_credentials(cert: Path, key: Path, *, client_ca: Path | None = None) -> grpc.ServerCredentials:
     """TLS server credentials; with ``client_ca`` the server requires a client certificate."""
     return grpc.ssl_server_credentials(
         [(key.read_bytes(), cert.read_bytes())],

@@ -91,9 +91,9 @@ class Sink:
         return None
 
     async def wait_for(
-        self, pred: Callable[[CheckResult], bool], timeout: float = 5.0, after: float = 0.0
+        self, pred: Callable[[CheckResult], bool], within: float = 5.0, after: float = 0.0
     ) -> tuple[float, CheckResult]:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             for t, r in self.log:
                 if t >= after and pred(r):
@@ -245,7 +245,7 @@ async def test_file_being_written_is_unstable(tmp_path: Path) -> None:
     try:
         await sink.wait_for(is_("file", "EngineUnstable"))
         th.join()
-        await sink.wait_for(is_("file", ok=True), timeout=5.0)
+        await sink.wait_for(is_("file", ok=True), within=5.0)
     finally:
         stop.set()
         th.join()
@@ -363,7 +363,7 @@ async def test_replaced_by_good_engine_is_warning(tmp_path: Path) -> None:
         new_m = write_engine(sub, plan_bytes(5))
         os.replace(sub / "model.plan", tmp_path / "model.plan")
         os.replace(new_m, m)
-        await sink.wait_for(is_("checksum", ok=True), after=t0 + 0.001, timeout=3)
+        await sink.wait_for(is_("checksum", ok=True), after=t0 + 0.001, within=3)
         _, ch = await sink.wait_for(
             lambda r: is_("change", "EngineReplaced")(r) and "verifies" in r.message, after=t0
         )
@@ -399,13 +399,11 @@ def test_inotify_failure_falls_back_to_poll(tmp_path: Path) -> None:
     def broken(paths: list[Path]) -> Any:
         raise OSError(28, "inotify watch limit reached")
 
-    watcher, note = choose_watcher(
-        "inotify", [tmp_path / "a.plan"], 1.0, inotify_factory=broken
-    )
+    watcher, note = choose_watcher("inotify", [tmp_path / "a.plan"], 1.0, inotify_factory=broken)
     assert isinstance(watcher, PollWatcher) and note is not None and "limit" in note
 
 
-async def test_real_filesystem_type_is_found(tmp_path: Path) -> None:
+def test_real_filesystem_type_is_found(tmp_path: Path) -> None:
     """filesystem_type reads /proc/self/mountinfo and names the tmp folder's file system."""
     from sidecar.engine.watch import filesystem_type
 
@@ -424,9 +422,7 @@ async def test_hash_cost_metrics_exported(tmp_path: Path) -> None:
     try:
         await sink.wait_for(is_("change", ok=True))
         rate = reg.get_sample_value("trt_health_engine_hash_bytes_per_second", {"engine": "prod"})
-        cost = reg.get_sample_value(
-            "trt_health_engine_hash_seconds_per_gigabyte", {"engine": "prod"}
-        )
+        cost = reg.get_sample_value("trt_health_engine_hash_seconds_per_gigabyte", {"engine": "prod"})
         assert rate is not None and rate > 0 and cost is not None and cost > 0
         assert reg.get_sample_value("trt_health_engine_verified", {"engine": "prod"}) == 1
     finally:

@@ -51,8 +51,11 @@ T32 = Thresholds(3, 2, 2)
         # not yet established: failures below threshold still gate (fail closed at start)
         ([FAIL, FAIL], T31, [False, False]),
         # success threshold 2: recovery needs two passes in a row
-        ([OK, OK, FAIL, FAIL, FAIL, OK, FAIL, OK, OK], T32,
-         [False, True, True, True, False, False, False, False, True]),
+        (
+            [OK, OK, FAIL, FAIL, FAIL, OK, FAIL, OK, OK],
+            T32,
+            [False, True, True, True, False, False, False, False, True],
+        ),
         # FATAL acts at once even with a failure threshold of 3 ...
         ([OK, FATAL], T31, [True, False]),
         # ... and recovery after a fatal episode needs fatal_recovery_threshold (3) passes

@@ -114,7 +114,7 @@ def compile_ptx(nvrtc: Any, source: bytes) -> bytes:
         size = ck(nvrtc.nvrtcGetPTXSize(prog), "PTX size")
         ptx = b" " * size
         ck(nvrtc.nvrtcGetPTX(prog, ptx), "PTX")
-        return ptx
+        return bytes(ptx)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
@@ -224,7 +224,7 @@ class CudaKernelRunner:
                 self._launch(d, d.spin, [np.array([int(d.d_flag)], np.uint64)], 1)
             elif gpu_fault == "illegal_address":
                 self._launch(d, d.poke_bad, [np.array([1], np.int32)], 1)
-            argv = [
+            argv: list[np.ndarray] = [
                 np.array([int(d.d_x)], np.uint64),
                 np.array([int(d.d_y)], np.uint64),
                 np.array([KERNEL_N], np.int32),

@@ -48,9 +48,7 @@ class OnnxRuntimeRunner:
         wanted = [o.name for o in self.manifest.outputs] or names
         unknown = sorted(set(wanted) - set(names))
         if unknown:
-            raise RunnerError(
-                "EngineIoMismatch", f"model has no output(s) {unknown}; it has {names}"
-            )
+            raise RunnerError("EngineIoMismatch", f"model has no output(s) {unknown}; it has {names}")
         self._output_names = wanted
         return LoadInfo(detail=f"onnxruntime {ort.__version__} CPU, model {self.manifest.file}")
 

@@ -64,8 +64,10 @@ TRT_API: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("ILogger", ("log", "Severity")),
-    ("IErrorRecorder", ("report_error", "num_errors", "get_error_code", "get_error_desc",
-                        "has_overflowed", "clear")),
+    (
+        "IErrorRecorder",
+        ("report_error", "num_errors", "get_error_code", "get_error_desc", "has_overflowed", "clear"),
+    ),
     ("TensorIOMode", ("INPUT", "OUTPUT")),
     ("TensorLocation", ("DEVICE",)),
     ("DataType", ("FLOAT", "HALF", "INT8", "INT32", "INT64", "BOOL", "UINT8")),
@@ -186,6 +188,7 @@ class TensorRTRunner:
         self._stream: Any = None
         self._buffers: _Buffers | None = None
         self._inputs: list[str] = []
+        self._inputs_host: dict[str, np.ndarray] = {}
         self._outputs: list[str] = []
 
     # --- CUDA runtime helpers --------------------------------------------------------------
@@ -334,9 +337,7 @@ class TensorRTRunner:
                 raise RunnerError("EngineIoMismatch", f"{n}: dtype {dtype} has no numpy type")
         want_in = {t.name for t in self.manifest.inputs}
         want_out = {t.name for t in self.manifest.outputs}
-        if (want_in and want_in != set(self._inputs)) or (
-            want_out and not want_out <= set(self._outputs)
-        ):
+        if (want_in and want_in != set(self._inputs)) or (want_out and not want_out <= set(self._outputs)):
             raise RunnerError(
                 "EngineIoMismatch",
                 f"engine I/O inputs={self._inputs} outputs={self._outputs}, "
@@ -344,7 +345,7 @@ class TensorRTRunner:
             )
 
     def _allocate(self, free: int, total: int) -> None:
-        trt, rt, engine, ctx = self._trt, self._rt, self._engine, self._context
+        rt, engine, ctx = self._rt, self._engine, self._context
         if engine.num_optimization_profiles > 1:
             try:
                 ctx.set_optimization_profile_async(0, self._stream_handle())
@@ -391,14 +392,18 @@ class TensorRTRunner:
         d2h = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for n in self._inputs:
             a = bufs.host[n]
-            self._ck(rt.cudaMemcpyAsync(bufs.dev[n], a.ctypes.data, a.nbytes, h2d, self._stream),
-                     f"copy {n} to device")
+            self._ck(
+                rt.cudaMemcpyAsync(bufs.dev[n], a.ctypes.data, a.nbytes, h2d, self._stream),
+                f"copy {n} to device",
+            )
         if not ctx.execute_async_v3(self._stream_handle()):
             raise self._trt_error("InferenceFailed", "execute_async_v3 could not enqueue")
         for n in self._outputs:
             a = bufs.host[n]
-            self._ck(rt.cudaMemcpyAsync(a.ctypes.data, bufs.dev[n], a.nbytes, d2h, self._stream),
-                     f"copy {n} to host")
+            self._ck(
+                rt.cudaMemcpyAsync(a.ctypes.data, bufs.dev[n], a.nbytes, d2h, self._stream),
+                f"copy {n} to host",
+            )
         self._ck(rt.cudaStreamSynchronize(self._stream), "stream sync")
         if self._recorder.get_num_errors():
             raise self._trt_error("InferenceFailed", "TensorRT recorded errors during the canary")
@@ -424,14 +429,16 @@ def _runtime_to_driver_name(name: str) -> str:
     reasons and metrics, whichever API reported it)."""
     if not name.startswith("cudaError"):
         return name
-    special = {"cudaErrorMemoryAllocation": "CUDA_ERROR_OUT_OF_MEMORY",
-               "cudaErrorNoDevice": "CUDA_ERROR_NO_DEVICE",
-               "cudaErrorInsufficientDriver": "CUDA_ERROR_NO_DEVICE",
-               "cudaErrorLaunchFailure": "CUDA_ERROR_LAUNCH_FAILED"}
+    special = {
+        "cudaErrorMemoryAllocation": "CUDA_ERROR_OUT_OF_MEMORY",
+        "cudaErrorNoDevice": "CUDA_ERROR_NO_DEVICE",
+        "cudaErrorInsufficientDriver": "CUDA_ERROR_NO_DEVICE",
+        "cudaErrorLaunchFailure": "CUDA_ERROR_LAUNCH_FAILED",
+    }
     if name in special:
         return special[name]
-    out = []
-    for ch in name[len("cudaError"):]:
+    out: list[str] = []
+    for ch in name[len("cudaError") :]:
         if ch.isupper() and out:
             out.append("_")
         out.append(ch.upper())

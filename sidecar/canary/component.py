@@ -1,0 +1,726 @@
+"""The canary component: config, the ``canary`` check, and the worker keeper.
+
+Wiring (app.py)::
+
+    cfg = parse_canary_config(root.sub("canary"))
+    comp = CanaryComponent(cfg, simulate=..., scenario=..., registry=..., gpu_state=...,
+                           engines_dir=Path("engines"))
+    checks = comp.checks()          # one Check named "canary"
+    await comp.start(sink)          # returns at once; the worker starts in the background
+
+Conditions reported (all gate ``readiness`` and ``canary`` unless said otherwise):
+
+- ``canary``: the worker ran the golden input and the output matched. ``Starting`` /
+  ``LoadingEngine`` (UNKNOWN) until the first pass; ``WorkerCrashed``, ``CanaryTimeout``,
+  ``CudaError``, ``EngineDeserializeFailed``, ``InsufficientGpuMemory`` ... (CRITICAL) while
+  the worker is being replaced; ``CanaryMismatch`` (FATAL, sticky); ``CanarySkipped`` (OK)
+  while the GPU is busy; ``ExclusiveProcessMode`` (OK, INFO: unmonitored).
+- ``canary/latency``: WARNING when over budget (CRITICAL with ``latency_gates_readiness``).
+- ``canary/worker-memory``: WARNING ``WorkerMemoryGrowth`` when the worker's RSS grows.
+- ``canary/engine/<name>``: the opt-in production engine (also gates ``engine/<name>``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from sidecar.canary.golden import (
+    KERNEL_TOLERANCE,
+    Comparison,
+    compare_outputs,
+    kernel_expected,
+    load_expected,
+)
+from sidecar.canary.protocol import FAULT_MODES, GPU_FAULTS, FaultSpec, LoadRequest, ProductionSpec
+from sidecar.canary.supervisor import (
+    CanaryMetrics,
+    CanarySupervisor,
+    Death,
+    RunOutcome,
+    SupervisorSettings,
+)
+from sidecar.checks.base import Check, GpuStateView, ResultSink
+from sidecar.configfields import Section
+from sidecar.engine.manifest import EngineManifest, Tolerance, load_manifest
+from sidecar.model import (
+    SERVICE_CANARY,
+    SERVICE_READINESS,
+    CheckResult,
+    CheckStatus,
+    Severity,
+    engine_service,
+)
+from sidecar.scenario import ScenarioFile
+
+log = logging.getLogger(__name__)
+
+RUNNERS = ("auto", "onnxruntime", "cuda-kernel", "tensorrt")
+GATES = frozenset({SERVICE_READINESS, SERVICE_CANARY})
+CHECK_NAME = "canary"
+COND_LATENCY = "canary/latency"
+COND_MEMORY = "canary/worker-memory"
+
+# Minimum canary period. Measured on an H200 next to a bf16 matmul loop: a kernel canary every
+# 1 s cost the busy GPU ~0 %, every 100 ms ~0.3 %, every 10 ms ~2.6 % (context switches between
+# processes). Periods under 1 s are refused unless `allow_fast_interval: true`; even then
+# 10 ms is the floor.
+MIN_INTERVAL_S = 1.0
+FAST_MIN_INTERVAL_S = 0.01
+# Under MPS a fault in one client reaches every client of that GPU, so the canary is rarer.
+MPS_MIN_INTERVAL_S = 60.0
+DEFAULT_KERNEL_BUDGET_MS = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProductionEngineConfig:
+    manifest: Path
+    memory_budget_mib: float
+    release_after_verify: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryConfig:
+    """The ``canary:`` config section (durations in seconds). See :func:`parse_canary_config`."""
+
+    enabled: bool = True
+    runner: str = "auto"
+    interval_s: float = 5.0
+    allow_fast_interval: bool = False
+    timeout_s: float = 5.0
+    first_timeout_s: float = 60.0
+    load_timeout_s: float = 120.0
+    max_skip_s: float = 60.0
+    latency_budget_ms: float | None = None
+    latency_gates_readiness: bool = False
+    recovery_passes: int = 3
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    manifest: Path | None = None
+    tensorrt_manifest: Path | None = None
+    production_engine: ProductionEngineConfig | None = None
+    allow_engine_host_code: bool = False
+    devices: tuple[int, ...] = ()
+    warmup_runs: int = 2
+    mps: bool = False
+    mps_min_interval_s: float = MPS_MIN_INTERVAL_S
+    rss_growth_warn_mib: float = 256.0
+    worker_max_rss_mib: float = 4096.0
+
+
+def parse_canary_config(sec: Section) -> CanaryConfig:
+    """Read the ``canary:`` section; every bad field is recorded on ``sec`` by name.
+
+    ``interval`` below 1 s is an error unless ``allow_fast_interval: true``: a canary's cost to
+    a busy GPU is ~0 % at 1 s but ~2.6 % at 10 ms (measured), and 10 ms is the hard floor.
+    """
+    d = CanaryConfig()
+    enabled = sec.flag("enabled", d.enabled)
+    runner = sec.text("runner", d.runner, choices=RUNNERS)
+    fast = sec.flag("allow_fast_interval", d.allow_fast_interval)
+    interval = sec.duration("interval", d.interval_s, minimum=0.0)
+    floor = FAST_MIN_INTERVAL_S if fast else MIN_INTERVAL_S
+    if interval < floor:
+        hint = "" if fast else " (set allow_fast_interval: true to go lower; costs GPU time)"
+        sec.error("interval", f"must be >= {floor:g}s, got {interval:g}s{hint}")
+        interval = d.interval_s
+    timeout = sec.duration("timeout", d.timeout_s, minimum=0.001)
+    first_timeout = sec.duration("first_timeout", d.first_timeout_s, minimum=0.001)
+    load_timeout = sec.duration("load_timeout", d.load_timeout_s, minimum=0.001)
+    max_skip = sec.duration("max_skip", d.max_skip_s, minimum=0.0)
+    budget = sec.number("latency_budget_ms", 0.0, minimum=0.0) if sec.has("latency_budget_ms") else None
+    gates_latency = sec.flag("latency_gates_readiness", d.latency_gates_readiness)
+    recovery = sec.integer("recovery_passes", d.recovery_passes, minimum=1, maximum=100)
+    b_init = sec.duration("restart_backoff_initial", d.backoff_initial_s, minimum=0.0)
+    b_max = sec.duration("restart_backoff_max", d.backoff_max_s, minimum=0.0)
+    if b_max < b_init:
+        sec.error("restart_backoff_max", f"must be >= restart_backoff_initial ({b_init:g}s)")
+        b_max = b_init
+    manifest = sec.opt_text("manifest")
+    trt_manifest = sec.opt_text("tensorrt_manifest")
+    production: ProductionEngineConfig | None = None
+    if sec.has("production_engine"):
+        p = sec.sub("production_engine")
+        pm = p.opt_text("manifest")
+        if not pm:
+            p.error("manifest", "required")
+        mib = p.number("memory_budget_mib", 0.0, minimum=0.0)
+        if not p.has("memory_budget_mib"):
+            p.error("memory_budget_mib", "required: the GPU memory the production engine may take")
+        rel = p.flag("release_after_verify", False)
+        p.reject_unknown()
+        if pm:
+            production = ProductionEngineConfig(Path(pm), mib, rel)
+    host_code = sec.flag("allow_engine_host_code", d.allow_engine_host_code)
+    devices = tuple(sec.int_list("devices"))
+    if any(x < 0 for x in devices):
+        sec.error("devices", f"CUDA ordinals must be >= 0, got {list(devices)}")
+        devices = ()
+    warmup = sec.integer("warmup_runs", d.warmup_runs, minimum=0, maximum=100)
+    mps = sec.flag("mps", d.mps)
+    mps_min = sec.duration("mps_min_interval", d.mps_min_interval_s, minimum=MIN_INTERVAL_S)
+    growth = sec.number("rss_growth_warn_mib", d.rss_growth_warn_mib, minimum=0.0)
+    max_rss = sec.number("worker_max_rss_mib", d.worker_max_rss_mib, minimum=1.0)
+    sec.reject_unknown()
+    return CanaryConfig(
+        enabled=enabled,
+        runner=runner,
+        interval_s=interval,
+        allow_fast_interval=fast,
+        timeout_s=timeout,
+        first_timeout_s=first_timeout,
+        load_timeout_s=load_timeout,
+        max_skip_s=max_skip,
+        latency_budget_ms=budget,
+        latency_gates_readiness=gates_latency,
+        recovery_passes=recovery,
+        backoff_initial_s=b_init,
+        backoff_max_s=b_max,
+        manifest=Path(manifest) if manifest else None,
+        tensorrt_manifest=Path(trt_manifest) if trt_manifest else None,
+        production_engine=production,
+        allow_engine_host_code=host_code,
+        devices=devices,
+        warmup_runs=warmup,
+        mps=mps,
+        mps_min_interval_s=mps_min,
+        rss_growth_warn_mib=growth,
+        worker_max_rss_mib=max_rss,
+    )
+
+
+def fault_from_scenario(doc: Mapping[str, Any]) -> FaultSpec:
+    """The scenario's top-level ``canary:`` key; anything malformed means ``ok`` (logged)."""
+    raw = doc.get("canary")
+    if raw is None:
+        return FaultSpec()
+    if not isinstance(raw, Mapping):
+        log.warning("scenario canary: must be a mapping; ignored", extra={"value": repr(raw)})
+        return FaultSpec()
+    mode = str(raw.get("mode", "ok"))
+    gpu_fault = str(raw.get("gpu_fault", "none"))
+    try:
+        delay = float(raw.get("delay_ms", 0.0))
+        leak = float(raw.get("leak_mib", 16.0))
+    except (TypeError, ValueError):
+        log.warning("scenario canary: delay_ms / leak_mib must be numbers; ignored")
+        delay, leak = 0.0, 16.0
+    if mode not in FAULT_MODES:
+        log.warning("scenario canary.mode unknown; using ok", extra={"mode": mode})
+        mode = "ok"
+    if gpu_fault not in GPU_FAULTS:
+        log.warning("scenario canary.gpu_fault unknown; using none", extra={"gpu_fault": gpu_fault})
+        gpu_fault = "none"
+    return FaultSpec(mode=mode, delay_ms=delay, leak_mib=leak, gpu_fault=gpu_fault)
+
+
+class MismatchLatch:
+    """Silent-data-corruption latch: sticky until the GPU reset generation changes, then
+    ``recovery_passes`` consecutive matching canaries. Pure (no clock, no I/O)."""
+
+    def __init__(self, recovery_passes: int) -> None:
+        self.recovery_passes = recovery_passes
+        self.latched = False
+        self.recovering = False
+        self.passes = 0
+        self.generation: int | None = None
+        self.message = ""
+
+    def observe_generation(self, generation: int) -> None:
+        if self.latched and self.generation is not None and generation != self.generation:
+            self.latched = False
+            self.recovering = True
+            self.passes = 0
+
+    def mismatch(self, generation: int, message: str) -> None:
+        self.latched = True
+        self.recovering = False
+        self.passes = 0
+        self.generation = generation
+        self.message = message
+
+    def passed(self) -> None:
+        if self.recovering:
+            self.passes += 1
+            if self.passes >= self.recovery_passes:
+                self.recovering = False
+                self.message = ""
+
+    @property
+    def holds(self) -> bool:
+        """True while results must stay failed (latched or still recovering)."""
+        return self.latched or self.recovering
+
+
+@dataclass(frozen=True, slots=True)
+class _Golden:
+    expected: dict[str, np.ndarray]
+    tolerance: Tolerance
+    budget_ms: float | None
+
+
+class CanaryCheck:
+    """The polled ``canary`` check; the work is done by :class:`CanaryComponent`."""
+
+    name = CHECK_NAME
+
+    def __init__(self, component: CanaryComponent, interval_s: float, timeout_s: float) -> None:
+        self.component = component
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+
+    async def run(self) -> Sequence[CheckResult]:
+        return await self.component.run_canary()
+
+    def on_timeout(self, elapsed_s: float) -> Sequence[CheckResult]:
+        return [
+            CheckResult.failed(
+                CHECK_NAME,
+                "CanaryTimeout",
+                f"canary check still running after {elapsed_s:.1f}s",
+                gates=GATES,
+            )
+        ]
+
+
+class CanaryComponent:
+    """Runs the canary worker and judges its answers. See the module docstring."""
+
+    name = "canary"
+
+    def __init__(
+        self,
+        config: CanaryConfig,
+        *,
+        simulate: bool,
+        scenario: ScenarioFile | None,
+        registry: CollectorRegistry,
+        gpu_state: GpuStateView | None,
+        engines_dir: Path,
+        python: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.simulate = simulate
+        self.scenario = scenario
+        self.gpu_state = gpu_state
+        self.engines_dir = engines_dir
+        self.clock = clock
+        self.metrics = CanaryMetrics(registry)
+        self.mps = config.mps or bool(os.environ.get("CUDA_MPS_PIPE_DIRECTORY"))
+        interval = config.interval_s
+        if self.mps:
+            interval = max(interval, config.mps_min_interval_s)
+        self.interval_s = interval
+        self.manifest_path = config.manifest or engines_dir / "canary" / "manifest.yaml"
+        self.trt_manifest_path = (
+            config.tensorrt_manifest or engines_dir / "canary" / "canary-plan.manifest.yaml"
+        )
+        prod = config.production_engine
+        self.load_request = LoadRequest(
+            runner=config.runner,
+            manifest=str(self.manifest_path.resolve()),
+            tensorrt_manifest=str(self.trt_manifest_path.resolve()),
+            production=ProductionSpec(
+                str(prod.manifest.resolve()), prod.memory_budget_mib, prod.release_after_verify
+            )
+            if prod
+            else None,
+            allow_engine_host_code=config.allow_engine_host_code,
+            devices=config.devices,
+            warmup_runs=config.warmup_runs,
+        )
+        settings = SupervisorSettings(
+            timeout_s=config.timeout_s,
+            first_timeout_s=config.first_timeout_s,
+            load_timeout_s=config.load_timeout_s,
+            backoff_initial_s=config.backoff_initial_s,
+            backoff_max_s=config.backoff_max_s,
+            allow_faults=simulate,
+        )
+        if python:
+            settings = dataclasses.replace(settings, python=python)
+        self.supervisor = CanarySupervisor(self.load_request, settings, self.metrics, clock=clock)
+        self.latch = MismatchLatch(config.recovery_passes)
+        self.production_latch = MismatchLatch(config.recovery_passes)
+        self.production_released = False
+        self.last_pass_at: float | None = None
+        self.passes = 0
+        self._check = CanaryCheck(self, self.interval_s, config.first_timeout_s + config.timeout_s + 5.0)
+        self._sink: ResultSink | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._goldens: dict[str, _Golden] = {}
+        if simulate and scenario is not None:
+            scenario.subscribe(self._on_scenario)
+
+    # --- Component protocol -----------------------------------------------------------------
+
+    def checks(self) -> Sequence[Check]:
+        return [self._check] if self.config.enabled else []
+
+    async def start(self, sink: ResultSink) -> None:
+        """Returns at once; the worker starts in the background."""
+        self._sink = sink
+        if self.config.enabled and self._task is None:
+            self._task = asyncio.create_task(self._keep(), name="canary-keeper")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.supervisor.stop()
+
+    # --- background keeper ------------------------------------------------------------------
+
+    def _uses_gpu(self) -> bool:
+        return self.config.runner != "onnxruntime"
+
+    def _exclusive(self) -> bool:
+        return bool(self.gpu_state is not None and self._uses_gpu() and self.gpu_state.exclusive_process())
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _keep(self) -> None:
+        """Keep one loaded worker, restarting with backoff; none under EXCLUSIVE_PROCESS."""
+        sup = self.supervisor
+        while not self._stopping:
+            if self._exclusive():
+                if sup.proc is not None:
+                    await sup.stop()
+                await self._sleep(1.0)
+                continue
+            if sup.ready:
+                await self._sleep(1.0)
+                continue
+            wait = sup.backoff_remaining()
+            if wait > 0:
+                await self._sleep(wait)
+                continue
+            err = await sup.start()
+            if self._sink is not None:
+                if err is None:
+                    self._sink.trigger(CHECK_NAME)  # the first canary as soon as possible
+                else:
+                    self._sink.submit([self._not_ready_result()])
+
+    def _on_scenario(self, doc: Mapping[str, Any]) -> None:
+        if self._sink is not None:
+            self._sink.trigger(CHECK_NAME)
+
+    def _fault(self) -> FaultSpec | None:
+        # The scenario's canary: key is read only in simulation.
+        if not self.simulate or self.scenario is None:
+            return None
+        return fault_from_scenario(self.scenario.current())
+
+    # --- one canary --------------------------------------------------------------------------
+
+    def _result(
+        self,
+        status: CheckStatus,
+        reason: str,
+        message: str,
+        *,
+        severity: Severity = Severity.CRITICAL,
+        labels: Mapping[str, str] | None = None,
+        value: float | None = None,
+    ) -> CheckResult:
+        return CheckResult(
+            name=CHECK_NAME,
+            status=status,
+            severity=severity,
+            reason=reason,
+            message=message,
+            labels=dict(labels or {}),
+            value=value,
+            gates=GATES,
+        )
+
+    def _not_ready_result(self) -> CheckResult:
+        sup = self.supervisor
+        death = sup.last_death
+        if death is not None:
+            wait = sup.backoff_remaining()
+            when = f"; restarting in {wait:.1f}s" if wait > 0 else "; restarting"
+            return self._result(
+                CheckStatus.FAIL,
+                death.reason,
+                death.message + when,
+                labels={"cause": death.cause, **death.labels},
+            )
+        if sup.loading:
+            return self._result(
+                CheckStatus.UNKNOWN, "LoadingEngine", f"canary worker loading runner {self.config.runner}"
+            )
+        return self._result(CheckStatus.UNKNOWN, "Starting", "canary worker starting")
+
+    def _golden(self, runner: str) -> _Golden:
+        cached = self._goldens.get(runner)
+        if cached is not None:
+            return cached
+        if runner == "cuda-kernel":
+            golden = _Golden({"y": kernel_expected()}, KERNEL_TOLERANCE, DEFAULT_KERNEL_BUDGET_MS)
+        else:
+            path = self.trt_manifest_path if runner == "tensorrt" else self.manifest_path
+            m = load_manifest(path)
+            golden = _Golden(load_expected(m), m.tolerance, m.latency_budget_ms)
+        self._goldens[runner] = golden
+        return golden
+
+    async def run_canary(self) -> list[CheckResult]:
+        """One tick of the ``canary`` check."""
+        sup = self.supervisor
+        if self._exclusive():
+            self.metrics.results.labels(outcome="unmonitored").inc()
+            return [
+                self._result(
+                    CheckStatus.OK,
+                    "ExclusiveProcessMode",
+                    "GPU compute mode EXCLUSIVE_PROCESS: the canary creates no CUDA context "
+                    "(it would block the server); readiness rests on NVML and the workload probe",
+                    severity=Severity.INFO,
+                )
+            ]
+        generation = self.gpu_state.reset_generation() if self.gpu_state is not None else 0
+        self.latch.observe_generation(generation)
+        self.production_latch.observe_generation(generation)
+        if self.latch.latched:
+            return [self._mismatch_result(self.latch.message)]
+        if not sup.ready:
+            self.metrics.results.labels(outcome="not_ready").inc()
+            return [self._not_ready_result()]
+        now = self.clock()
+        if (
+            self.gpu_state is not None
+            and self.gpu_state.busy()
+            and self.last_pass_at is not None
+            and not self.latch.holds
+            and now - self.last_pass_at < self.config.max_skip_s
+        ):
+            self.metrics.results.labels(outcome="skipped").inc()
+            return [
+                self._result(
+                    CheckStatus.OK,
+                    "CanarySkipped",
+                    f"GPU busy: canary skipped; last pass {now - self.last_pass_at:.1f}s ago "
+                    f"(held for up to {self.config.max_skip_s:g}s)",
+                    labels={"runner": sup.runner},
+                )
+            ]
+        outcome = await sup.run(self._fault())
+        if not outcome.ok:
+            self._wake.set()  # let the keeper restart a dead worker without waiting
+            return [self._failure_result(outcome)]
+        return await self._judge(outcome, generation)
+
+    def _failure_result(self, outcome: RunOutcome) -> CheckResult:
+        death: Death | None = outcome.death
+        if death is not None:
+            kind = {"CanaryTimeout": "timeout", "WorkerCrashed": "crashed"}.get(death.reason, "error")
+            self.metrics.results.labels(outcome=kind).inc()
+            labels = {"cause": death.cause, "runner": outcome.runner, **death.labels}
+            if outcome.error is not None and outcome.error.cuda_error:
+                labels["cuda_error"] = outcome.error.cuda_error
+            return self._result(CheckStatus.FAIL, death.reason, death.message, labels=labels)
+        err = outcome.error
+        self.metrics.results.labels(outcome="error").inc()
+        assert err is not None
+        labels = {"runner": outcome.runner, **err.labels}
+        if err.cuda_error:
+            labels["cuda_error"] = err.cuda_error
+        return self._result(CheckStatus.FAIL, err.reason, err.message, labels=labels)
+
+    def _mismatch_result(self, message: str) -> CheckResult:
+        if self.latch.recovering:
+            message = (
+                f"{message}; GPU reset seen, recovering: {self.latch.passes}/"
+                f"{self.latch.recovery_passes} matching canaries"
+            )
+        else:
+            message = (
+                f"{message} (possible silent data corruption; sticky until a GPU reset "
+                "is observed or the sidecar restarts)"
+            )
+        return self._result(
+            CheckStatus.FAIL,
+            "CanaryMismatch",
+            message,
+            severity=Severity.FATAL,
+            labels={"runner": self.supervisor.runner},
+        )
+
+    async def _judge(self, outcome: RunOutcome, generation: int) -> list[CheckResult]:
+        sup = self.supervisor
+        runner = outcome.runner
+        try:
+            golden = self._golden(runner)
+        except (OSError, ValueError) as exc:
+            self.metrics.results.labels(outcome="error").inc()
+            return [self._result(CheckStatus.FAIL, "GoldenFileUnreadable", str(exc))]
+        cmp = compare_outputs(outcome.outputs, golden.expected, golden.tolerance)
+        if np.isfinite(cmp.max_abs_error):
+            self.metrics.max_abs_error.set(cmp.max_abs_error)
+        results: list[CheckResult] = []
+        if not cmp.matches:
+            self.metrics.results.labels(outcome="mismatch").inc()
+            msg = f"{runner}: output differs from golden: {cmp.detail}"
+            self.latch.mismatch(generation, msg)
+            log.error(
+                "canary mismatch",
+                extra={"runner": runner, "detail": cmp.detail, "max_abs_error": cmp.max_abs_error},
+            )
+            results.append(self._mismatch_result(msg))
+        else:
+            self.metrics.results.labels(outcome="pass").inc()
+            self.latch.passed()
+            if self.latch.holds:
+                results.append(self._mismatch_result(self.latch.message))
+            else:
+                self.last_pass_at = self.clock()
+                self.passes += 1
+                results.append(
+                    self._result(
+                        CheckStatus.OK,
+                        "CanaryPassed",
+                        f"{sup.detail}: output matches golden (max abs error "
+                        f"{cmp.max_abs_error:.3g}), {outcome.latency_s * 1e3:.3f} ms",
+                        severity=Severity.CRITICAL,
+                        labels={"runner": runner},
+                        value=outcome.latency_s,
+                    )
+                )
+            results.append(self._latency_result(outcome, golden))
+        results.append(await self._memory_result(outcome))
+        if self.load_request.production is not None:
+            results.extend(await self._production_results(outcome, generation))
+        return results
+
+    def _latency_result(self, outcome: RunOutcome, golden: _Golden) -> CheckResult:
+        budget = self.config.latency_budget_ms or golden.budget_ms
+        ms = outcome.latency_s * 1e3
+        severity = Severity.CRITICAL if self.config.latency_gates_readiness else Severity.WARNING
+        if budget and ms > budget:
+            return CheckResult.failed(
+                COND_LATENCY,
+                "CanaryLatencyOverBudget",
+                f"canary took {ms:.2f} ms, budget {budget:g} ms",
+                severity=severity,
+                labels={"runner": outcome.runner},
+                value=outcome.latency_s,
+                gates=GATES,
+            )
+        return CheckResult.passed(
+            COND_LATENCY,
+            message=f"{ms:.3f} ms (budget {budget or 'none'} ms)",
+            labels={"runner": outcome.runner},
+            value=outcome.latency_s,
+            gates=GATES,
+            severity=severity,
+        )
+
+    async def _memory_result(self, outcome: RunOutcome) -> CheckResult:
+        sup = self.supervisor
+        mib = 1 << 20
+        rss = outcome.rss_bytes
+        base = sup.rss_baseline or rss
+        growth = rss - base
+        if rss > self.config.worker_max_rss_mib * mib:
+            msg = (
+                f"worker RSS {rss / mib:.0f} MiB over limit "
+                f"{self.config.worker_max_rss_mib:g} MiB (grew {growth / mib:.0f} MiB); replaced"
+            )
+            await sup.replace("memory_limit", "WorkerMemoryLimit", msg)
+            self._wake.set()
+            return CheckResult.failed(
+                COND_MEMORY,
+                "WorkerMemoryLimit",
+                msg,
+                severity=Severity.WARNING,
+                value=float(rss),
+                gates=GATES,
+            )
+        if growth > self.config.rss_growth_warn_mib * mib:
+            return CheckResult.failed(
+                COND_MEMORY,
+                "WorkerMemoryGrowth",
+                f"worker RSS grew {growth / mib:.0f} MiB since load (now {rss / mib:.0f} MiB)",
+                severity=Severity.WARNING,
+                value=float(rss),
+                gates=GATES,
+            )
+        return CheckResult.passed(
+            COND_MEMORY,
+            message=f"worker RSS {rss / mib:.0f} MiB",
+            value=float(rss),
+            severity=Severity.WARNING,
+            gates=GATES,
+        )
+
+    async def _production_results(self, outcome: RunOutcome, generation: int) -> list[CheckResult]:
+        prod = self.config.production_engine
+        assert prod is not None
+        try:
+            m: EngineManifest = load_manifest(prod.manifest)
+        except Exception as exc:
+            return [
+                CheckResult.failed(
+                    f"canary/engine/{prod.manifest.stem}", "ManifestInvalid", str(exc), gates=GATES
+                )
+            ]
+        name = f"canary/engine/{m.name}"
+        gates = GATES | {engine_service(m.name)}
+        if outcome.production_outputs is None:
+            if self.production_released:
+                return [
+                    CheckResult.passed(
+                        name,
+                        reason="VerifiedAndReleased",
+                        message="production engine verified, then released",
+                        gates=gates,
+                    )
+                ]
+            return [CheckResult.unknown(name, "LoadingEngine", "production engine not loaded", gates=gates)]
+        cmp: Comparison = compare_outputs(outcome.production_outputs, load_expected(m), m.tolerance)
+        if not cmp.matches:
+            self.production_latch.mismatch(generation, f"production engine {m.name}: {cmp.detail}")
+        else:
+            self.production_latch.passed()
+        if self.production_latch.holds:
+            return [
+                CheckResult.failed(
+                    name,
+                    "CanaryMismatch",
+                    self.production_latch.message,
+                    severity=Severity.FATAL,
+                    gates=gates,
+                )
+            ]
+        if prod.release_after_verify:
+            await self.supervisor.release_production()
+            self.production_released = True
+            self.supervisor.load_request = dataclasses.replace(self.load_request, production=None)
+        return [
+            CheckResult.passed(
+                name, reason="CanaryPassed", message=f"production engine {m.name} matches golden", gates=gates
+            )
+        ]
