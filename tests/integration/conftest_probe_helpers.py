@@ -169,7 +169,7 @@ def _cert(
     ips: Iterable[str] = (),
     client: bool = False,
 ) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     issuer_name = issuer[0].subject if issuer else _name(subject)
     signing_key = issuer[1] if issuer else key
     builder = (

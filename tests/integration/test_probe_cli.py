@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest_probe_helpers import (
+
+from sidecar import probe
+from tests.integration.conftest_probe_helpers import (
     NOT_SERVING,
     SERVING,
     HealthServer,
@@ -28,8 +30,6 @@ from conftest_probe_helpers import (
     server_credentials,
     start_health_server,
 )
-
-from sidecar import probe
 
 # Generous only as a hang guard; every probe below finishes in well under a second or two.
 RUN_TIMEOUT_S = 20
@@ -301,9 +301,7 @@ def test_mtls_with_client_certificate(mtls_server: HealthServer, tls_files: TlsF
     assert (code, err) == (0, "status: SERVING\n")
 
 
-def test_mtls_without_client_certificate_exits_2(
-    mtls_server: HealthServer, tls_files: TlsFiles
-) -> None:
+def test_mtls_without_client_certificate_exits_2(mtls_server: HealthServer, tls_files: TlsFiles) -> None:
     """No client certificate against an mTLS server → exit 2."""
     code, _ = run(
         "-addr",
@@ -334,9 +332,7 @@ def test_tls_no_verify_ignores_unknown_ca_and_name(tls_server: HealthServer) -> 
     assert run("-addr", tls_server.target, "-tls", "-tls-no-verify") == (0, "status: SERVING\n")
 
 
-def test_tls_no_verify_with_client_certificate(
-    mtls_server: HealthServer, tls_files: TlsFiles
-) -> None:
+def test_tls_no_verify_with_client_certificate(mtls_server: HealthServer, tls_files: TlsFiles) -> None:
     """-tls-no-verify still presents the client certificate (mTLS without server checks)."""
     code, err = run(
         "-addr",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import io
+import ipaddress
 import socket
 import subprocess
 import sys
@@ -420,7 +420,7 @@ def _der(dns: list[str], ips: list[str], cn: str) -> bytes:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
