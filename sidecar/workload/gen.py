@@ -7,7 +7,9 @@ from pathlib import Path
 
 
 def main() -> int:
-    from grpc_tools import protoc
+    import importlib
+
+    protoc = importlib.import_module("grpc_tools.protoc")
 
     here = Path(__file__).resolve().parent
     root = here.parent.parent
@@ -23,8 +25,11 @@ def main() -> int:
         )
     )
     if rc == 0:
-        out = here / "kserve_v2_pb2.py"
-        out.write_text("# ruff: noqa\n# mypy: ignore-errors\n" + out.read_text(), encoding="utf-8")
+        # Generated code: keep linters and formatters off it.
+        for name in ("kserve_v2_pb2.py", "kserve_v2_pb2.pyi"):
+            out = here / name
+            text = out.read_text(encoding="utf-8")
+            out.write_text("# ruff: noqa\n# fmt: off\n# mypy: ignore-errors\n" + text, encoding="utf-8")
     return rc
 
 
