@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar
+from typing import Final, Protocol, TypeAlias, TypeVar, Union
 
 from sidecar.errors import SidecarError
 
@@ -105,8 +105,8 @@ class SignalError:
     message: str
 
 
-Reading = T | Unsupported | SignalError
-"""The outcome of reading one signal: a value, :data:`UNSUPPORTED`, or a :class:`SignalError`."""
+# The outcome of reading one signal: a value, UNSUPPORTED, or a SignalError.
+Reading: TypeAlias = Union[T, Unsupported, SignalError]  # noqa: UP007
 
 
 def value_or_none(reading: Reading[T]) -> T | None:

@@ -96,7 +96,7 @@ class RealNvmlBackend:
     kind = "nvml"
 
     def __init__(self, nvml: Any | None = None) -> None:
-        self._nvml = nvml
+        self._nvml: Any = nvml
         self._lock = threading.Lock()
         self._opened = False
         self._handles: dict[str, Any] = {}  # uuid -> device handle (parents only)

@@ -55,6 +55,9 @@ from sidecar.scenario import ScenarioFile
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+DEFAULT_NAME = "NVIDIA H100 80GB HBM3 (simulated)"
+DEFAULT_TOTAL_MIB = 81559
+DEFAULT_FREE_MIB = 80000
 
 RECOVERY_ACTION_NAMES = tuple(a.name.lower() for a in RecoveryAction)
 COMPUTE_MODE_NAMES = {"default": 0, "exclusive_thread": 1, "prohibited": 2, "exclusive_process": 3}
@@ -88,7 +91,7 @@ class SimGpu:
 
     index: int
     uuid: str
-    name: str = "NVIDIA H100 80GB HBM3 (simulated)"
+    name: str = DEFAULT_NAME
     lost: bool = False
     reset_required: bool = False
     xid: tuple[SimXid, ...] = ()
@@ -102,8 +105,8 @@ class SimGpu:
     remap_failure: bool = False
     retired_pages_pending: bool = False
     recovery_action: int = 0
-    memory_total_mib: int = 81559
-    memory_free_mib: int = 80000
+    memory_total_mib: int = DEFAULT_TOTAL_MIB
+    memory_free_mib: int = DEFAULT_FREE_MIB
     temperature_c: int = 40
     temperature_slowdown_c: int = 87
     temperature_shutdown_c: int = 92
@@ -214,7 +217,7 @@ def _parse_gpu(sec: Section, position: int) -> SimGpu:
     gpu = SimGpu(
         index=index,
         uuid=uuid,
-        name=sec.text("name", SimGpu.name),
+        name=sec.text("name", DEFAULT_NAME),
         lost=sec.flag("lost", False),
         reset_required=sec.flag("reset_required", False),
         xid=tuple(xids),
@@ -228,8 +231,8 @@ def _parse_gpu(sec: Section, position: int) -> SimGpu:
         remap_failure=sec.flag("remap_failure", False),
         retired_pages_pending=sec.flag("retired_pages_pending", False),
         recovery_action=int(RecoveryAction[action.upper()]),
-        memory_total_mib=sec.integer("memory_total_mib", SimGpu.memory_total_mib, minimum=1),
-        memory_free_mib=sec.integer("memory_free_mib", SimGpu.memory_free_mib, minimum=0),
+        memory_total_mib=sec.integer("memory_total_mib", DEFAULT_TOTAL_MIB, minimum=1),
+        memory_free_mib=sec.integer("memory_free_mib", DEFAULT_FREE_MIB, minimum=0),
         temperature_c=sec.integer("temperature_c", 40),
         temperature_slowdown_c=sec.integer("temperature_slowdown_c", 87),
         temperature_shutdown_c=sec.integer("temperature_shutdown_c", 92),
@@ -297,6 +300,7 @@ class SimulatedBackend:
     def __init__(self, scenario: ScenarioFile | None = None) -> None:
         self._lock = threading.Condition()
         self._events: queue.Queue[GpuEvent] = queue.Queue()
+        self._queued = 0
         self._state = SimState(gpus=(_default_gpu(),))
         self._masks: dict[str, _ResetMask] = {}
         self._registered: set[str] = set()
@@ -305,11 +309,14 @@ class SimulatedBackend:
         self.generation = 0
         if scenario is not None:
             self.apply(scenario.current())
-            scenario.subscribe(self.apply)
+            scenario.subscribe(self._on_scenario)
         else:
             self.apply({})
 
     # -- scenario -----------------------------------------------------------------------------
+
+    def _on_scenario(self, doc: Mapping[str, Any]) -> None:
+        self.apply(doc)
 
     def apply(self, doc: Mapping[str, Any]) -> bool:
         """Apply a scenario document; returns False (last good state stays) when it is bad."""
@@ -369,7 +376,7 @@ class SimulatedBackend:
         seen = set(old_raw.xid) if old_raw is not None else set()
         for x in raw.xid:
             if x not in seen:
-                self._events.put(
+                self._put(
                     GpuEvent(new.uuid, int(EventType.XID_CRITICAL), x.code, x.gi, x.ci, now)
                 )
                 seen.add(x)
@@ -378,11 +385,11 @@ class SimulatedBackend:
         before_unc = old.ecc_volatile_uncorrected if old is not None else 0
         before_corr = old.ecc_volatile_corrected if old is not None else 0
         if new.ecc_volatile_uncorrected > before_unc:
-            self._events.put(GpuEvent(new.uuid, int(EventType.DOUBLE_BIT_ECC), 0, wall_time=now))
+            self._put(GpuEvent(new.uuid, int(EventType.DOUBLE_BIT_ECC), 0, wall_time=now))
         if new.ecc_volatile_corrected > before_corr:
-            self._events.put(GpuEvent(new.uuid, int(EventType.SINGLE_BIT_ECC), 0, wall_time=now))
+            self._put(GpuEvent(new.uuid, int(EventType.SINGLE_BIT_ECC), 0, wall_time=now))
         if old is not None and new.recovery_action != old.recovery_action:
-            self._events.put(
+            self._put(
                 GpuEvent(new.uuid, int(EventType.GPU_RECOVERY_ACTION), 0, wall_time=now)
             )
 
@@ -526,6 +533,14 @@ class SimulatedBackend:
                 )
         return out
 
+    def _put(self, event: GpuEvent) -> None:
+        self._queued += 1
+        self._events.put(event)
+
+    def events_queued(self) -> int:
+        """How many events were queued so far (the component waits for the listener)."""
+        return self._queued
+
     def wait_event(self, timeout_s: float) -> GpuEvent | None:
         try:
             return self._events.get(timeout=timeout_s)
@@ -539,4 +554,4 @@ class SimulatedBackend:
 
     def inject_event(self, event: GpuEvent) -> None:
         """Queue an event directly (tests)."""
-        self._events.put(event)
+        self._put(event)

@@ -85,7 +85,9 @@ def test_reload_valid_applies_invalid_keeps_old(sidecar_proc: Any, tmp_path: Pat
     sp = sidecar_proc("--simulate", "--config", str(cfg))
     cfg.write_text("policy:\n  failure_threshold: 0\n")
     sp.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: any(r.get("msg") == "config reload rejected, old config stays" for r in sp.log_records()))
+    wait_until(
+        lambda: any(r.get("msg") == "config reload rejected, old config stays" for r in sp.log_records())
+    )
     rejected = [r for r in sp.log_records() if r.get("msg", "").startswith("config reload rejected")]
     assert "policy.failure_threshold: must be >= 1" in str(rejected[0]["problems"])
     assert check(sp.addr, "liveness") == SERVING
@@ -93,4 +95,3 @@ def test_reload_valid_applies_invalid_keeps_old(sidecar_proc: Any, tmp_path: Pat
     sp.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: any(r.get("msg") == "config reloaded" for r in sp.log_records()))
     assert sp.stop() == 0
-

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -172,6 +173,18 @@ def test_verbose_prints_options_and_timings(health: HealthServer) -> None:
     assert any(line.startswith("connection established (took ") for line in lines)
     assert any(line.startswith("time elapsed: connect=") and " rpc=" in line for line in lines)
     assert lines[-1] == "status: SERVING"
+
+
+def test_real_probe_loads_no_heavy_modules(health: HealthServer) -> None:
+    """A full probe run loads grpc only: no protobuf, prometheus, numpy or yaml (fast start)."""
+    code = (
+        "import sys; from sidecar import probe; "
+        f"rc = probe.main(['-addr', '{health.target}']); "
+        "heavy = ('google.protobuf', 'prometheus_client', 'numpy', 'yaml', 'sidecar.app'); "
+        "print(rc, [m for m in heavy if m in sys.modules])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert proc.stdout.strip() == "0 []", proc.stdout + proc.stderr
 
 
 # --------------------------------------------------------------------------- request contents

@@ -38,7 +38,9 @@ def test_status_table_and_json(app: AppThread) -> None:
     res = run_status("--addr", app.addr)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert any(line.startswith("readiness") and "NOT_SERVING" in line and "RemapFailure" in line for line in lines)
+    assert any(
+        line.startswith("readiness") and "NOT_SERVING" in line and "RemapFailure" in line for line in lines
+    )
     assert any(line.startswith("gpu/GPU-9/remap") and "GATING" in line and "fatal" in line for line in lines)
     res = run_status("--addr", app.addr, "--json")
     doc = json.loads(res.stdout)
@@ -73,7 +75,9 @@ def test_liveness_fails_when_a_check_loop_dies(make_app: Any) -> None:
     from .conftest import core_config
     from sidecar.config import LivenessConfig
 
-    app: AppThread = make_app(core_config(liveness=LivenessConfig(heartbeat_interval_s=0.05, max_loop_lag_s=1.0)))
+    app: AppThread = make_app(
+        core_config(liveness=LivenessConfig(heartbeat_interval_s=0.05, max_loop_lag_s=1.0))
+    )
 
     async def add_and_kill() -> None:
         app.app.scheduler.add([OneShot()])

@@ -59,9 +59,7 @@ def test_config_interval_below_floor_is_rejected_naming_the_field() -> None:
 
 def test_config_every_problem_reported_at_once() -> None:
     """Bad runner, unknown key and a production engine without budget are all named."""
-    _, errors = parse(
-        {"runner": "cuda", "typo": 1, "production_engine": {"manifest": "m.yaml"}}
-    )
+    _, errors = parse({"runner": "cuda", "typo": 1, "production_engine": {"manifest": "m.yaml"}})
     text = "\n".join(errors)
     assert "canary.runner:" in text and "canary.typo: unknown field" in text
     assert "canary.production_engine.memory_budget_mib" in text
@@ -70,8 +68,13 @@ def test_config_every_problem_reported_at_once() -> None:
 def test_config_production_engine_parsed() -> None:
     """production_engine keys land in the typed config."""
     cfg, errors = parse(
-        {"production_engine": {"manifest": "/e/m.yaml", "memory_budget_mib": 512,
-                               "release_after_verify": True}}
+        {
+            "production_engine": {
+                "manifest": "/e/m.yaml",
+                "memory_budget_mib": 512,
+                "release_after_verify": True,
+            }
+        }
     )
     assert errors == []
     assert cfg.production_engine is not None
@@ -142,8 +145,9 @@ def test_protocol_array_round_trip_and_malformed() -> None:
 
 def test_load_request_round_trip() -> None:
     """A load request with a production engine survives to_dict/from_dict."""
-    req = LoadRequest("tensorrt", "/a.yaml", "/b.yaml", ProductionSpec("/p.yaml", 256.0, True),
-                      True, (0, 1), 3)
+    req = LoadRequest(
+        "tensorrt", "/a.yaml", "/b.yaml", ProductionSpec("/p.yaml", 256.0, True), True, (0, 1), 3
+    )
     assert LoadRequest.from_dict(req.to_dict()) == req
 
 

@@ -462,3 +462,48 @@ def test_certificate_names_rejects_garbage() -> None:
     """A malformed certificate is a ValueError, not a crash."""
     with pytest.raises(ValueError, match="cannot parse"):
         probe.certificate_names(b"\x30\x03\x02\x01")
+
+
+# --------------------------------------------------------------------------- wire format
+
+
+@pytest.mark.parametrize("service", ["", "readiness", "gpu/GPU-0f1e", "é" * 200])
+def test_check_request_encoding_matches_protobuf(service: str) -> None:
+    """The hand-encoded HealthCheckRequest is byte-identical to the generated message's."""
+    from grpc_health.v1 import health_pb2
+
+    expected = health_pb2.HealthCheckRequest(service=service).SerializeToString()
+    assert probe.encode_check_request(service) == expected
+
+
+@pytest.mark.parametrize("status", [0, 1, 2, 3])
+def test_check_response_decoding_matches_protobuf(status: int) -> None:
+    """Every ServingStatus serialised by protobuf decodes to the same number and name."""
+    from grpc_health.v1 import health_pb2
+
+    raw = health_pb2.HealthCheckResponse(status=status).SerializeToString()
+    assert probe.decode_check_response(raw) == status
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    assert probe.SERVING_STATUS_NAMES[status] == name
+
+
+def test_check_response_skips_unknown_fields() -> None:
+    """Fields a newer server might add (any wire type) are skipped; a later status wins."""
+    raw = (
+        b"\x12\x03abc"  # field 2, length-delimited
+        + b"\x08\x02"  # status NOT_SERVING
+        + b"\x19"
+        + bytes(8)  # field 3, fixed64
+        + b"\x25"
+        + bytes(4)  # field 4, fixed32
+        + b"\x28\x96\x01"  # field 5, varint
+        + b"\x08\x01"  # status SERVING (last one wins, as protobuf does)
+    )
+    assert probe.decode_check_response(raw) == 1
+
+
+@pytest.mark.parametrize("raw", [b"\x08", b"\x12\x05ab", b"\x0b", b"\x08\xff"])
+def test_check_response_malformed_is_value_error(raw: bytes) -> None:
+    """Truncated or unsupported input raises ValueError (grpcio reports it as a failed RPC)."""
+    with pytest.raises(ValueError):
+        probe.decode_check_response(raw)

@@ -52,8 +52,14 @@ def test_removed_apis_are_not_used() -> None:
     from sidecar.canary.runners import tensorrt_runner
 
     src = open(tensorrt_runner.__file__, encoding="utf-8").read()
-    for gone in ("execute_async_v2", "get_binding_index", "binding_is_input",
-                 "device_memory_size)", "IStreamReader)", "max_batch_size"):
+    for gone in (
+        "execute_async_v2",
+        "get_binding_index",
+        "binding_is_input",
+        "device_memory_size)",
+        "IStreamReader)",
+        "max_batch_size",
+    ):
         assert gone not in src, gone
 
 
@@ -79,10 +85,3 @@ def test_error_recorder_through_binding(trt: ModuleType) -> None:
     assert "INTERNAL_ERROR: boom" in rec.texts()[0]
     rec.clear()
     assert rec.num_errors() == 0
-
-
-def test_runtime_defaults_host_code_off(trt: ModuleType) -> None:
-    """engine_host_code_allowed is a Runtime property (the runner sets it from config)."""
-    assert isinstance(trt.Runtime.__dict__.get("engine_host_code_allowed"), property) or hasattr(
-        trt.Runtime, "engine_host_code_allowed"
-    )
