@@ -8,8 +8,6 @@ Exit codes of ``serve`` (see sidecar/errors.py and the README):
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
 from typing import Any
 
@@ -20,9 +18,7 @@ from sidecar.errors import EXIT_CONFIG, EXIT_INTERNAL
 def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the sidecar (gRPC health + HTTP + checks)")
     p.add_argument("--config", metavar="FILE", help="YAML config file (env TRT_HEALTH_CONFIG)")
-    p.add_argument(
-        "--grpc-port", type=int, metavar="N", help=f"plaintext gRPC port ({defaults.GRPC_PORT})"
-    )
+    p.add_argument("--grpc-port", type=int, metavar="N", help=f"plaintext gRPC port ({defaults.GRPC_PORT})")
     p.add_argument("--http-port", type=int, metavar="N", help=f"HTTP port ({defaults.HTTP_PORT})")
     p.add_argument("--grpc-host", metavar="HOST", help="gRPC bind host ([::])")
     p.add_argument("--unix-socket", metavar="PATH", help="also serve gRPC on this Unix socket")
@@ -55,9 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve_parser(sub)
-    sub.add_parser(
-        "probe", help="grpc_health_probe drop-in (same flags and exit codes)", add_help=False
-    )
+    sub.add_parser("probe", help="grpc_health_probe drop-in (same flags and exit codes)", add_help=False)
     _status_parser(sub)
     try:
         from sidecar.engine.commands import add_engine_subcommands
@@ -110,6 +104,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(config.log_level, config.log_format)
+    import asyncio
+
     return asyncio.run(serve(config, overrides))
 
 
@@ -124,9 +120,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             grpc.channel_ready_future(channel).result(timeout=args.timeout)
         except grpc.FutureTimeoutError:
-            print(
-                f"timeout: failed to connect to {args.addr} within {args.timeout}s", file=sys.stderr
-            )
+            print(f"timeout: failed to connect to {args.addr} within {args.timeout}s", file=sys.stderr)
             return PROBE_CONNECTION_FAILURE
         stub = diagnostics_pb2_grpc.DiagnosticsStub(channel)
         try:
@@ -140,6 +134,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
             return PROBE_RPC_FAILURE
     if args.json:
+        import json
+
         from google.protobuf.json_format import MessageToDict
 
         print(json.dumps(MessageToDict(resp, preserving_proto_field_name=True), indent=1))
@@ -156,9 +152,7 @@ def render_status(resp: Any) -> str:
     lines.append(f"{'SERVICE':<40} {'STATUS':<12} REASONS")
     for s in resp.services:
         label = s.name or '"" (overall)'
-        lines.append(
-            f"{label:<40} {'SERVING' if s.serving else 'NOT_SERVING':<12} {'; '.join(s.reasons)}"
-        )
+        lines.append(f"{label:<40} {'SERVING' if s.serving else 'NOT_SERVING':<12} {'; '.join(s.reasons)}")
     lines += ["", f"{'CONDITION':<44} {'STATE':<10} {'SEVERITY':<9} {'SINCE':>8}  REASON: MESSAGE"]
     now = time.time()
     for c in resp.conditions:

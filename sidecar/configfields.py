@@ -13,11 +13,12 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_RE = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _DURATION_UNITS = {
     "ns": 1e-9,
     "us": 1e-6,
     "µs": 1e-6,
+    "μs": 1e-6,
     "ms": 1e-3,
     "s": 1.0,
     "m": 60.0,
@@ -30,7 +31,7 @@ def parse_go_duration(text: str) -> float:
 
     Raises ``ValueError`` with a message like Go's ``time.ParseDuration``.
     """
-    s = text.strip()
+    s = text
     if s in ("0", "+0", "-0"):
         return 0.0
     sign = 1.0
@@ -44,7 +45,7 @@ def parse_go_duration(text: str) -> float:
     while pos < len(s):
         m = _DURATION_RE.match(s, pos)
         if not m:
-            if re.match(r"\d+(?:\.\d+)?$", s[pos:]):
+            if re.match(r"(\d+\.?\d*|\.\d+)$", s[pos:]):
                 raise ValueError(f'time: missing unit in duration "{text}"')
             raise ValueError(f'time: invalid duration "{text}"')
         total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
@@ -101,9 +102,7 @@ class Section:
         if not isinstance(value, list):
             self.error(key, f"must be a list, got {type(value).__name__}")
             return []
-        return [
-            Section(item, f"{self.field(key)}[{i}]", self.errors) for i, item in enumerate(value)
-        ]
+        return [Section(item, f"{self.field(key)}[{i}]", self.errors) for i, item in enumerate(value)]
 
     def text(self, key: str, default: str, *, choices: Iterable[str] | None = None) -> str:
         self._known.add(key)

@@ -26,10 +26,11 @@ Differences from the Go tool, on purpose or because grpcio cannot do otherwise:
 - ``-tls-no-verify``: grpcio has no "skip verification" switch. The probe first opens its own TLS
   connection with verification off, takes the certificates the server presents, and then makes
   the gRPC channel trust exactly those certificates, overriding the verified name with one taken
-  from the leaf certificate (a DNS SAN, else an IP SAN, else the subject CN). Consequences: the
-  server is still checked against the certificate it just presented (which is what
-  ``InsecureSkipVerify`` amounts to), but a certificate grpcio rejects for reasons other than trust
-  (expired, not yet valid, no usable name) still fails the connect phase with exit 2.
+  from the leaf certificate (a DNS SAN, else an IP SAN, else the subject CN). So whatever the
+  server presents is trusted, as with Go's ``InsecureSkipVerify``, with two honest differences:
+  an expired or not-yet-valid certificate still fails the connect phase (exit 2; tested), and a
+  server that switches certificates between the two connections fails it too. Both handshakes
+  count against ``-connect-timeout``.
 - HTTP proxies are disabled for the probe's channel (``grpc.enable_http_proxy=0``): a probe dials a
   local or pod address, and honouring ``http_proxy`` / ``https_proxy`` sends ``-addr=:port`` through
   the proxy because ``no_proxy=localhost`` does not match an empty host

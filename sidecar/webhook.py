@@ -660,6 +660,25 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
 
+def _lingering_close(sock: ssl.SSLSocket, budget_s: float = 1.0) -> None:
+    """Close after the peer has read our answer: send FIN, discard what it still sends (briefly).
+    Closing with unread input makes the kernel send RST, which can destroy the answer in flight
+    (e.g. after refusing an oversized body without reading it)."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + budget_s
+        sock.settimeout(0.2)
+        while time.monotonic() < deadline and sock.recv(65536):
+            pass
+    except (OSError, ValueError):
+        pass
+    finally:
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
 class _TlsHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -691,10 +710,7 @@ class _TlsHTTPServer(ThreadingHTTPServer):
         except (ssl.SSLError, OSError) as exc:
             log.debug("connection error", extra={"peer": str(client_address), "error": str(exc)})
         finally:
-            try:
-                tls.close()
-            except OSError:
-                pass
+            _lingering_close(tls)
 
 
 class WebhookServer:

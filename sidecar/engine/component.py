@@ -107,6 +107,7 @@ class _EngineState:
     hash_started_at: float = -1e18
     event_at: float | None = None
     header: PlanHeader | None = None
+    kept_stamp: FileStamp | None = None
 
 
 class EngineFileCheck:
@@ -435,15 +436,24 @@ class EngineComponent:
         if ok:
             results.append(self._after_success(s))
         elif s.verified_once:
+            msg = (
+                "the engine file changed after verification and no longer verifies; "
+                "the running server still holds the engine it loaded"
+            )
+            extra: dict[str, str] = {}
+            kept = self.last_good_path(s.spec.name)
+            if kept is not None:
+                msg += f"; last good copy: {kept}"
+                extra["last_good"] = str(kept)
             results.append(
                 self.result(
                     s,
                     "change",
                     CheckStatus.FAIL,
                     "EngineReplaced",
-                    "the engine file changed after verification and no longer verifies; "
-                    "the running server still holds the engine it loaded",
+                    msg,
                     severity=Severity.WARNING,
+                    labels=extra,
                 )
             )
         return results
@@ -493,6 +503,8 @@ class EngineComponent:
                 except OSError:
                     shutil.copy2(src, tmp)
                 tmp.replace(target)
+                if src == s.path:
+                    s.kept_stamp = stat_stamp(target)
             if s.manifest is not None and s.spec.manifest is not None:
                 # Point the kept manifest at the kept file (same basename next to it).
                 kept = load_manifest(dest / s.spec.manifest.name)
@@ -850,6 +862,18 @@ class EngineComponent:
         )
 
     # -- introspection (diagnostics, tests) -------------------------------------------------
+
+    def last_good_path(self, name: str) -> Path | None:
+        """The kept copy of the last verified engine file, when ``last_good_dir`` is set."""
+        root = self.config.last_good_dir
+        for s in self._states:
+            if s.spec.name == name and root is not None and s.path is not None:
+                kept = root / name / s.path.name
+                # A hard link shares the inode: an in-place rewrite of the engine changes the
+                # kept copy too, so it is offered only while its stamp is the one kept.
+                now = stat_stamp(kept)
+                return kept if now is not None and now == s.kept_stamp else None
+        return None
 
     def verified(self, name: str) -> bool:
         """True once the named engine passed every check at least once."""

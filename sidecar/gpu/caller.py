@@ -31,7 +31,8 @@ class NvmlCaller:
     """Executes backend calls on a dedicated daemon thread (see module doc).
 
     ``observe(op, seconds)`` is called after each completed call (for the latency histogram);
-    ``on_hung(op, elapsed)`` when a call exceeds its timeout.
+    ``on_hung(op)`` when a call exceeds its timeout; ``on_unstuck()`` (on the worker thread)
+    when a call reported hung finally returns, so the owner can re-evaluate at once.
     """
 
     def __init__(
@@ -40,10 +41,12 @@ class NvmlCaller:
         *,
         observe: Callable[[str, float], None] | None = None,
         on_hung: Callable[[str], None] | None = None,
+        on_unstuck: Callable[[], None] | None = None,
     ) -> None:
         self._name = name
         self._observe = observe
         self._on_hung = on_hung
+        self._on_unstuck = on_unstuck
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -81,12 +84,15 @@ class NvmlCaller:
             elapsed = time.perf_counter() - start
             with self._lock:
                 self._current = None
-                if self._stuck_op is not None:
-                    log.warning(
-                        "NVML call returned after being reported hung",
-                        extra={"op": op, "seconds": round(elapsed, 3)},
-                    )
+                was_stuck = self._stuck_op is not None
                 self._stuck_op = None
+            if was_stuck:
+                log.warning(
+                    "NVML call returned after being reported hung",
+                    extra={"op": op, "seconds": round(elapsed, 3)},
+                )
+                if self._on_unstuck is not None:
+                    self._on_unstuck()
             if self._observe is not None:
                 self._observe(op, elapsed)
 

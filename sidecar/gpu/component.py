@@ -258,6 +258,7 @@ class GpuComponent:
         self._caller = NvmlCaller(
             observe=self.metrics.observe_call,
             on_hung=lambda op: self.metrics.nvml_hung.labels(op=op).inc(),
+            on_unstuck=self._spawn_threadsafe,
         )
         self._listener = XidListener(
             backend,
@@ -916,3 +917,8 @@ class GpuComponent:
     def gpu_uuids(self) -> list[str]:
         with self._lock:
             return list(self._current)
+
+    def recent_xids(self) -> dict[str, list[XidRecord]]:
+        """Xids seen per GPU since the last observed reset (wall time of receipt included)."""
+        with self._lock:
+            return {u: list(st.recent) for u, st in self._gpus.items()}

@@ -85,6 +85,8 @@ class TlsFiles:
     other_ca: Path  # a CA that signed nothing here (the "wrong CA")
     self_signed_cert: Path
     self_signed_key: Path
+    expired_cert: Path  # self-signed for 127.0.0.1, expired yesterday
+    expired_key: Path
 
 
 def start_health_server(
@@ -168,8 +170,11 @@ def _cert(
     dns: Iterable[str] = (),
     ips: Iterable[str] = (),
     client: bool = False,
+    expired: bool = False,
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
+    if expired:
+        now -= datetime.timedelta(days=2)
     issuer_name = issuer[0].subject if issuer else _name(subject)
     signing_key = issuer[1] if issuer else key
     builder = (
@@ -206,7 +211,8 @@ def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey |
 
 def make_tls_files(directory: Path) -> TlsFiles:
     """A CA; a server cert for DNS ``sidecar.test`` only (so the name must be overridden);
-    a client cert from the same CA; an unrelated CA; a self-signed cert for 127.0.0.1."""
+    a client cert from the same CA; an unrelated CA; self-signed certs for 127.0.0.1 (one
+    valid, one expired)."""
     ca_key = _key()
     ca = _cert("probe-test-ca", ca_key, None, ca=True)
     server_key = _key()
@@ -222,6 +228,9 @@ def make_tls_files(directory: Path) -> TlsFiles:
     _write(directory / "client.pem", client, client_key)
     _write(directory / "other-ca.pem", other, None)
     _write(directory / "self.pem", self_signed, self_key)
+    expired_key = _key()
+    expired = _cert("expired", expired_key, None, ips=["127.0.0.1"], expired=True)
+    _write(directory / "expired.pem", expired, expired_key)
     return TlsFiles(
         ca=directory / "ca.pem",
         server_cert=directory / "server.pem",
@@ -231,6 +240,8 @@ def make_tls_files(directory: Path) -> TlsFiles:
         other_ca=directory / "other-ca.pem",
         self_signed_cert=directory / "self.pem",
         self_signed_key=directory / "self.key",
+        expired_cert=directory / "expired.pem",
+        expired_key=directory / "expired.key",
     )
 
 

@@ -192,7 +192,7 @@ async def test_hang_is_killed_at_deadline_and_restarted(tmp_path: Path) -> None:
         t0 = time.monotonic()
         res = main(await comp.run_canary())
         took = time.monotonic() - t0
-        assert res.reason == "CanaryTimeout" and 0.5 <= took < 2.0, (res, took)
+        assert res.reason == "CanaryTimeout" and 0.5 <= took < 3.0, (res, took)
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # really gone
         assert (
@@ -349,7 +349,7 @@ async def test_exclusive_process_creates_no_worker(tmp_path: Path) -> None:
 async def test_busy_gpu_skips_within_max_skip(tmp_path: Path) -> None:
     """While busy the canary is skipped (OK) for up to max_skip after the last pass."""
     gpu = GpuState()
-    comp, _, reg = make(tmp_path, gpu=gpu, max_skip_s=0.4)
+    comp, _, reg = make(tmp_path, gpu=gpu, max_skip_s=1.0)
     await comp.start(Sink())
     try:
         await until(comp, reason("CanaryPassed"))
@@ -357,7 +357,7 @@ async def test_busy_gpu_skips_within_max_skip(tmp_path: Path) -> None:
         skipped = main(await comp.run_canary())
         assert skipped.ok and skipped.reason == "CanarySkipped"
         assert reg.get_sample_value("trt_health_canary_results_total", {"outcome": "skipped"})
-        await asyncio.sleep(0.45)
+        await asyncio.sleep(1.05)
         assert main(await comp.run_canary()).reason == "CanaryPassed"  # ran anyway
     finally:
         await comp.stop()

@@ -383,6 +383,30 @@ async def test_last_good_copy_kept(tmp_path: Path) -> None:
         assert kept.read_bytes() == (tmp_path / "model.plan").read_bytes()
         assert (keep / "prod" / "model.plan.manifest.yaml").exists()
         assert os.stat(kept).st_ino == os.stat(tmp_path / "model.plan").st_ino
+        # A bad replacement names the kept copy in the EngineReplaced warning.
+        t0 = time.monotonic()
+        _replace_atomic(tmp_path, plan_bytes(9))
+        sink.trigger("engine-file/prod")
+        _, ch = await sink.wait_for(
+            lambda r: is_("change", "EngineReplaced")(r) and "last_good" in r.labels, after=t0
+        )
+        assert ch.labels["last_good"] == str(kept)
+        assert kept.read_bytes() == plan_bytes()  # the kept copy is untouched by the rename
+        assert comp.last_good_path("prod") == kept
+    finally:
+        await comp.stop()
+
+
+async def test_last_good_not_offered_after_in_place_rewrite(tmp_path: Path) -> None:
+    """An in-place rewrite also changes a hard-linked kept copy: it is then not offered."""
+    m = write_engine(tmp_path, plan_bytes())
+    keep = tmp_path / "last-good"
+    comp, sink = await started(config(EngineSpec("prod", manifest=m), last_good_dir=keep))
+    try:
+        await sink.wait_for(is_("change", ok=True))
+        assert comp.last_good_path("prod") is not None
+        _rewrite_in_place(tmp_path, plan_bytes(4))
+        assert comp.last_good_path("prod") is None
     finally:
         await comp.stop()
 

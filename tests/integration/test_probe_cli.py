@@ -340,6 +340,20 @@ def test_tls_no_verify_against_self_signed(tls_files: TlsFiles) -> None:
     assert accepted == (0, "status: SERVING\n")
 
 
+def test_tls_no_verify_still_refuses_an_expired_certificate(tls_files: TlsFiles) -> None:
+    """Documented difference from Go: grpcio checks validity dates even under -tls-no-verify."""
+    creds = server_credentials(tls_files.expired_cert, tls_files.expired_key)
+    server = start_health_server({}, server_credentials=creds)
+    try:
+        code, err = run("-addr", server.target, "-tls", "-tls-no-verify", "-connect-timeout=300ms")
+    finally:
+        server.stop()
+    assert (code, err) == (
+        2,
+        f'timeout: failed to connect service "{server.target}" within 300ms\n',
+    )
+
+
 def test_tls_no_verify_ignores_unknown_ca_and_name(tls_server: HealthServer) -> None:
     """-tls-no-verify also accepts a CA-issued cert whose CA and name are unknown to the probe."""
     assert run("-addr", tls_server.target, "-tls", "-tls-no-verify") == (0, "status: SERVING\n")

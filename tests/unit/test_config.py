@@ -73,14 +73,14 @@ def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("1m30s", 90.0), ("1.5s", 1.5), ("2h", 7200.0), ("10us", 1e-5), ("0", 0.0)],
+    [("500ms", 0.5), ("1m30s", 90.0), ("1.5s", 1.5), ("2h", 7200.0), ("10us", 1e-5), ("0", 0.0), (".5s", 0.5), ("1.s", 1.0)],
 )
 def test_go_durations(text: str, seconds: float) -> None:
     """Go duration syntax parses like time.ParseDuration."""
     assert parse_go_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "5", "1x", "ms", "1s2"])
+@pytest.mark.parametrize("text", ["", "5", "1x", "ms", "1s2", " 1s", "."])
 def test_bad_go_durations(text: str) -> None:
     """Malformed durations are rejected."""
     with pytest.raises(ValueError):

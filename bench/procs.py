@@ -1,0 +1,184 @@
+"""Process plumbing for the benchmarks: start servers pinned to a core, read /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from bench.loadgen import pin
+
+REPO = Path(__file__).resolve().parents[1]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def cpus() -> tuple[set[int] | None, set[int] | None]:
+    """(server cpus, load-generator cpus): one core each when there are two or more."""
+    avail = sorted(os.sched_getaffinity(0))
+    if len(avail) < 2:
+        return None, None
+    return {avail[0]}, set(avail[1:])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), from /proc/PID/stat."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                out += [int(x) for x in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+    return out
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def health_check(addr: str, service: str, timeout: float = 1.0) -> int | None:
+    """Status from a Check on a fresh channel; None when it fails."""
+    try:
+        with grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) as ch:
+            check = ch.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            return int(check(health_pb2.HealthCheckRequest(service=service), timeout=timeout,
+                             wait_for_ready=False).status)
+    except grpc.RpcError:
+        return None
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, interval: float = 0.005) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout}s")
+        time.sleep(interval)
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[str]
+    port: int
+    pid: int
+    started: float
+    log_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self, line: str) -> None:
+        """Send a stdin command to a bench.stock_servers server; waits for 'ok'."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        self.proc.stdout.readline()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_announcing(name: str, argv: list[str], cpus: set[int] | None) -> Server:
+    """Start a server that prints {"port", "pid"} as its first stdout line."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=REPO, preexec_fn=pin(cpus))
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"{name} server did not start ({proc.wait()})")
+    info = json.loads(line)
+    srv = Server(name, proc, int(info["port"]), int(info.get("pid", proc.pid)), t0)
+    wait_for(lambda: health_check(srv.addr, "liveness") is not None, 20)
+    return srv
+
+
+def start_stock(mode: str, cpus: set[int] | None, threads: int = 16) -> Server:
+    return start_announcing(
+        f"stock-{mode}",
+        [sys.executable, "-m", "bench.stock_servers", mode, f"--threads={threads}"],
+        cpus,
+    )
+
+
+def start_sidecar(
+    cpus: set[int] | None,
+    *args: str,
+    state_dir: Path | None = None,
+    wait: bool = True,
+) -> Server:
+    """``python -m sidecar serve --simulate`` on free ports; waits for the 'sidecar started'
+    log line. ``started`` is the monotonic time just before the exec."""
+    state = state_dir or Path(tempfile.mkdtemp(prefix="bench-state-"))
+    grpc_port, http_port = free_port(), free_port()
+    log_fd, log_name = tempfile.mkstemp(prefix="bench-sidecar-", suffix=".log")
+    argv = [sys.executable, "-m", "sidecar", "serve", "--simulate", "--grpc-port",
+            str(grpc_port), "--http-port", str(http_port), "--state-dir", str(state), *args]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=log_fd, text=True, cwd=REPO, preexec_fn=pin(cpus))
+    os.close(log_fd)
+    srv = Server("ours", proc, grpc_port, proc.pid, t0, Path(log_name), {"http_port": http_port})
+    if wait:
+
+        def started() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"sidecar exited {proc.returncode}: "
+                                   f"{Path(log_name).read_text()[-2000:]}")
+            return "sidecar started" in Path(log_name).read_text()
+
+        wait_for(started, 30, 0.01)
+    return srv
+
+
+@contextlib.contextmanager
+def running(srv: Server) -> Iterator[Server]:
+    try:
+        yield srv
+    finally:
+        srv.stop()
