@@ -27,9 +27,17 @@ run: $(VENV)/.installed-run
 	$(BIN)/trt-health-sidecar serve --simulate --scenario $(SCENARIO) \
 	  --grpc-port $(PORT) --http-port $(HTTP_PORT) --state-dir demo/state --log-format text
 
+# MLServer (a real KServe v2 server nobody here wrote) for the workload-probe tests; it needs
+# protobuf < 7, so it lives in its own environment and runs as a separate process.
+MLSERVER_VENV ?= .venv-mlserver
+$(MLSERVER_VENV)/.installed:
+	$(PY) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install -q 'mlserver==1.7.1' 'onnxruntime>=1.18'
+	touch $@
+
 ## make test: set up .venv with test extras and run the whole suite (what CI runs)
-test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
+test: $(VENV)/.installed-test $(MLSERVER_VENV)/.installed
+	TRT_HEALTH_TEST_MLSERVER=$(CURDIR)/$(MLSERVER_VENV)/bin/mlserver $(BIN)/python -m pytest -q
 	$(BIN)/ruff check sidecar tests
 	$(BIN)/mypy
 
@@ -56,4 +64,4 @@ gpu-test:
 	python3 -m pytest -q -m gpu -s tests/gpu
 
 clean:
-	rm -rf $(VENV) demo/state .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) demo/state .pytest_cache .mypy_cache .ruff_cache

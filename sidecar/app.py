@@ -461,7 +461,12 @@ class SidecarApp:
         return out
 
     def _engine_component(self, cls: Any, engines_cfg: Any, gpu_state: Any) -> Component:
-        kwargs: dict[str, Any] = {"registry": self.registry}
+        kwargs: dict[str, Any] = {
+            "registry": self.registry,
+            "state_dir": Path(self.config.state_dir),
+            "simulate": self.config.simulate,
+            "scenario": self.scenario,
+        }
         if gpu_state is not None:
             kwargs["gpu_compute_capability"] = getattr(gpu_state, "compute_capability", None)
             kwargs["gpu_free_memory_mib"] = getattr(gpu_state, "free_memory_mib", None)

@@ -295,9 +295,7 @@ def _container_names(spec: Mapping[str, Any]) -> set[str]:
     return names
 
 
-def _engine_mount(
-    spec: Mapping[str, Any], volume: str, warnings: list[str]
-) -> dict[str, Any] | None:
+def _engine_mount(spec: Mapping[str, Any], volume: str, warnings: list[str]) -> dict[str, Any] | None:
     volumes = {v.get("name") for v in _as_list(spec.get("volumes")) if isinstance(v, dict)}
     if volume not in volumes:
         _warn(warnings, f"trt-health: engine volume {volume!r} not in pod; engine checks see none")
@@ -305,9 +303,7 @@ def _engine_mount(
     for c in _as_list(spec.get("containers")):
         cdict = _as_dict(c) or {}
         for m in _as_list(cdict.get("volumeMounts")):
-            if isinstance(m, dict) and m.get("name") == volume and isinstance(
-                m.get("mountPath"), str
-            ):
+            if isinstance(m, dict) and m.get("name") == volume and isinstance(m.get("mountPath"), str):
                 mount: dict[str, Any] = {
                     "name": volume,
                     "mountPath": m["mountPath"],
@@ -343,9 +339,7 @@ def _shared_claims(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _main_container_index(
     containers: list[Any], annotations: Mapping[str, Any], warnings: list[str]
 ) -> int | None:
-    wanted = annotations.get(ANNOTATION_MAIN_CONTAINER) or annotations.get(
-        ANNOTATION_DEFAULT_CONTAINER
-    )
+    wanted = annotations.get(ANNOTATION_MAIN_CONTAINER) or annotations.get(ANNOTATION_DEFAULT_CONTAINER)
     if isinstance(wanted, str) and wanted:
         for i, c in enumerate(containers):
             if isinstance(c, dict) and c.get("name") == wanted:
@@ -426,9 +420,7 @@ def plan_patch(
     else:
         ops += [{"op": "add", "path": "/spec/volumes/-", "value": v} for v in new_volumes]
     # 3. the sidecar, after any existing init containers (they may fetch the engine first)
-    container = sidecar_container(
-        options, engine_mount=engine_mount, claims=claims, visible_devices=visible
-    )
+    container = sidecar_container(options, engine_mount=engine_mount, claims=claims, visible_devices=visible)
     if isinstance(spec.get("initContainers"), list):
         ops.append({"op": "add", "path": "/spec/initContainers/-", "value": container})
     else:
@@ -456,9 +448,7 @@ def _pod_name(pod: Mapping[str, Any]) -> str:
     return str(name)
 
 
-def admission_response(
-    body: bytes, options: WebhookOptions
-) -> tuple[dict[str, Any], Decision]:
+def admission_response(body: bytes, options: WebhookOptions) -> tuple[dict[str, Any], Decision]:
     """Answer one AdmissionReview request body. Never raises; always allows."""
     uid = ""
     warnings: list[str] = []
@@ -467,9 +457,7 @@ def admission_response(
         response: dict[str, Any] = {"uid": decision.uid, "allowed": True}
         if patch:
             response["patchType"] = "JSONPatch"
-            response["patch"] = base64.b64encode(
-                json.dumps(patch, separators=(",", ":")).encode()
-            ).decode()
+            response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
         if decision.warnings:
             response["warnings"] = decision.warnings
         return {
@@ -492,9 +480,7 @@ def admission_response(
     request = _as_dict(review.get("request"))
     if request is not None and isinstance(request.get("uid"), str):
         uid = request["uid"]
-    if review.get("kind") != "AdmissionReview" or review.get("apiVersion") != (
-        "admission.k8s.io/v1"
-    ):
+    if review.get("kind") != "AdmissionReview" or review.get("apiVersion") != ("admission.k8s.io/v1"):
         return invalid("NotAnAdmissionReview", "expected an admission.k8s.io/v1 AdmissionReview")
     if request is None or not uid:
         return invalid("NoRequest", "AdmissionReview has no request uid")

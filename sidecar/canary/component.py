@@ -396,9 +396,9 @@ class CanaryComponent:
         return bool(self.gpu_state is not None and self._uses_gpu() and self.gpu_state.exclusive_process())
 
     async def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
 
     async def _keep(self) -> None:
         """Keep one loaded worker, restarting with backoff; none under EXCLUSIVE_PROCESS."""

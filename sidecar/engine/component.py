@@ -871,8 +871,12 @@ class EngineComponent:
                 kept = root / name / s.path.name
                 # A hard link shares the inode: an in-place rewrite of the engine changes the
                 # kept copy too, so it is offered only while its stamp is the one kept.
-                now = stat_stamp(kept)
-                return kept if now is not None and now == s.kept_stamp else None
+                # (ctime is left out: unlinking the original changes the shared inode's ctime.)
+                now, was = stat_stamp(kept), s.kept_stamp
+                if now is None or was is None:
+                    return None
+                same = (now.size, now.mtime_ns, now.inode) == (was.size, was.mtime_ns, was.inode)
+                return kept if same else None
         return None
 
     def verified(self, name: str) -> bool:

@@ -2,9 +2,11 @@
 
 A Deployment never replaces a NotReady pod, so a GPU fault silently removes capacity unless
 something acts. This emitter turns every transition of a CRITICAL/FATAL condition to failing
-into a ``Warning`` Event on the pod (reason = the condition's reason, e.g. ``XidFatal79``; the GPU
-UUID in the message, a label and an annotation), and the later recovery into a ``Normal`` Event
-with reason ``Recovered``. Alerts and node agents watch those.
+into a ``Warning`` Event on the pod (reason = the condition's reason, e.g. ``XidFatal79``; the
+GPU UUID in the message, a label and an annotation), and the later recovery into a ``Normal``
+Event with reason ``Recovered``. Alerts and node agents watch those. CRITICAL conditions are
+reported only after they were healthy once, so cold starts (``Starting``, ``LoadingEngine``)
+make no noise; FATAL ones always, also a latch restored when the sidecar restarts.
 
 Opt-in (``events: {enabled: true}``). Defaults come from the in-cluster service-account files and
 the downward-API variables ``POD_NAME``, ``POD_NAMESPACE``, ``POD_UID``, ``NODE_NAME``.
@@ -49,9 +51,7 @@ COMPONENT = "trt-health-sidecar"
 
 # (API group, resource, verb) of every call this module makes. manifests/base/rbac.yaml and the
 # webhook overlay's ClusterRole grant exactly these (tests/integration/test_events.py).
-API_CALLS: frozenset[tuple[str, str, str]] = frozenset(
-    {("", "events", "create"), ("", "events", "patch")}
-)
+API_CALLS: frozenset[tuple[str, str, str]] = frozenset({("", "events", "create"), ("", "events", "patch")})
 
 REASON_RECOVERED = "Recovered"
 LABEL_GPU_UUID = "trt-health.io/gpu-uuid"
@@ -98,9 +98,7 @@ def _default_api_server(environ: Mapping[str, str]) -> str:
     return f"https://{host}:{port}"
 
 
-def parse_events_config(
-    sec: Section, environ: Mapping[str, str] | None = None
-) -> EventsConfig:
+def parse_events_config(sec: Section, environ: Mapping[str, str] | None = None) -> EventsConfig:
     """Read the ``events:`` section; defaults from the downward-API env and in-cluster files."""
     env = os.environ if environ is None else environ
     d = EventsConfig()
@@ -212,8 +210,13 @@ class KubeEventEmitter:
             self._events_total.labels("dropped").inc()
 
     def _occurrence(self, t: Transition) -> _Occurrence | None:
-        failing = t.healthy is False and t.previous is not False
-        if failing and t.severity >= Severity.CRITICAL:
+        # A CRITICAL condition that fails before it was ever healthy is a cold start
+        # (Starting, LoadingEngine, server still loading), not news; a FATAL one (e.g. a latch
+        # restored after a restart) always is.
+        failing = t.healthy is False and (
+            t.severity >= Severity.FATAL or (t.severity >= Severity.CRITICAL and t.previous is True)
+        )
+        if failing:
             self._failing[t.condition] = t.reason
             reason = t.reason or "HealthCheckFailed"
             kind = "Warning"
@@ -487,8 +490,10 @@ class KubeEventEmitter:
         conn: http.client.HTTPConnection
         if url.scheme == "https":
             conn = http.client.HTTPSConnection(
-                url.hostname or "", url.port or 443,
-                timeout=self.config.timeout_s, context=self._ssl_context(),
+                url.hostname or "",
+                url.port or 443,
+                timeout=self.config.timeout_s,
+                context=self._ssl_context(),
             )
         else:
             conn = http.client.HTTPConnection(

@@ -12,9 +12,9 @@ process is reported with numbers.
 from __future__ import annotations
 
 import asyncio
+import ctypes.util
 import importlib.util
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -35,6 +35,10 @@ from sidecar.scenario import ScenarioFile
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(importlib.util.find_spec("cuda") is None, reason="cuda-bindings not installed"),
+    pytest.mark.skipif(
+        not (Path("/dev/nvidiactl").exists() or ctypes.util.find_library("cuda")),
+        reason="no NVIDIA driver on this machine",
+    ),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -240,11 +244,7 @@ async def test_illegal_address_poisons_only_the_worker(tmp_path: Path) -> None:
         set_scenario(sf, {"canary": {"mode": "ok"}})
         await until(comp, is_("CanaryPassed"))
         assert comp.supervisor.pid != pid
-        assert not any(
-            m.split(".")[0] == "cuda" and m != "cuda"
-            for m in sys.modules
-            if m.startswith("cuda.bindings.driver")
-        )
+        assert "cuda.bindings.driver" not in sys.modules  # CUDA only ever in the worker
     finally:
         await comp.stop()
 
@@ -272,12 +272,12 @@ sys.stdin.read()
 async def test_memory_pressure_from_another_process_is_reported(tmp_path: Path) -> None:
     """With GPU 0 filled by another process the worker fails cleanly with numbers, and
     passes once the memory is back."""
-    hog = subprocess.Popen(
-        [sys.executable, "-c", HOG], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    hog = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOG, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
     )
     try:
-        assert hog.stdout is not None
-        line = hog.stdout.readline()
+        assert hog.stdout is not None and hog.stdin is not None
+        line = (await asyncio.wait_for(hog.stdout.readline(), 120)).decode()
         print(f"\n[gpu] memory hog: {line.strip()}")
         assert line.startswith("ready")
         comp, _, _ = component(tmp_path, devices=(0,))
@@ -288,11 +288,14 @@ async def test_memory_pressure_from_another_process_is_reported(tmp_path: Path) 
             assert res.reason in ("InsufficientGpuMemory", "CanaryPassed"), res
             if res.reason == "InsufficientGpuMemory":
                 assert "MiB" in res.message
-            hog.communicate("", timeout=30)
+            hog.stdin.close()
+            await asyncio.wait_for(hog.wait(), 30)
+            t0 = time.monotonic()
             await until(comp, is_("CanaryPassed"))
+            print(f"[gpu] memory back: pass after {time.monotonic() - t0:.2f}s")
         finally:
             await comp.stop()
     finally:
-        if hog.poll() is None:
+        if hog.returncode is None:
             hog.kill()
-            hog.wait()
+            await hog.wait()

@@ -402,3 +402,35 @@ async def test_broken_model_file_is_a_reason(tmp_path: Path) -> None:
         assert err is not None and err.reason == "EngineLoadFailed"
     finally:
         await sup.stop()
+
+
+async def test_tensorrt_runner_without_gpu_fails_cleanly(tmp_path: Path) -> None:
+    """runner: tensorrt on a machine without a GPU is a reason, never a segfault (no Runtime
+    is created before CUDA is proven); auto then falls through to onnxruntime."""
+    d = tmp_path / "plan"
+    d.mkdir()
+    for f in ("golden_input.npy", "golden_output.npy"):
+        (d / f).write_bytes((ENGINES / "canary" / f).read_bytes())
+    (d / "c.plan").write_bytes(b"ftrt" + bytes(100))
+    raw = yaml.safe_load((ENGINES / "canary" / "manifest.yaml").read_text())
+    raw.update(file="c.plan", format="tensorrt-plan", sha256=None, size=None)
+    (d / "c.manifest.yaml").write_text(yaml.safe_dump(raw))
+    reg = CollectorRegistry()
+    sup = CanarySupervisor(
+        LoadRequest("tensorrt", None, str(d / "c.manifest.yaml")),
+        SupervisorSettings(),
+        CanaryMetrics(reg),
+    )
+    try:
+        err = await sup.start()
+        assert err is not None and err.reason in ("NoGpu", "RunnerUnavailable"), err
+        assert sup.last_death is not None and sup.last_death.reason != "WorkerCrashed"
+    finally:
+        await sup.stop()
+    comp, _, _ = make(tmp_path, runner="auto", tensorrt_manifest=d / "c.manifest.yaml")
+    await comp.start(Sink())
+    try:
+        ok = main(await until(comp, reason("CanaryPassed")))
+        assert ok.labels["runner"] == "onnxruntime" and "skipped tensorrt" in ok.message
+    finally:
+        await comp.stop()

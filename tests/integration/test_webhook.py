@@ -106,9 +106,7 @@ def test_patch_applier_follows_rfc6902_examples() -> None:
         "foo": ["bar", "q", "baz"]
     }
     assert apply_patch({"a": [1]}, [{"op": "add", "path": "/a/-", "value": 2}]) == {"a": [1, 2]}
-    assert apply_patch({"m": {}}, [{"op": "add", "path": "/m/a~1b~0c", "value": 1}]) == {
-        "m": {"a/b~c": 1}
-    }
+    assert apply_patch({"m": {}}, [{"op": "add", "path": "/m/a~1b~0c", "value": 1}]) == {"m": {"a/b~c": 1}}
     with pytest.raises((KeyError, IndexError, AssertionError)):
         apply_patch({}, [{"op": "add", "path": "/missing/x", "value": 1}])
 
@@ -146,9 +144,7 @@ class Client:
 
     def review(self, body: bytes | dict[str, Any]) -> dict[str, Any]:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        status, data = self.request(
-            "POST", "/mutate", raw, {"Content-Type": "application/json"}
-        )
+        status, data = self.request("POST", "/mutate", raw, {"Content-Type": "application/json"})
         assert status == 200, data
         answer = json.loads(data)
         assert answer["apiVersion"] == "admission.k8s.io/v1"
@@ -221,7 +217,9 @@ def pod(annotations: dict[str, str] | None = None, **spec: Any) -> dict[str, Any
     return body
 
 
-def review(obj: dict[str, Any] | None, *, operation: str = "CREATE", uid: str | None = None) -> dict[str, Any]:
+def review(
+    obj: dict[str, Any] | None, *, operation: str = "CREATE", uid: str | None = None
+) -> dict[str, Any]:
     """An AdmissionReview v1 request as the API server sends it."""
     return {
         "apiVersion": "admission.k8s.io/v1",
@@ -316,9 +314,9 @@ def test_annotation_keys_are_escaped_in_patch_paths(client: Client) -> None:
 
 def test_opted_out_pods_are_admitted_unchanged(client: Client) -> None:
     """No annotation, or inject=false / True (not exactly "true"): allowed, no patch."""
-    for annotations in (None, {}, {webhook.ANNOTATION_INJECT: "false"}, {webhook.ANNOTATION_INJECT: "True"}):
-        resp = client.review(review(pod(annotations)))
-        assert "patch" not in resp and "patchType" not in resp, annotations
+    for opt in (None, {}, {webhook.ANNOTATION_INJECT: "false"}, {webhook.ANNOTATION_INJECT: "True"}):
+        resp = client.review(review(pod(opt)))
+        assert "patch" not in resp and "patchType" not in resp, opt
         assert "warnings" not in resp
 
 
@@ -417,9 +415,7 @@ def test_example_opt_in_deployment_is_injected_into_a_valid_pod(client: Client) 
     assert side["resources"]["claims"] == [{"name": "gpu"}]
     mounts = {m["name"]: m for m in side["volumeMounts"]}
     assert mounts["models"]["mountPath"] == "/models" and mounts["models"]["readOnly"]
-    assert patched["spec"]["containers"][0]["livenessProbe"]["grpc"]["service"] == (
-        SERVICE_WORKLOAD_LIVENESS
-    )
+    assert patched["spec"]["containers"][0]["livenessProbe"]["grpc"]["service"] == (SERVICE_WORKLOAD_LIVENESS)
 
 
 def test_device_plugin_annotation_sets_visible_devices_and_bad_values_are_refused(
@@ -519,7 +515,9 @@ def test_oversized_and_wrong_routes(client: Client) -> None:
     assert client.request("GET", "/healthz") == (200, b"ok\n")
 
 
-def test_plaintext_and_abrupt_clients_do_not_break_the_server(server: webhook.WebhookServer, client: Client) -> None:
+def test_plaintext_and_abrupt_clients_do_not_break_the_server(
+    server: webhook.WebhookServer, client: Client
+) -> None:
     """A plaintext HTTP request and a client that hangs up mid-handshake leave the server up."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         s.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
@@ -584,8 +582,13 @@ def test_cli_serves_logs_json_decisions_and_exits_cleanly_on_sigterm(certs: Cert
     uid and outcome, and exits 0 on SIGTERM."""
     port = free_port()
     proc = run_cli(
-        [f"--tls-cert={certs.cert}", f"--tls-key={certs.key}", f"--port={port}",
-         "--bind=127.0.0.1", f"--sidecar-image={IMAGE}"]
+        [
+            f"--tls-cert={certs.cert}",
+            f"--tls-key={certs.key}",
+            f"--port={port}",
+            "--bind=127.0.0.1",
+            f"--sidecar-image={IMAGE}",
+        ]
     )
     try:
         client = Client(port, certs.ca)
@@ -629,8 +632,12 @@ def test_cli_exit_codes_for_bad_flags_and_missing_certificates(tmp_path: Path, c
     assert proc.returncode == EXIT_CONFIG
     assert "--sidecar-image" in out + err
     proc = run_cli(
-        [f"--tls-cert={tmp_path / 'missing.crt'}", f"--tls-key={certs.key}", "--port=0",
-         f"--sidecar-image={IMAGE}"]
+        [
+            f"--tls-cert={tmp_path / 'missing.crt'}",
+            f"--tls-key={certs.key}",
+            "--port=0",
+            f"--sidecar-image={IMAGE}",
+        ]
     )
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == EXIT_TLS

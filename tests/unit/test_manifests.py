@@ -265,9 +265,7 @@ def test_schema_validation_rejects_a_misspelt_probe_field() -> None:
         "kind": "Pod",
         "metadata": {"name": "p"},
         "spec": {
-            "containers": [
-                {"name": "c", "image": "i", "livenessProbe": {"grpc": {"port": 1, "servce": "x"}}}
-            ]
+            "containers": [{"name": "c", "image": "i", "livenessProbe": {"grpc": {"port": 1, "servce": "x"}}}]
         },
     }
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -290,13 +288,21 @@ def test_pods_obey_probe_and_security_rules(directory: str) -> None:
 def test_sidecar_config_agrees_with_sidecar_defaults() -> None:
     """The ConfigMap's ports and state dir are the sidecar's defaults, and the sidecar's ports."""
     objs = render("base")
-    (_, spec), = pod_specs(objs)
+    ((_, spec),) = pod_specs(objs)
     cfg = sidecar_config(objs, spec)
     assert cfg["grpc"]["port"] == defaults.GRPC_PORT
     assert cfg["http"]["port"] == defaults.HTTP_PORT
     assert cfg["state_dir"] == defaults.STATE_DIR
     assert set(cfg) <= {
-        "grpc", "http", "policy", "gpu", "canary", "engines", "workload", "events", "state_dir",
+        "grpc",
+        "http",
+        "policy",
+        "gpu",
+        "canary",
+        "engines",
+        "workload",
+        "events",
+        "state_dir",
     }
     assert cfg["events"]["enabled"] is True
     side = sidecar_of(spec)
@@ -309,7 +315,7 @@ def test_sidecar_config_parses_with_the_real_config_reader() -> None:
     from sidecar.config import parse_config
 
     objs = render("base")
-    (_, spec), = pod_specs(objs)
+    ((_, spec),) = pod_specs(objs)
     cfg = parse_config(sidecar_config(objs, spec))
     assert cfg.grpc.port == defaults.GRPC_PORT
 
@@ -319,15 +325,24 @@ def test_base_sidecar_matches_webhook_template() -> None:
     """The base's sidecar and the webhook-injected sidecar are the same container (probes,
     security context, resources, ports, command, env names, mounts) so neither drifts."""
     objs = render("base")
-    (_, spec), = pod_specs(objs)
+    ((_, spec),) = pod_specs(objs)
     side = sidecar_of(spec)
     engine = next(m for m in side["volumeMounts"] if m["name"] == "models")
     injected = webhook.sidecar_container(
         webhook.WebhookOptions(Path("c"), Path("k"), side["image"]), engine_mount=engine
     )
     for key in (
-        "startupProbe", "livenessProbe", "readinessProbe", "securityContext", "resources",
-        "ports", "command", "args", "restartPolicy", "imagePullPolicy", "terminationMessagePolicy",
+        "startupProbe",
+        "livenessProbe",
+        "readinessProbe",
+        "securityContext",
+        "resources",
+        "ports",
+        "command",
+        "args",
+        "restartPolicy",
+        "imagePullPolicy",
+        "terminationMessagePolicy",
     ):
         assert side[key] == injected[key], key
     assert side["env"] == injected["env"]
@@ -335,8 +350,9 @@ def test_base_sidecar_matches_webhook_template() -> None:
         injected["volumeMounts"], key=lambda m: m["name"]
     )
     volumes = {v["name"]: v for v in spec["volumes"]}
-    for vol in webhook.sidecar_volumes(webhook.WebhookOptions(Path("c"), Path("k"), "i"),
-                                       "trt-health-sidecar-config"):
+    for vol in webhook.sidecar_volumes(
+        webhook.WebhookOptions(Path("c"), Path("k"), "i"), "trt-health-sidecar-config"
+    ):
         assert volumes[vol["name"]] == vol, vol["name"]
     assert main_container(spec)["livenessProbe"] == webhook.WORKLOAD_LIVENESS_PROBE
 
@@ -344,7 +360,7 @@ def test_base_sidecar_matches_webhook_template() -> None:
 @requires_kubectl
 def test_engine_volume_is_shared_read_only() -> None:
     """The sidecar mounts the inference container's engine volume at the same path, read-only."""
-    (_, spec), = pod_specs(render("base"))
+    ((_, spec),) = pod_specs(render("base"))
     side = {m["name"]: m for m in sidecar_of(spec)["volumeMounts"]}
     main = {m["name"]: m for m in main_container(spec)["volumeMounts"]}
     assert side["models"]["readOnly"] is True
@@ -355,13 +371,13 @@ def test_engine_volume_is_shared_read_only() -> None:
 def test_probe_budgets_are_consistent() -> None:
     """Startup allows 30 s; readiness flips within 4 s plus timeouts; liveness never faster
     than 3 periods; timeouts never exceed periods (kubelet: one timeout covers dial + Check)."""
-    (_, spec), = pod_specs(render("base"))
+    ((_, spec),) = pod_specs(render("base"))
     side = sidecar_of(spec)
-    s, l, r = side["startupProbe"], side["livenessProbe"], side["readinessProbe"]
+    s, lv, r = side["startupProbe"], side["livenessProbe"], side["readinessProbe"]
     assert s["periodSeconds"] * s["failureThreshold"] >= 30
     assert r["periodSeconds"] * r["failureThreshold"] <= 4
-    assert l["failureThreshold"] >= 3
-    for p in (s, l, r):
+    assert lv["failureThreshold"] >= 3
+    for p in (s, lv, r):
         assert p["timeoutSeconds"] <= p["periodSeconds"]
     assert r.get("successThreshold", 1) == 1  # recovery is debounced by the sidecar itself
 
@@ -369,7 +385,7 @@ def test_probe_budgets_are_consistent() -> None:
 @requires_kubectl
 def test_metrics_scrape_targets_point_at_the_http_port() -> None:
     """Prometheus annotations and the PodMonitor scrape the sidecar's /metrics port."""
-    (_, spec), = pod_specs(render("base"))
+    ((_, spec),) = pod_specs(render("base"))
     dep = one(render("base"), "Deployment")
     ann = dep["spec"]["template"]["metadata"]["annotations"]
     assert ann["prometheus.io/port"] == str(defaults.HTTP_PORT)
@@ -399,7 +415,7 @@ def test_network_policy_admits_the_sidecar_ports() -> None:
 @requires_kubectl
 def test_base_gives_the_sidecar_no_gpu_and_main_container_one() -> None:
     """Fail closed: without an overlay the sidecar sees no GPU (not every GPU of the node)."""
-    (_, spec), = pod_specs(render("base"))
+    ((_, spec),) = pod_specs(render("base"))
     assert env_of(sidecar_of(spec))["NVIDIA_VISIBLE_DEVICES"]["value"] == "void"
     assert "nvidia.com/gpu" not in sidecar_of(spec)["resources"].get("limits", {})
 
@@ -411,7 +427,7 @@ def test_dra_overlay_shares_one_claim_between_both_containers() -> None:
     objs = render("overlays/dra")
     rct = one(objs, "ResourceClaimTemplate")
     assert rct["apiVersion"] == "resource.k8s.io/v1"
-    (_, spec), = pod_specs(objs)
+    ((_, spec),) = pod_specs(objs)
     claims = {c["name"]: c for c in spec["resourceClaims"]}
     assert {c["resourceClaimTemplateName"] for c in claims.values()} == {rct["metadata"]["name"]}
     for c in (sidecar_of(spec), main_container(spec)):
@@ -424,7 +440,7 @@ def test_dra_overlay_shares_one_claim_between_both_containers() -> None:
 def test_device_plugin_overlay_only_exposes_all_gpus_on_a_whole_node() -> None:
     """Device plugin: NVIDIA_VISIBLE_DEVICES=all only together with requesting every GPU of a
     node pinned by its GPU-count label (so "all" means "this pod's GPUs")."""
-    (_, spec), = pod_specs(render("overlays/device-plugin"))
+    ((_, spec),) = pod_specs(render("overlays/device-plugin"))
     assert env_of(sidecar_of(spec))["NVIDIA_VISIBLE_DEVICES"]["value"] == "all"
     gpus = int(main_container(spec)["resources"]["limits"]["nvidia.com/gpu"])
     assert spec["nodeSelector"]["nvidia.com/gpu.count"] == str(gpus)
@@ -541,7 +557,7 @@ def test_rbac_grants_exactly_what_the_events_emitter_calls() -> None:
         assert not any(r.get("resourceNames") for r in roles[0]["rules"])
     objs = render("base")
     binding = one(objs, "RoleBinding")
-    (_, spec), = pod_specs(objs)
+    ((_, spec),) = pod_specs(objs)
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": spec["serviceAccountName"], "namespace": "inference"}
     ]
@@ -551,7 +567,7 @@ def test_rbac_grants_exactly_what_the_events_emitter_calls() -> None:
 @requires_kubectl
 def test_only_the_sidecar_mounts_an_api_token() -> None:
     """The projected API token is mounted into the sidecar and no other container."""
-    (_, spec), = pod_specs(render("base"))
+    ((_, spec),) = pod_specs(render("base"))
     token_volumes = {
         v["name"]
         for v in spec["volumes"]

@@ -85,3 +85,31 @@ def test_error_recorder_through_binding(trt: ModuleType) -> None:
     assert "INTERNAL_ERROR: boom" in rec.texts()[0]
     rec.clear()
     assert rec.num_errors() == 0
+
+
+def test_every_attribute_the_runner_touches_is_listed() -> None:
+    """Scanning the runner's source: each engine / context / runtime / trt.X.Y access is in
+    TRT_API, so the conformance list cannot drift from the code."""
+    import re
+
+    from sidecar.canary.runners import tensorrt_runner
+
+    src = open(tensorrt_runner.__file__, encoding="utf-8").read()
+    listed = {cls: set(attrs) for cls, attrs in TRT_API}
+    receivers = {
+        r"(?<![.\w])(?:engine|self\._engine)\.(\w+)": "ICudaEngine",
+        r"\b(?:ctx|self\._context)\.(\w+)": "IExecutionContext",
+        r"\bself\._runtime\.(\w+)": "Runtime",
+    }
+    unlisted = []
+    for pattern, cls in receivers.items():
+        for attr in set(re.findall(pattern, src)):
+            if attr not in listed[cls]:
+                unlisted.append(f"{cls}.{attr}")
+    for cls, attr in set(re.findall(r"\btrt\.(\w+)\.(\w+)", src)):
+        if cls in listed and attr not in listed[cls] and attr != "__init__":
+            unlisted.append(f"{cls}.{attr}")
+    for cls in set(re.findall(r"\btrt\.([A-Z]\w+)", src)):
+        if cls not in listed and cls not in ("ILogger", "IErrorRecorder"):
+            unlisted.append(cls)
+    assert not unlisted, f"used but not in TRT_API: {sorted(unlisted)}"
