@@ -109,11 +109,11 @@ class Generator:
             out.append(f"-{key}={_fmt(value)}")
         return out
 
-    def run(self, mode: str, cpus: set[int] | None = None, timeout: float = 600,
+    def run(self, mode: str, cpus: set[int] | None = None, run_timeout: float = 600,
             **flags: Any) -> dict[str, Any]:
         """Run a mode to completion; returns its last JSON line."""
         proc = subprocess.run(self.argv(mode, **flags), capture_output=True, text=True,
-                              timeout=timeout, preexec_fn=pin(cpus))
+                              timeout=run_timeout, preexec_fn=pin(cpus))
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"{self.name} {mode} failed ({proc.returncode}): "
@@ -368,17 +368,15 @@ def probe_once(addr: str, service: str, timeout: float) -> tuple[float, str]:
     deadline = t0 + timeout
     try:
         with grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) as ch:
-            grpc.channel_ready_future(ch).result(timeout=timeout)
             check = ch.unary_unary(
                 "/grpc.health.v1.Health/Check",
                 request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
                 response_deserializer=health_pb2.HealthCheckResponse.FromString,
             )
+            # wait_for_ready: the dial is part of the budget, like the kubelet's probe
             resp = check(health_pb2.HealthCheckRequest(service=service),
-                         timeout=max(0.001, deadline - time.perf_counter()))
+                         timeout=max(0.001, deadline - time.perf_counter()), wait_for_ready=True)
         why = "" if resp.status == health_pb2.HealthCheckResponse.SERVING else str(resp.status)
-    except grpc.FutureTimeoutError:
-        why = "dial timeout"
     except grpc.RpcError as exc:
         why = str(exc.code())  # type: ignore[attr-defined]
     return (time.perf_counter() - t0) * 1000, why

@@ -161,7 +161,7 @@ def choose_and_load(req: LoadRequest) -> tuple[Runner, str]:
             runner = build_runner(req, kind)
             info = runner.load()
         except RunnerUnavailable as exc:
-            skipped.append(f"{kind}: {exc.message}")
+            skipped.append(f"{kind}: {exc.message.split('. ')[0][:120]}")
             continue
         note = f" (auto; skipped {'; '.join(skipped)})" if skipped else " (auto)"
         return runner, info.detail + note
@@ -331,8 +331,24 @@ def _unexpected(exc: BaseException) -> WorkerError:
     return WorkerError("WorkerError", f"unexpected error in worker: {tb}")
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the sidecar dies, even if it is stuck in a kernel
+    (a hung worker would otherwise never read the EOF on stdin)."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
     # fd 1 belongs to the protocol; everything printed goes to stderr.
     proto_fd = os.dup(1)
     os.dup2(2, 1)

@@ -207,6 +207,7 @@ class GpuInfo:
     mig_enabled: bool = False
     instances: tuple[MigInstance, ...] = ()
     lost: bool = False  # the handle could not even be obtained (GPU_IS_LOST at enumeration)
+    compute_capability: str = ""  # "9.0"; "" when unknown
 
 
 @dataclass(frozen=True, slots=True)

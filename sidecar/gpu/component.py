@@ -71,6 +71,7 @@ from sidecar.gpu.backend import (
     GpuInfo,
     GpuLostError,
     GpuSample,
+    MemoryInfo,
     NvmlError,
     NvmlHungError,
     NvmlUnavailableError,
@@ -340,6 +341,24 @@ class GpuComponent:
     def gpu_fault(self) -> bool:
         with self._lock:
             return any(self._failing.values())
+
+    def compute_capability(self) -> str | None:
+        """Compute capability of the first visible GPU ("9.0"), or None before the first poll."""
+        with self._lock:
+            for st in self._live_states():
+                if st.info.compute_capability:
+                    return st.info.compute_capability
+            return None
+
+    def free_memory_mib(self) -> float | None:
+        """The smallest free memory (MiB) among this pod's GPUs at the last poll, or None."""
+        with self._lock:
+            free = [
+                m.free / (1024 * 1024)
+                for st in self._live_states()
+                if st.last is not None and isinstance(m := value_or_none(st.last.memory), MemoryInfo)
+            ]
+            return min(free) if free else None
 
     def _live_states(self) -> list[_GpuState]:
         return [self._gpus[u] for u in self._current if u in self._gpus]

@@ -13,6 +13,7 @@ machine without nvidia-ml-py still constructs the backend and reports ``NvmlUnav
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import logging
@@ -192,8 +193,13 @@ class RealNvmlBackend:
                         raise err from exc
                     code = err.code if isinstance(err, NvmlError) else _NOT_SUPPORTED
                     raise NvmlUnavailableError(str(exc), code=code) from exc
+                try:
+                    self._enumerate()
+                except NvmlError:
+                    with contextlib.suppress(Exception):
+                        nvml.nvmlShutdown()  # init is ref-counted: undo it, retry next time
+                    raise
                 self._opened = True
-                self._enumerate()
         driver = self._read("", nvml.nvmlSystemGetDriverVersion)
         version = self._read("", nvml.nvmlSystemGetNVMLVersion)
         cuda = self._read("", nvml.nvmlSystemGetCudaDriverVersion)
@@ -219,6 +225,8 @@ class RealNvmlBackend:
             pci = self._read(uuid, nvml.nvmlDeviceGetPciInfo, handle)
             bus_id = _text(pci.busId) if not isinstance(pci, Unsupported | SignalError) else ""
             mig_enabled, instances = self._mig(uuid, handle)
+            cc = self._read(uuid, nvml.nvmlDeviceGetCudaComputeCapability, handle)
+            cc_text = f"{cc[0]}.{cc[1]}" if isinstance(cc, tuple | list) and len(cc) == 2 else ""
             infos.append(
                 GpuInfo(
                     index=index,
@@ -227,6 +235,7 @@ class RealNvmlBackend:
                     pci_bus_id=bus_id,
                     mig_enabled=mig_enabled,
                     instances=instances,
+                    compute_capability=cc_text,
                 )
             )
             handles[uuid] = handle

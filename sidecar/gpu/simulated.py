@@ -119,6 +119,7 @@ class SimGpu:
     mig: bool = False
     mig_instances: tuple[MigInstance, ...] = ()
     unsupported: frozenset[str] = frozenset()
+    compute_capability: str = "9.0"
     nvml_hang: bool = False
     reset: int = 0
 
@@ -245,6 +246,7 @@ def _parse_gpu(sec: Section, position: int) -> SimGpu:
         mig=sec.flag("mig", False),
         mig_instances=instances,
         unsupported=unsupported,
+        compute_capability=sec.text("compute_capability", "9.0"),
         nvml_hang=sec.flag("nvml_hang", False),
         reset=sec.integer("reset", 0, minimum=0),
     )
@@ -443,6 +445,7 @@ class SimulatedBackend:
             pci_bus_id=f"00000000:{0x18 + g.index:02X}:00.0",
             mig_enabled=g.mig,
             instances=g.mig_instances if g.mig else (),
+            compute_capability=g.compute_capability,
         )
 
     def sample(self, uuid: str) -> GpuSample:

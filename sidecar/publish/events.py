@@ -298,10 +298,16 @@ class KubeEventEmitter:
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        try:
-            self._queue.put(_STOP, timeout=1.0)
-        except queue.Full:
-            pass
+        while True:  # never block the event loop: make room for the stop marker if needed
+            try:
+                self._queue.put_nowait(_STOP)
+                break
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                    self._events_total.labels("dropped").inc()
+                except queue.Empty:
+                    pass
         await asyncio.to_thread(thread.join, self.config.timeout_s * 2)
 
     # -- worker thread -----------------------------------------------------------------------

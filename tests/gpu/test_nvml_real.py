@@ -91,10 +91,10 @@ def test_real_events_register(backend: RealNvmlBackend) -> None:
             f"error={reg.error!r}"
         )
         assert not reg.error
-    assert backend.wait_event(0.05) is None or True  # a real event may be pending; no raise
+    backend.wait_event(0.05)  # a real event may be pending; it must not raise
 
 
-async def test_component_on_real_gpu_is_healthy(tmp_path: Path) -> None:
+async def test_component_on_real_gpu_is_healthy(tmp_path: Path, backend: RealNvmlBackend) -> None:
     """GpuComponent(simulate=False) on a healthy GPU: nvml OK, inventory OK, every GPU
     condition produced, none gating readiness; NVML call latencies printed."""
     registry = CollectorRegistry()

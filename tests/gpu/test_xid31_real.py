@@ -139,7 +139,7 @@ async def test_real_xid31_is_process_level_and_counted(tmp_path: Path) -> None:
             r.name for r in sink.latest.values() if not r.ok and r.severity >= Severity.CRITICAL
         }
 
-        child = subprocess.Popen(
+        child = subprocess.Popen(  # noqa: ASYNC220 - started once, then polled without blocking
             [sys.executable, "-c", CHILD],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -97,9 +97,9 @@ class Harness:
         await self.scenario.stop()
 
     async def until(
-        self, name: str, pred: Callable[[CheckResult], bool], timeout: float = 3.0
+        self, name: str, pred: Callable[[CheckResult], bool], within: float = 3.0
     ) -> CheckResult:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while True:
             r = self.sink.latest.get(name)
             if r is not None and pred(r):
@@ -108,11 +108,11 @@ class Harness:
                 raise AssertionError(f"{name}: condition not met; latest={r}")
             await asyncio.sleep(0.005)
 
-    async def reason(self, name: str, reason: str, timeout: float = 3.0) -> CheckResult:
-        return await self.until(name, lambda r: r.reason == reason, timeout)
+    async def reason(self, name: str, reason: str, within: float = 3.0) -> CheckResult:
+        return await self.until(name, lambda r: r.reason == reason, within)
 
-    async def healthy(self, name: str, timeout: float = 3.0) -> CheckResult:
-        return await self.until(name, lambda r: r.ok and r.reason in ("", "Unmonitored"), timeout)
+    async def healthy(self, name: str, within: float = 3.0) -> CheckResult:
+        return await self.until(name, lambda r: r.ok and r.reason in ("", "Unmonitored"), within)
 
     def metric(self, metric: str, /, **labels: str) -> float | None:
         return self.registry.get_sample_value(metric, labels)
@@ -170,6 +170,8 @@ async def test_empty_scenario_is_one_healthy_gpu(h: Harness) -> None:
         backend="simulated",
     ) == 1
     assert h.component is not None and not h.component.gpu_fault()
+    assert h.component.compute_capability() == "9.0"
+    assert h.component.free_memory_mib() == 80000
 
 
 async def test_xid79_is_node_fatal_sticky_persisted_and_clears_on_reset(h: Harness) -> None:
@@ -437,7 +439,7 @@ async def test_exclusive_process_and_busy_are_reported(h: Harness) -> None:
 async def test_pcie_replay_rate(h: Harness) -> None:
     """PCIe replays rising by pcie_replay_warn within the window -> WARNING PcieReplayRate."""
     await h.start()
-    await h.healthy(f"gpu/{U0}/pcie", timeout=3)
+    await h.healthy(f"gpu/{U0}/pcie", within=3)
     h.write({"gpus": [gpu(0, pcie_replay=50)]})
     r = await h.reason(f"gpu/{U0}/pcie", "PcieReplayRate")
     assert r.severity is Severity.WARNING
@@ -552,7 +554,7 @@ async def test_hung_nvml_call_is_a_finding_without_stacking_threads(h: Harness) 
     before = threading.active_count()
     h.write({"gpus": [gpu(0, nvml_hang=True)]})
     t0 = time.monotonic()
-    r = await h.reason("nvml", "NvmlHung", timeout=2)
+    r = await h.reason("nvml", "NvmlHung", within=2)
     assert time.monotonic() - t0 < 1.5
     assert r.status is CheckStatus.UNKNOWN and r.severity is Severity.CRITICAL
     poll = next(c for c in comp.checks() if c.name == "gpu")

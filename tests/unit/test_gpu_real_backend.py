@@ -92,6 +92,9 @@ class FakeNvml:
     def nvmlDeviceGetPciInfo(self, h: object) -> Any:
         return SimpleNamespace(busId=b"00000000:18:00.0")
 
+    def nvmlDeviceGetCudaComputeCapability(self, h: object) -> tuple[int, int]:
+        return (9, 0)
+
     def nvmlDeviceGetMigMode(self, h: object) -> list[int]:
         raise FakeNVMLError(NOT_SUPPORTED)
 
@@ -207,6 +210,7 @@ def test_enumeration_and_sample_values(fake: FakeNvml) -> None:
     [info] = backend.devices()
     assert info.uuid == "GPU-fake-0" and info.name == "NVIDIA H200"
     assert info.pci_bus_id == "00000000:18:00.0" and not info.mig_enabled
+    assert info.compute_capability == "9.0"
     s = backend.sample("GPU-fake-0")
     assert s.ecc.volatile_corrected == 7 and s.ecc.volatile_uncorrected == 0  # type: ignore[union-attr]
     assert s.remap.correctable == 1 and not s.remap.failure  # type: ignore[union-attr]
@@ -322,7 +326,7 @@ async def test_hanging_call_is_nvml_hung_and_not_stacked(fake: FakeNvml) -> None
     caller = NvmlCaller(on_unstuck=unstuck.set)
     fake.hang.set()
     t0 = time.monotonic()
-    with pytest.raises(NvmlHungError, match="did not return within 0.1s"):
+    with pytest.raises(NvmlHungError, match=r"did not return within 0\.1s"):
         await caller.call(lambda: backend.sample("GPU-fake-0"), op="sample", timeout_s=0.1)
     assert time.monotonic() - t0 < 1.0
     threads = threading.active_count()
@@ -337,3 +341,15 @@ async def test_hanging_call_is_nvml_hung_and_not_stacked(fake: FakeNvml) -> None
     s = await caller.call(lambda: backend.sample("GPU-fake-0"), op="sample", timeout_s=1)
     assert s.temperature_c == 45
     caller.close()
+
+
+def test_enumeration_failure_is_retried(fake: FakeNvml) -> None:
+    """GPU_IS_LOST while enumerating fails open(); the next open() enumerates again."""
+    backend = RealNvmlBackend(nvml=fake)
+    original = fake.nvmlDeviceGetCount
+    fake.nvmlDeviceGetCount = lambda: (_ for _ in ()).throw(FakeNVMLError(GPU_IS_LOST))  # type: ignore[method-assign]
+    with pytest.raises(GpuLostError):
+        backend.open()
+    fake.nvmlDeviceGetCount = original  # type: ignore[method-assign]
+    backend.open()
+    assert [i.uuid for i in backend.devices()] == ["GPU-fake-0"]
