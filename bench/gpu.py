@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="")
     ap.add_argument("--json", default="")
-    ap.add_argument("--xid-injections", type=int, default=20)
+    ap.add_argument("--xid-injections", type=int, default=30)
     ap.add_argument("--matmul-seconds", type=float, default=12.0)
     ap.add_argument("--skip-interference", action="store_true")
     args = ap.parse_args(argv)
@@ -250,24 +250,26 @@ def main(argv: list[str] | None = None) -> int:
         errors: list[str] = []
         for i in range(args.xid_injections):
             before = xid31_total(sc.metrics())
-            diag_before = {c.name: c.last_result_unix for c in sc.conditions("gpu/").conditions}
+            # the xid condition's message carries the event count of its window, so a new
+            # event changes it even when the reason stays XidProcess31
+            diag_before = {c.name: c.message for c in sc.conditions("gpu/").conditions}
             child = subprocess.Popen(
                 [sys.executable, "-c", XID_CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
             seen_metric = seen_diag = None
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and (seen_metric is None or seen_diag is None):
-                now = time.time()
+                # the observation time is taken after the poll returned (an upper bound)
                 if seen_metric is None and xid31_total(sc.metrics()) > before:
-                    seen_metric = now
+                    seen_metric = time.time()
                 if seen_diag is None:
                     for c in sc.conditions("gpu/").conditions:
                         if (
                             c.name.endswith("/xid")
                             and c.reason == "XidProcess31"
-                            and c.last_result_unix > diag_before.get(c.name, 0)
+                            and c.message != diag_before.get(c.name, "")
                         ):
-                            seen_diag = now
+                            seen_diag = time.time()
                 if child.poll() is not None and time.monotonic() > deadline - 25:
                     break  # the child is gone and nothing arrived within 5 s
                 time.sleep(0.001)

@@ -60,12 +60,12 @@ def xid_result(
     live = [r for r in recent if not r.fatal and now - r.at <= window_s and r.cls in _NONFATAL_SEVERITY]
     if live:
         top = max(live, key=lambda r: (_NONFATAL_SEVERITY[r.cls], r.at))
-        codes = ", ".join(str(r.code) for r in live)
+        codes = ", ".join(str(c) for c in sorted({r.code for r in live}))
         return ref.fail(
             "xid",
             xid_reason(top.code, top.cls),
-            f"Xid {top.code} ({top.cls.value}) within the last {window_s:g}s; "
-            f"recent: {codes}; readiness unchanged",
+            f"Xid {top.code} ({top.cls.value}): {len(live)} event(s) in the last {window_s:g}s, "
+            f"codes {codes}; readiness unchanged",
             severity=_NONFATAL_SEVERITY[top.cls],
             value=top.code,
             code=str(top.code),

@@ -176,12 +176,10 @@ async def test_lean_runtime_rejects_bad_plans_with_its_own_text(tmp_path: Path) 
         "truncated": b"ftrt" + b"\0" * 20 + bytes([11, 4, 0, 106]) + b"\x01" * 100,
         "foreign": (ENGINES / "canary" / "canary.onnx").read_bytes(),
     }
-    reg = CollectorRegistry()
+    metrics = CanaryMetrics(CollectorRegistry())
     for name, data in cases.items():
         manifest = _plan_manifest(tmp_path, name, data)
-        sup = CanarySupervisor(
-            LoadRequest("tensorrt", None, str(manifest)), SupervisorSettings(), CanaryMetrics(reg)
-        )
+        sup = CanarySupervisor(LoadRequest("tensorrt", None, str(manifest)), SupervisorSettings(), metrics)
         t0 = time.monotonic()
         err = await sup.start()
         took = time.monotonic() - t0
