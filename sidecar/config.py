@@ -16,6 +16,7 @@ their components' own ``parse_*_config`` functions, through the same error colle
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -87,39 +88,21 @@ class SidecarConfig:
 ComponentParser = Callable[[Section], Any]
 
 
+# section name -> (module, parse function); imported lazily so `probe` stays light
+_COMPONENT_PARSERS = {
+    "gpu": ("sidecar.gpu.component", "parse_gpu_config"),
+    "canary": ("sidecar.canary.component", "parse_canary_config"),
+    "engines": ("sidecar.engine.component", "parse_engines_config"),
+    "workload": ("sidecar.workload.component", "parse_workload_config"),
+    "events": ("sidecar.publish.events", "parse_events_config"),
+}
+
+
 def component_parsers() -> dict[str, ComponentParser]:
-    """The parse function of every component section, imported lazily (keeps `probe` light)."""
+    """The parse function of every component section."""
     parsers: dict[str, ComponentParser] = {}
-    try:
-        from sidecar.gpu.component import parse_gpu_config  # type: ignore[import-not-found,unused-ignore]
-
-        parsers["gpu"] = parse_gpu_config
-    except ImportError:  # pragma: no cover - component not present in this build
-        pass
-    try:
-        from sidecar.canary.component import parse_canary_config  # type: ignore[import-not-found,unused-ignore]
-
-        parsers["canary"] = parse_canary_config
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from sidecar.engine.component import parse_engines_config  # type: ignore[import-not-found,unused-ignore]
-
-        parsers["engines"] = parse_engines_config
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from sidecar.workload.component import parse_workload_config  # type: ignore[import-not-found,unused-ignore]
-
-        parsers["workload"] = parse_workload_config
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from sidecar.publish.events import parse_events_config  # type: ignore[import-not-found,unused-ignore]
-
-        parsers["events"] = parse_events_config
-    except ImportError:  # pragma: no cover
-        pass
+    for section, (module, function) in _COMPONENT_PARSERS.items():
+        parsers[section] = getattr(importlib.import_module(module), function)
     return parsers
 
 

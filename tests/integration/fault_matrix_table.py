@@ -425,7 +425,7 @@ def rows(group: str | None = None) -> list[Row]:
 
 def _services_cell(row: Row) -> str:
     down = [s for s, v in row.services().items() if v == N]
-    return ", ".join(f"`{s or '\"\"'}`" for s in down) + " NOT_SERVING" if down else "all SERVING"
+    return ", ".join(f"`{s}`" for s in down) + " NOT_SERVING" if down else "all SERVING"
 
 
 def markdown() -> str:
