@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs
-from bench.loadgen import pin, percentiles
+from bench.loadgen import percentiles, pin
 
 DEMO_SCENARIO = procs.REPO / "demo" / "scenario.example.yaml"
 

@@ -5,7 +5,7 @@ one runs::
 
     closed -addr A -conns 4 -inflight 64 -warmup 1s -duration 5s -service S   max throughput
     open   -addr A -conns 4 -rate 1000 -warmup 1s -duration 10s -service S    latency, open loop
-    watch  -addr A -conns 4 -streams 100 -hold 60s -service S                  Watch streams
+    watch  -addr A -conns 4 -streams 100 -ramp 0 -hold 60s -service S          Watch streams
     probe  -addr A -rate 10 -duration 10s -timeout 1s -service S               kubelet-style
 
 Why Go first: one Go process on one core drives ~25,000+ Check/s, several times what any Python
@@ -296,7 +296,8 @@ async def _open_proc(addr: str, service: str, conns: int, rate: float, warmup: f
             "latency": percentiles(lat)}
 
 
-async def _watch_proc(addr: str, service: str, conns: int, streams: int, hold: float) -> None:
+async def _watch_proc(addr: str, service: str, conns: int, streams: int, hold: float,
+                      ramp: int = 0) -> None:
     import grpc
 
     chans = [grpc.aio.insecure_channel(addr) for _ in range(conns)]
@@ -304,8 +305,10 @@ async def _watch_proc(addr: str, service: str, conns: int, streams: int, hold: f
     req = _request(service)
     counts = {"opened": 0, "refused": 0, "failed": 0, "updates": 0}
     firsts: asyncio.Queue[None] = asyncio.Queue()
+    sem = asyncio.Semaphore(ramp if ramp > 0 else streams)
 
     async def one(i: int) -> None:
+        await sem.acquire()
         call = watch[i % len(watch)](req)
         first = True
         try:
@@ -313,6 +316,7 @@ async def _watch_proc(addr: str, service: str, conns: int, streams: int, hold: f
                 if first:
                     first = False
                     counts["opened"] += 1
+                    sem.release()
                     firsts.put_nowait(None)
                 else:
                     counts["updates"] += 1
@@ -327,6 +331,7 @@ async def _watch_proc(addr: str, service: str, conns: int, streams: int, hold: f
             call.cancel()
             raise
         if first:
+            sem.release()
             firsts.put_nowait(None)
 
     tasks = [asyncio.create_task(one(i)) for i in range(streams)]
@@ -435,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(_open_proc(addr, service, conns, rate, warmup, duration))))
     elif mode == "watch":
         streams = int(flags.get("streams", "100"))
-        asyncio.run(_watch_proc(addr, service, conns, streams, _duration(flags.get("hold", "60s"))))
+        asyncio.run(_watch_proc(addr, service, conns, streams, _duration(flags.get("hold", "60s")),
+                                int(flags.get("ramp", "0"))))
     elif mode == "probe":
         rate = float(flags.get("rate", "10"))
         print(json.dumps(_probe_mode(addr, service, rate, duration,

@@ -25,7 +25,6 @@ import signal
 import sys
 import threading
 from concurrent import futures
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc

@@ -6,7 +6,7 @@
 //	healthbench server -addr 127.0.0.1:0          grpc-go's stock health.NewServer()
 //	healthbench closed -addr A -conns 4 -inflight 64 -duration 5s -service liveness
 //	healthbench open   -addr A -conns 4 -rate 1000 -duration 10s -service liveness
-//	healthbench watch  -addr A -conns 4 -streams 100 -hold 60s   (opens Watch streams, holds them)
+//	healthbench watch  -addr A -conns 4 -streams 100 -ramp 0 -hold 60s   (opens Watch streams, holds them)
 //	healthbench probe  -addr A -rate 10 -duration 10s -timeout 1s (fresh connection per probe)
 package main
 
@@ -189,20 +189,45 @@ func openMode(addr, service string, conns int, rate float64, warmup, duration ti
 		"latency": percentiles(lat)})
 }
 
-func watchMode(addr, service string, conns, streams int, hold time.Duration) {
+func watchMode(addr, service string, conns, streams, ramp int, hold time.Duration) {
 	clients := dialAll(addr, conns)
 	var opened, refused, other, updates int64
+	var errMu sync.Mutex
+	var errExample string
+	noteErr := func(err error) {
+		errMu.Lock()
+		if errExample == "" {
+			errExample = err.Error()
+		}
+		errMu.Unlock()
+	}
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithTimeout(context.Background(), hold)
 	defer cancel()
 	firsts := make(chan struct{}, streams)
+	// at most `ramp` streams waiting for their first message at a time (0: all at once)
+	if ramp <= 0 {
+		ramp = streams
+	}
+	sem := make(chan struct{}, ramp)
 	for i := 0; i < streams; i++ {
+		sem <- struct{}{}
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
+			released := false
+			release := func() {
+				if !released {
+					released = true
+					<-sem
+				}
+			}
+			defer release()
 			st, err := clients[i%len(clients)].Watch(ctx, &healthpb.HealthCheckRequest{Service: service})
 			if err != nil {
 				atomic.AddInt64(&other, 1)
+				noteErr(err)
+				release()
 				firsts <- struct{}{}
 				return
 			}
@@ -215,7 +240,9 @@ func watchMode(addr, service string, conns, streams int, hold time.Duration) {
 							atomic.AddInt64(&refused, 1)
 						} else if ctx.Err() == nil {
 							atomic.AddInt64(&other, 1)
+							noteErr(err)
 						}
+						release()
 						firsts <- struct{}{}
 					}
 					return
@@ -223,6 +250,7 @@ func watchMode(addr, service string, conns, streams int, hold time.Duration) {
 				if first {
 					first = false
 					atomic.AddInt64(&opened, 1)
+					release()
 					firsts <- struct{}{}
 				} else {
 					atomic.AddInt64(&updates, 1)
@@ -239,7 +267,8 @@ func watchMode(addr, service string, conns, streams int, hold time.Duration) {
 		}
 	}
 	emit(map[string]interface{}{"event": "open", "opened": atomic.LoadInt64(&opened),
-		"refused": atomic.LoadInt64(&refused), "failed": atomic.LoadInt64(&other)})
+		"refused": atomic.LoadInt64(&refused), "failed": atomic.LoadInt64(&other),
+		"error_example": errExample})
 	<-ctx.Done()
 	wg.Wait()
 	emit(map[string]interface{}{"event": "closed", "updates": atomic.LoadInt64(&updates)})
@@ -302,6 +331,7 @@ func main() {
 	inflight := fs.Int("inflight", 64, "concurrent in-flight Checks (closed loop)")
 	rate := fs.Float64("rate", 1000, "offered rate per second (open loop, probe)")
 	streams := fs.Int("streams", 100, "Watch streams")
+	ramp := fs.Int("ramp", 0, "Watch streams opening at a time (0: all at once)")
 	warmup := fs.Duration("warmup", time.Second, "warm-up before measuring")
 	duration := fs.Duration("duration", 5*time.Second, "measurement time")
 	hold := fs.Duration("hold", 60*time.Second, "how long Watch streams stay open")
@@ -315,7 +345,7 @@ func main() {
 	case "open":
 		openMode(*addr, *service, *conns, *rate, *warmup, *duration)
 	case "watch":
-		watchMode(*addr, *service, *conns, *streams, *hold)
+		watchMode(*addr, *service, *conns, *streams, *ramp, *hold)
 	case "probe":
 		probeMode(*addr, *service, *rate, *duration, *timeout)
 	default:

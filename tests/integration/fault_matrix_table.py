@@ -55,6 +55,9 @@ class Row:
     group: str = "main"
     scenario: dict[str, Any] | None = None
     gpu: dict[str, Any] = field(default_factory=dict)  # merged into gpus[0] of the scenario
+    # gpus[0] fields that stay when the fault is removed: counters never go back without a
+    # reset (a volatile ECC counter going down is itself evidence of a reset)
+    keep: dict[str, Any] = field(default_factory=dict)
     action: str = ""
     detect_s: float = 3.0
     recover_s: float = 6.0
@@ -98,20 +101,22 @@ ROWS: tuple[Row, ...] = (
         fault="uncorrectable ECC increase (no Xid)",
         injection="`gpus: [{ecc_volatile_uncorrected: 1}]`",
         gpu={"ecc_volatile_uncorrected": 1},
+        keep={"ecc_volatile_uncorrected": 1},
         expect=GPU_DOWN,
         reasons={f"{GPU}/ecc": "EccUncorrectable"},
         metric='trt_health_gpu_ecc_events_total{type="double_bit"} += 1',
         recovery="sticky",
-        evidence="scenario `reset` changed (volatile counter restarts)",
+        evidence="scenario `reset` changed (volatile counter restarts); the counter stays at 1",
     ),
     Row(
         id="ecc-uncontained-xid95",
         fault="uncorrectable ECC with Xid 95 (uncontained)",
         injection="`gpus: [{xid: [95], ecc_volatile_uncorrected: 1}]`",
         gpu={"xid": [95], "ecc_volatile_uncorrected": 1},
+        keep={"ecc_volatile_uncorrected": 1},
         expect=GPU_DOWN,
         reasons={f"{GPU}/ecc": "EccUncorrectable", f"{GPU}/xid": "XidGpuReset95"},
-        metric='trt_health_gpu_fatal_latches{} >= 1',
+        metric="trt_health_gpu_fatal_latches{} >= 1",
         recovery="sticky",
         evidence="scenario `reset` changed",
     ),
@@ -120,6 +125,7 @@ ROWS: tuple[Row, ...] = (
         fault="uncorrectable ECC with Xid 94 (contained)",
         injection="`gpus: [{xid: [94], ecc_volatile_uncorrected: 1}]`",
         gpu={"xid": [94], "ecc_volatile_uncorrected": 1},
+        keep={"ecc_volatile_uncorrected": 1},
         expect={},
         reasons={f"{GPU}/ecc": "EccContained", f"{GPU}/xid": "XidProcess94"},
         metric='trt_health_gpu_ecc_errors{counter="volatile",type="uncorrected"} == 1',
@@ -131,6 +137,7 @@ ROWS: tuple[Row, ...] = (
         fault="corrected ECC rate over the threshold",
         injection="`gpus: [{ecc_volatile_corrected: 500}]`",
         gpu={"ecc_volatile_corrected": 500},
+        keep={"ecc_volatile_corrected": 500},
         expect={},
         reasons={f"{GPU}/ecc": "EccCorrectedRate"},
         metric='trt_health_gpu_ecc_errors{counter="volatile",type="corrected"} == 500',
@@ -193,7 +200,7 @@ ROWS: tuple[Row, ...] = (
         gpu={"lost": True},
         expect=GPU_DOWN,
         reasons={f"{GPU}/lost": "GpuLost"},
-        metric='trt_health_condition_ok{condition="gpu/GPU-sim-0/lost"} == 0',
+        metric='trt_health_condition_ok{condition="gpu/GPU-sim-0/lost",severity="fatal"} == 0',
         recovery="sticky",
         evidence="scenario `reset` changed",
     ),
@@ -283,6 +290,20 @@ ROWS: tuple[Row, ...] = (
         recover_s=10.0,
     ),
     Row(
+        id="canary-worker-killed",
+        fault="canary worker killed from outside (SIGKILL, e.g. the OOM killer)",
+        injection="SIGKILL to the worker (the serving process's child, found in /proc)",
+        action="worker_kill",
+        expect={"readiness": N, "canary": N},
+        reasons={"canary": "WorkerCrashed"},
+        metric='trt_health_canary_worker_restarts_total{cause="SIGKILL"} += 1',
+        xfail=(
+            "canary/component.py _keep(): a worker that dies between canaries is replaced by"
+            " sup.start() without _reap()/_record_death(): canary shows Starting instead of"
+            " WorkerCrashed, no restart is counted, the cause is not logged, no backoff"
+        ),
+    ),
+    Row(
         id="canary-wrong",
         fault="canary output wrong",
         injection="`canary: {mode: wrong}`",
@@ -300,7 +321,7 @@ ROWS: tuple[Row, ...] = (
         scenario={"canary": {"mode": "slow", "delay_ms": 200}},
         expect={},
         reasons={"canary/latency": "CanaryLatencyOverBudget"},
-        metric='trt_health_condition_ok{condition="canary/latency"} == 0',
+        metric='trt_health_condition_ok{condition="canary/latency",severity="warning"} == 0',
     ),
     Row(
         id="engine-missing",
@@ -345,7 +366,7 @@ ROWS: tuple[Row, ...] = (
         injection="the test's HTTP server returns 503",
         action="workload_failing",
         expect={"readiness": N, "workload-liveness": N},
-        reasons={"workload": "HttpStatus503", "workload/liveness": "HttpStatus503"},
+        reasons={"workload": "WorkloadNotReady", "workload/liveness": "WorkloadNotReady"},
         metric="trt_health_workload_consecutive_failures{} >= 3",
     ),
     Row(
@@ -390,7 +411,7 @@ ROWS: tuple[Row, ...] = (
         expect={},
         reasons={},
         metric='trt_health_config_reloads_total{result="rejected"} += 1',
-        evidence="a valid file is applied (`result=\"applied\"`)",
+        evidence='a valid file is applied (`result="applied"`)',
     ),
     Row(
         id="config-reload-during-fatal",
@@ -403,6 +424,11 @@ ROWS: tuple[Row, ...] = (
         metric='trt_health_config_reloads_total{result="applied"} += 1',
         recovery="sticky",
         evidence="scenario `reset` changed",
+        xfail=(
+            "app.py _restart_components rebuilds components on the same Prometheus registry:"
+            " DuplicateTimeseries kills the config-watch task after the old components were"
+            " stopped and their conditions forgotten, so every service is SERVING with no checks"
+        ),
     ),
     Row(
         id="restart-mid-fatal",

@@ -1,0 +1,676 @@
+"""The fault matrix (issue 6): every row of fault_matrix_table.ROWS against a running sidecar.
+
+One ``python -m sidecar serve --simulate`` process per group (class-scoped), with short
+intervals; the real canary worker process, real engine files in a temporary folder and a real
+HTTP endpoint for the workload probe. Between rows the scenario is reset to healthy (the GPU
+``reset`` counter bumped, engine files and endpoint restored) and the suite waits for every
+service to be SERVING again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sidecar.engine.manifest import EngineManifest, TensorSpec, dump_manifest
+from sidecar.engine.plan import make_plan_header
+from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
+
+from . import fault_matrix_table as table
+from .conftest import REPO, SidecarProcess, start_sidecar
+from .fault_matrix_table import ALL_SERVING, ENGINE, Row
+
+PLAN_VERSION = (10, 13, 0, 35)
+PROBE_BUDGET_S = 1.0
+STATUS_NAMES = {1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+FAIL = diagnostics_pb2.Condition.FAIL
+
+
+def plan_bytes(seed: int, version: tuple[int, int, int, int] = PLAN_VERSION, size: int = 64 * 1024) -> bytes:
+    body = hashlib.sha256(str(seed).encode()).digest() * (size // 32)
+    return make_plan_header(version)[:28] + body[: size - 28]
+
+
+def base_config(engine_manifest: Path, workload_url: str, **gpu: Any) -> dict[str, Any]:
+    """Short intervals so that every row detects and recovers within a second or two."""
+    return {
+        "gpu": {
+            "poll_interval": "0.2s",
+            "nvml_call_timeout": "0.5s",
+            "xid_report_window": "1s",
+            **gpu,
+        },
+        "canary": {
+            "interval": "0.5s",
+            "allow_fast_interval": True,
+            "timeout": "1s",
+            "first_timeout": "3s",
+            "restart_backoff_initial": "0.1s",
+            "restart_backoff_max": "0.5s",
+            "warmup_runs": 0,
+        },
+        "engines": {
+            "list": [{"name": ENGINE, "manifest": str(engine_manifest)}],
+            "tensorrt_version": ".".join(map(str, PLAN_VERSION)),
+            "stable_window": "50ms",
+            "check_interval": "1s",
+            "poll_interval": "0.2s",
+            "hash_min_interval": "0s",
+        },
+        "workload": {
+            "enabled": True,
+            "kind": "http-ready",
+            "url": workload_url,
+            "ready_path": "/v2/health/ready",
+            "interval": "0.2s",
+            "timeout": "0.3s",
+            "failure_threshold": 3,
+        },
+    }
+
+
+class Endpoint:
+    """The main server's API as the workload probe sees it: ok, failing (503) or slow."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                mode = outer.mode
+                if mode == "slow":
+                    time.sleep(1.0)
+                code = 503 if mode == "fail" else 200
+                body = b"{}"
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the probe gave up (timeout)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Engine:
+    """A real plan-like file + manifest; ``restore()`` puts the verified originals back."""
+
+    folder: Path
+    original: bytes = b""
+    manifest_text: str = ""
+
+    @property
+    def plan(self) -> Path:
+        return self.folder / "model.plan"
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / "model.plan.manifest.yaml"
+
+    def write(self, data: bytes, version: tuple[int, int, int, int] = PLAN_VERSION) -> None:
+        """Atomically replace plan and manifest (a new engine rolled out)."""
+        m = EngineManifest(
+            name=ENGINE,
+            file="model.plan",
+            directory=self.folder,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            tensorrt_version=".".join(map(str, version)),
+            compute_capability="9.0",
+            inputs=(TensorSpec("x", "float32", (1, 16)),),
+        )
+        tmp_m = self.folder / ".manifest.new"
+        dump_manifest(m, tmp_m)
+        self.replace_plan(data)
+        os.replace(tmp_m, self.manifest)
+
+    def replace_plan(self, data: bytes) -> None:
+        tmp = self.folder / ".model.plan.new"
+        tmp.write_bytes(data)
+        os.replace(tmp, self.plan)
+
+    def create(self) -> Engine:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.original = plan_bytes(0)
+        self.write(self.original)
+        self.manifest_text = self.manifest.read_text()
+        return self
+
+    def intact(self) -> bool:
+        try:
+            return self.plan.read_bytes() == self.original and self.manifest.read_text() == self.manifest_text
+        except OSError:
+            return False
+
+    def restore(self) -> None:
+        if not self.intact():
+            self.write(self.original)
+
+
+METRIC_SPEC = re.compile(r"^(\w+)\{(.*)\} (\+=|==|>=) ([\d.]+)$")
+SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metric_spec(spec: str) -> tuple[str, dict[str, str], str, float]:
+    m = METRIC_SPEC.match(spec)
+    assert m, f"bad metric spec {spec!r}"
+    return m.group(1), dict(LABEL.findall(m.group(2))), m.group(3), float(m.group(4))
+
+
+@dataclass
+class Sidecar:
+    """One running sidecar process and everything it points at."""
+
+    tmp: Path
+    config: dict[str, Any]
+    engine: Engine
+    endpoint: Endpoint
+    proc: SidecarProcess | None = None
+    reset: int = 0
+    channel: grpc.Channel | None = None
+    extra_args: tuple[str, ...] = ()
+    restarts: list[int] = field(default_factory=list)
+
+    @property
+    def scenario_path(self) -> Path:
+        return self.tmp / "scenario.yaml"
+
+    @property
+    def config_path(self) -> Path:
+        return self.tmp / "config.yaml"
+
+    # -- process ---------------------------------------------------------------------------
+    def start(self) -> Sidecar:
+        if not self.scenario_path.exists():
+            self.write_scenario({})
+        if not self.config_path.exists():
+            self.config_path.write_text(yaml.safe_dump(self.config))
+        self.proc = start_sidecar(
+            self.tmp,
+            "--simulate",
+            "--scenario",
+            str(self.scenario_path),
+            "--config",
+            str(self.config_path),
+            "--log-level",
+            "info",
+        )
+        self.channel = grpc.insecure_channel(self.proc.addr)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        return self.proc.stop(sig, timeout=20)
+
+    def kill(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        if self.proc is not None and self.proc.proc.poll() is None:
+            self.proc.proc.kill()
+            self.proc.proc.wait(5)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.proc.poll() is None
+
+    # -- inputs ----------------------------------------------------------------------------
+    def write_scenario(self, doc: dict[str, Any]) -> None:
+        tmp = self.tmp / ".scenario.new"
+        tmp.write_text(yaml.safe_dump(doc))
+        os.replace(tmp, self.scenario_path)
+
+    def scenario(self, row: Row | None = None, *, cleared: Row | None = None) -> None:
+        """The healthy scenario (current reset counter) with the row's fault merged in, or
+        with only what stays after the fault is removed (``cleared``)."""
+        gpu: dict[str, Any] = {"reset": self.reset}
+        doc: dict[str, Any] = {}
+        if row is not None:
+            gpu.update(row.gpu)
+            doc.update(row.scenario or {})
+        if cleared is not None:
+            gpu.update(cleared.keep)
+        doc["gpus"] = [gpu]
+        self.write_scenario(doc)
+
+    def write_config(self, doc: dict[str, Any] | str) -> None:
+        text = doc if isinstance(doc, str) else yaml.safe_dump(doc)
+        tmp = self.tmp / ".config.new"
+        tmp.write_text(text)
+        os.replace(tmp, self.config_path)
+
+    # -- observation -----------------------------------------------------------------------
+    def diag(self) -> diagnostics_pb2.ConditionsResponse:
+        assert self.channel is not None
+        stub = diagnostics_pb2_grpc.DiagnosticsStub(self.channel)
+        resp: diagnostics_pb2.ConditionsResponse = stub.GetConditions(
+            diagnostics_pb2.ConditionsRequest(), timeout=2
+        )
+        return resp
+
+    def check(self, service: str) -> str:
+        assert self.channel is not None
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+        return STATUS_NAMES.get(int(resp.status), str(resp.status))
+
+    def probe_fresh(self, service: str = "readiness") -> tuple[str, float]:
+        """A kubelet-style probe: fresh connection, 1 s budget covering dial + Check."""
+        assert self.proc is not None
+        t0 = time.monotonic()
+        with grpc.insecure_channel(self.proc.addr) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=PROBE_BUDGET_S
+            )
+        return STATUS_NAMES.get(int(resp.status), "?"), time.monotonic() - t0
+
+    def metrics_text(self) -> str:
+        assert self.proc is not None
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.proc.http_port}/metrics", timeout=2) as r:
+            return str(r.read().decode())
+
+    def metric(self, name: str, labels: dict[str, str]) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels`` (0 when none)."""
+        total = 0.0
+        for line in self.metrics_text().splitlines():
+            m = SAMPLE.match(line)
+            if not m or m.group(1) != name:
+                continue
+            have = dict(LABEL.findall(m.group(2) or ""))
+            if all(have.get(k) == v for k, v in labels.items()):
+                total += float(m.group(3))
+        return total
+
+    def resets_observed(self) -> float:
+        return self.metric("trt_health_gpu_resets_observed_total", {})
+
+    def state(self) -> tuple[dict[str, str], dict[str, Any]]:
+        d = self.diag()
+        services = {s.name: "SERVING" if s.serving else "NOT_SERVING" for s in d.services}
+        conditions = {c.name: c for c in d.conditions}
+        return services, conditions
+
+    def describe(self) -> str:
+        services, conditions = self.state()
+        bad = {k: v for k, v in services.items() if v != "SERVING"}
+        conds = [
+            f"{c.name}: {c.reason} ({c.severity}, status {c.status}) {c.message[:80]}"
+            for c in conditions.values()
+            if c.status == FAIL or c.reason not in ("", "CanaryPassed")
+        ]
+        return f"not serving: {bad}\nconditions:\n  " + "\n  ".join(conds)
+
+    # -- healing ---------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        services, conditions = self.state()
+        if any(services.get(s) != v for s, v in ALL_SERVING.items()):
+            return False
+        return not any(c.status == FAIL for c in conditions.values())
+
+    def heal(self, timeout: float = 15.0) -> None:
+        """Everything healthy: bump the reset counter (clears every sticky latch), restore the
+        engine and the endpoint, and wait until every service is SERVING and no check fails."""
+        self.endpoint.mode = "ok"
+        self.engine.restore()
+        before = self.resets_observed()
+        self.reset += 1
+        self.scenario()
+        wait_for(lambda: self.resets_observed() > before, timeout, self, "reset observed")
+        wait_for(self.healthy, timeout, self, "healthy after heal")
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, sc: Sidecar, what: str) -> Any:
+    """Poll ``cond`` until true or the deadline; the failure message shows the sidecar state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not sc.alive():
+            raise AssertionError(f"sidecar process died while waiting for {what}")
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s\n{sc.describe()}")
+        time.sleep(0.02)
+
+
+def matches(sc: Sidecar, row: Row) -> bool:
+    """The services and reasons the row expects hold right now."""
+    services, conditions = sc.state()
+    for service, want in row.services().items():
+        if services.get(service) != want:
+            return False
+    for name, reason in row.reasons.items():
+        c = conditions.get(name)
+        if c is None or c.reason != reason:
+            return False
+    return True
+
+
+def recovered(sc: Sidecar, row: Row) -> bool:
+    services, conditions = sc.state()
+    if any(services.get(s) != "SERVING" for s in ALL_SERVING):
+        return False
+    return all(name in conditions and conditions[name].status != FAIL for name in row.reasons)
+
+
+# -- actions (rows that are not a scenario change) -----------------------------------------
+
+
+def inject(sc: Sidecar, row: Row) -> None:
+    action = row.action
+    if not action:
+        sc.scenario(row)
+    elif action == "engine_missing":
+        sc.engine.plan.unlink()
+    elif action == "engine_corrupt":
+        data = bytearray(sc.engine.original)
+        data[1000] ^= 0xFF
+        sc.engine.replace_plan(bytes(data))
+    elif action == "engine_replaced":
+        sc.engine.write(plan_bytes(1))
+    elif action == "engine_wrong_version":
+        sc.engine.write(plan_bytes(2, version=(10, 12, 0, 1)), version=(10, 12, 0, 1))
+    elif action == "worker_kill":
+        assert sc.proc is not None
+        from bench.soak import children
+
+        kids = children(sc.proc.proc.pid)
+        assert kids, "the serving process has no canary worker child"
+        for pid in kids:
+            os.kill(pid, signal.SIGKILL)
+    elif action == "workload_failing":
+        sc.endpoint.mode = "fail"
+    elif action == "workload_slow":
+        sc.endpoint.mode = "slow"
+    else:
+        raise AssertionError(f"no injector for action {action!r}")
+
+
+def clear(sc: Sidecar, row: Row) -> None:
+    """Remove the fault without any evidence of a reset."""
+    sc.scenario(cleared=row)
+    sc.endpoint.mode = "ok"
+    sc.engine.restore()
+
+
+def evidence(sc: Sidecar) -> None:
+    """The evidence that clears a sticky fault: a GPU reset (scenario ``reset`` changed)."""
+    sc.reset += 1
+    sc.scenario()
+
+
+def assert_probes(sc: Sidecar, row: Row, n: int = 3) -> None:
+    """Fresh-connection probes answer within the 1 s budget with the expected status."""
+    want = row.services()["readiness"]
+    for _ in range(n):
+        status, elapsed = sc.probe_fresh("readiness")
+        assert elapsed < PROBE_BUDGET_S, f"probe took {elapsed:.3f}s during {row.id}"
+        assert status == want, f"probe said {status} during {row.id}, expected {want}"
+
+
+def assert_metric(sc: Sidecar, row: Row, before: float) -> None:
+    name, labels, op, value = parse_metric_spec(row.metric)
+
+    def ok() -> bool:
+        now = sc.metric(name, labels)
+        if op == "+=":
+            return now - before >= value
+        if op == "==":
+            return now == value
+        return now >= value
+
+    wait_for(ok, 2.0, sc, f"metric {row.metric} (now {sc.metric(name, labels)}, before {before})")
+
+
+def run_row(sc: Sidecar, row: Row) -> None:
+    """Inject, expect statuses / reasons / metric / probes, then recovery or stickiness."""
+    name, labels, _, _ = parse_metric_spec(row.metric)
+    before = sc.metric(name, labels)
+    inject(sc, row)
+    wait_for(lambda: matches(sc, row), row.detect_s, sc, f"{row.id}: expected statuses and reasons")
+    for service, want in row.services().items():
+        assert sc.check(service) == want, f"{row.id}: Check({service!r})"
+    assert_probes(sc, row)
+    assert_metric(sc, row, before)
+    clear(sc, row)
+    if row.recovery == "sticky":
+        deadline = time.monotonic() + row.hold_s
+        while time.monotonic() < deadline:
+            assert matches(sc, row), f"{row.id}: not sticky after the fault cleared\n{sc.describe()}"
+            time.sleep(0.05)
+        assert_probes(sc, row, n=1)
+        evidence(sc)
+    wait_for(lambda: recovered(sc, row), row.recover_s, sc, f"{row.id}: recovery")
+    assert sc.alive()
+
+
+def params(group: str) -> list[Any]:
+    out = []
+    for row in table.rows(group):
+        marks = [pytest.mark.xfail(strict=True, reason=row.xfail)] if row.xfail else []
+        out.append(pytest.param(row, id=row.id, marks=marks))
+    return out
+
+
+def make_sidecar(tmp: Path, **gpu: Any) -> Iterator[Sidecar]:
+    endpoint = Endpoint()
+    engine = Engine(tmp / "engines" / ENGINE).create()
+    sc = Sidecar(tmp, base_config(engine.manifest, endpoint.url, **gpu), engine, endpoint)
+    try:
+        sc.start()
+        wait_for(sc.healthy, 30, sc, "healthy after start")
+        yield sc
+    finally:
+        sc.kill()
+        endpoint.close()
+
+
+@pytest.fixture(scope="class")
+def main_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+    yield from make_sidecar(tmp_path_factory.mktemp("fm-main"))
+
+
+@pytest.fixture(scope="class")
+def multi_gpu_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+    yield from make_sidecar(tmp_path_factory.mktemp("fm-multi"), multi_gpu_model=True)
+
+
+@pytest.fixture
+def own_sidecar(tmp_path: Path) -> Iterator[Sidecar]:
+    yield from make_sidecar(tmp_path)
+
+
+class TestMain:
+    """Rows sharing one sidecar process; the scenario is reset to healthy between rows."""
+
+    @pytest.mark.parametrize("row", params("main"))
+    def test_row(self, main_sidecar: Sidecar, row: Row) -> None:
+        """The fault is detected with the expected statuses, reason and metric, and clears."""
+        sc = main_sidecar
+        try:
+            run_row(sc, row)
+        finally:
+            if sc.alive():
+                sc.heal()
+        assert sc.alive(), "the serving process died"
+
+
+class TestMultiGpuModel:
+    """Rows that need `gpu.multi_gpu_model: true`."""
+
+    @pytest.mark.parametrize("row", params("multi_gpu"))
+    def test_row(self, multi_gpu_sidecar: Sidecar, row: Row) -> None:
+        """NVLink / peer-to-peer faults gate readiness when the model spans GPUs."""
+        sc = multi_gpu_sidecar
+        try:
+            run_row(sc, row)
+        finally:
+            if sc.alive():
+                sc.heal()
+
+
+def _row(row_id: str) -> Row:
+    (row,) = [r for r in table.ROWS if r.id == row_id]
+    return row
+
+
+def _xfail_mark(row_id: str) -> list[Any]:
+    row = _row(row_id)
+    return [pytest.mark.xfail(strict=True, reason=row.xfail)] if row.xfail else []
+
+
+@pytest.mark.parametrize(
+    "row",
+    [pytest.param(_row("config-reload-invalid"), marks=_xfail_mark("config-reload-invalid"))],
+    ids=["config-reload-invalid"],
+)
+def test_config_reload_invalid_keeps_old_config(own_sidecar: Sidecar, row: Row) -> None:
+    """An invalid config file change is rejected and reported; the old config keeps working."""
+    sc = own_sidecar
+    assert sc.proc is not None
+    before = sc.metric("trt_health_config_reloads_total", {"result": "rejected"})
+    good = dict(sc.config)
+    sc.write_config({**good, "policy": {"failure_threshold": 0}})
+    wait_for(
+        lambda: sc.metric("trt_health_config_reloads_total", {"result": "rejected"}) > before,
+        5,
+        sc,
+        "reload rejected",
+    )
+    records = [r for r in sc.proc.log_records() if r.get("msg") == "config reload rejected, old config stays"]
+    assert records and "policy.failure_threshold" in str(records[-1].get("problems"))
+    assert sc.healthy()
+    assert_probes(sc, row)
+    # the old config still drives the checks: a fault is still detected and clears
+    fatal = _row("xid-79-node_fatal")
+    run_row(sc, fatal)
+    applied = sc.metric("trt_health_config_reloads_total", {"result": "applied"})
+    sc.write_config({**good, "policy": {"failure_threshold": 2}})
+    wait_for(
+        lambda: sc.metric("trt_health_config_reloads_total", {"result": "applied"}) > applied,
+        5,
+        sc,
+        "valid reload applied",
+    )
+    wait_for(sc.healthy, 10, sc, "healthy after the valid reload")
+    assert sc.alive()
+
+
+@pytest.mark.parametrize(
+    "row",
+    [pytest.param(_row("config-reload-during-fatal"), marks=_xfail_mark("config-reload-during-fatal"))],
+    ids=["config-reload-during-fatal"],
+)
+def test_config_reload_during_fatal_keeps_fatal(own_sidecar: Sidecar, row: Row) -> None:
+    """A valid reload that restarts the components does not forget a sticky fatal Xid."""
+    sc = own_sidecar
+    sc.scenario(_row("xid-79-node_fatal"))
+    wait_for(lambda: matches(sc, row), row.detect_s, sc, "Xid 79 detected")
+    sc.scenario()  # the Xid is gone from the event stream; only the latch remembers it
+    applied = sc.metric("trt_health_config_reloads_total", {"result": "applied"})
+    cfg = dict(sc.config)
+    cfg["gpu"] = {**cfg["gpu"], "poll_interval": "0.25s"}
+    sc.write_config(cfg)
+    wait_for(
+        lambda: sc.metric("trt_health_config_reloads_total", {"result": "applied"}) > applied,
+        5,
+        sc,
+        "reload applied",
+    )
+    # after the components restarted, the sidecar must still say fatal, with the reason
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        assert matches(sc, row), f"fatal state lost across the reload\n{sc.describe()}"
+        time.sleep(0.05)
+    assert_probes(sc, row)
+    evidence(sc)
+    wait_for(lambda: recovered(sc, row), row.recover_s, sc, "recovery after the reset")
+    assert sc.alive()
+
+
+@pytest.mark.parametrize(
+    "row",
+    [pytest.param(_row("restart-mid-fatal"), marks=_xfail_mark("restart-mid-fatal"))],
+    ids=["restart-mid-fatal"],
+)
+def test_restart_mid_fatal_stays_fatal(own_sidecar: Sidecar, row: Row) -> None:
+    """SIGTERM during Xid 79 and a restart on the same state dir: still fatal, with the reason,
+    never SERVING in between; a reset clears it."""
+    sc = own_sidecar
+    sc.scenario(_row("xid-79-node_fatal"))
+    wait_for(lambda: matches(sc, row), row.detect_s, sc, "Xid 79 detected")
+    sc.scenario()  # the fault is no longer in the event stream: only the persisted latch knows
+    assert sc.stop(signal.SIGTERM) == 0
+    sc.start()
+    # readiness must never be SERVING while the restarted sidecar loads its latches
+    seen_serving = False
+
+    def settled() -> bool:
+        nonlocal seen_serving
+        services, conditions = sc.state()
+        seen_serving |= services.get("readiness") == "SERVING"
+        canary = conditions.get("canary")
+        return canary is not None and canary.reason == "CanaryPassed" and matches(sc, row)
+
+    wait_for(settled, 20, sc, "restarted sidecar settled")
+    assert not seen_serving, "readiness was SERVING after the restart despite the latched Xid 79"
+    _, conditions = sc.state()
+    assert "XidFatal79" in conditions[f"{table.GPU}/xid"].reason
+    assert sc.metric("trt_health_gpu_fatal_latches", {}) == 1
+    assert_probes(sc, row)
+    evidence(sc)
+    wait_for(lambda: recovered(sc, row), row.recover_s, sc, "recovery after the reset")
+    assert sc.alive()
+
+
+def test_fault_matrix_doc_in_sync() -> None:
+    """docs/fault-matrix.md is exactly what the table generates (regenerate it when it fails)."""
+    doc = REPO / "docs" / "fault-matrix.md"
+    assert doc.exists(), (
+        "run: python -m tests.integration.fault_matrix_table --markdown > docs/fault-matrix.md"
+    )
+    assert doc.read_text() == table.markdown(), (
+        "docs/fault-matrix.md is stale: python -m tests.integration.fault_matrix_table --markdown"
+        " > docs/fault-matrix.md"
+    )
+
+
+def test_every_group_has_a_runner() -> None:
+    """Each row of the table is run by one of the tests above (no silently skipped rows)."""
+    own = {"config-reload-invalid", "config-reload-during-fatal", "restart-mid-fatal"}
+    for row in table.ROWS:
+        assert row.group in ("main", "multi_gpu") or row.id in own, row.id
