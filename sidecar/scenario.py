@@ -16,9 +16,12 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from sidecar.engine.watch import InotifyWatcher
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,9 @@ def parse_scenario(text: str) -> dict[str, Any]:
 class ScenarioFile:
     """Watches one scenario file and notifies listeners with each new good document.
 
-    Change detection is a ``stat`` poll (size, mtime_ns, inode) every ``poll_interval_s``:
-    it works on every file system, costs one syscall per tick, and sees atomic renames.
+    Change detection: inotify on the file's folder (sees in-place writes and atomic renames)
+    wakes a reload at once; a ``stat`` poll (size, mtime_ns, inode) backs it up every second,
+    or does the work every ``poll_interval_s`` where inotify is unavailable.
     Listeners run on the event loop thread, in subscription order.
     """
 
@@ -53,6 +57,7 @@ class ScenarioFile:
         self._listeners: list[ScenarioListener] = []
         self._stamp: tuple[int, int, int] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._inotify: InotifyWatcher | None = None
         self.generation = 0  # how many good documents were applied
         self.last_error: str | None = None
 
@@ -104,15 +109,36 @@ class ScenarioFile:
 
     async def start(self) -> None:
         self.reload()
-        if self._task is None:
-            self._task = asyncio.create_task(self._watch(), name="scenario-watch")
+        interval = self.poll_interval_s
+        if self.path is not None:
+            # inotify on the file's folder (sees atomic renames) wakes the reload at once; the
+            # stat poll then only backs it up, slowly. Without inotify the poll does the work.
+            from sidecar.engine.watch import InotifyWatcher
 
-    async def _watch(self) -> None:
+            try:
+                self._inotify = InotifyWatcher([self.path])
+            except (OSError, ImportError) as exc:
+                log.info("scenario file: inotify unavailable, polling", extra={"error": str(exc)})
+            else:
+                loop = asyncio.get_running_loop()
+
+                def wake(_path: Path) -> None:
+                    loop.call_soon_threadsafe(self.reload)
+
+                await self._inotify.start(wake)
+                interval = max(interval, 1.0)
+        if self._task is None:
+            self._task = asyncio.create_task(self._watch(interval), name="scenario-watch")
+
+    async def _watch(self, interval: float) -> None:
         while True:
-            await asyncio.sleep(self.poll_interval_s)
+            await asyncio.sleep(interval)
             self.reload()
 
     async def stop(self) -> None:
+        if self._inotify is not None:
+            await self._inotify.stop()
+            self._inotify = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
