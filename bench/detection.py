@@ -44,11 +44,7 @@ def gpu_component_present() -> bool:
 
 
 def scenario_text(xid: list[int], reset: int) -> str:
-    return (
-        "gpus:\n"
-        f"  - index: 0\n    uuid: {UUID}\n    xid: {xid}\n    reset: {reset}\n"
-        "canary:\n  mode: ok\n"
-    )
+    return f"gpus:\n  - index: 0\n    uuid: {UUID}\n    xid: {xid}\n    reset: {reset}\ncanary:\n  mode: ok\n"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -65,7 +61,8 @@ class WatchRecorder:
         self.channel = grpc.insecure_channel(addr)
         self.q: queue.Queue[tuple[float, int]] = queue.Queue()
         self.call = health_pb2_grpc.HealthStub(self.channel).Watch(
-            health_pb2.HealthCheckRequest(service=service))
+            health_pb2.HealthCheckRequest(service=service)
+        )
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -108,8 +105,9 @@ def run(*, quick: bool) -> dict[str, Any]:
     write_atomic(scenario, scenario_text([], reset))
     config = work / "config.yaml"
     config.write_text(BENCH_CONFIG)
-    srv = procs.start_sidecar(srv_cpus, "--scenario", str(scenario), "--config", str(config),
-                              state_dir=work / "state")
+    srv = procs.start_sidecar(
+        srv_cpus, "--scenario", str(scenario), "--config", str(config), state_dir=work / "state"
+    )
     fresh: list[float] = []
     watch: list[float] = []
     recover: list[float] = []
@@ -151,11 +149,17 @@ def run(*, quick: bool) -> dict[str, Any]:
         "watch": percentiles(watch),
         "recovery": percentiles(recover),
     }
-    for key, label in (("fresh_check", "Check, fresh connection"), ("watch", "Watch stream"),
-                       ("recovery", "clear -> readiness SERVING")):
+    for key, label in (
+        ("fresh_check", "Check, fresh connection"),
+        ("watch", "Watch stream"),
+        ("recovery", "clear -> readiness SERVING"),
+    ):
         p = out[key]
-        print(f"  {label:28s} p50 {p.get('p50_ms', 0):7.1f} ms  p99 {p.get('p99_ms', 0):7.1f} ms  "
-              f"max {p.get('max_ms', 0):7.1f} ms  (n={int(p['n'])})", flush=True)
+        print(
+            f"  {label:28s} p50 {p.get('p50_ms', 0):7.1f} ms  p99 {p.get('p99_ms', 0):7.1f} ms  "
+            f"max {p.get('max_ms', 0):7.1f} ms  (n={int(p['n'])})",
+            flush=True,
+        )
     if misses:
         print(f"  misses: {misses}")
     return out

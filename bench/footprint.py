@@ -28,8 +28,9 @@ DEMO_SCENARIO = procs.REPO / "demo" / "scenario.example.yaml"
 def _time_cmd(argv: list[str], cpus: set[int] | None) -> tuple[float, float, int]:
     """(wall ms, CPU ms, exit code) of one child process."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=procs.REPO, preexec_fn=pin(cpus))
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=procs.REPO, preexec_fn=pin(cpus)
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = (time.perf_counter() - t0) * 1000
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -75,8 +76,11 @@ def probe_cost(*, quick: bool) -> dict[str, Any]:
         if "skipped" in r:
             print(f"  {label}: {r['skipped']}")
         else:
-            print(f"  {label:28s} wall p50 {r['wall_ms_p50']:6.1f} ms (max {r['wall_ms_max']:6.1f}), "
-                  f"CPU p50 {r['cpu_ms_p50']:6.1f} ms, exit {r['exit_codes']}", flush=True)
+            print(
+                f"  {label:28s} wall p50 {r['wall_ms_p50']:6.1f} ms (max {r['wall_ms_max']:6.1f}), "
+                f"CPU p50 {r['cpu_ms_p50']:6.1f} ms, exit {r['exit_codes']}",
+                flush=True,
+            )
     return out
 
 
@@ -125,13 +129,19 @@ def footprint(*, quick: bool) -> dict[str, Any]:
         if gen_cpus:
             os.sched_setaffinity(0, (srv_cpus or set()) | gen_cpus)
     s = out["serving"]
-    print(f"  startup SERVING {out['startup_serving_s']:.3f} s, readiness SERVING "
-          f"{out['readiness_serving_s'] if out['readiness_serving_s'] is None else round(out['readiness_serving_s'], 3)} s")
-    print(f"  serving process: idle CPU {s['idle_cpu_pct']:.2f} % of a core over {idle_s} s, "
-          f"RSS {s['rss_mb']:.1f} MB, {s['threads']} threads")
+    print(
+        f"  startup SERVING {out['startup_serving_s']:.3f} s, readiness SERVING "
+        f"{out['readiness_serving_s'] if out['readiness_serving_s'] is None else round(out['readiness_serving_s'], 3)} s"
+    )
+    print(
+        f"  serving process: idle CPU {s['idle_cpu_pct']:.2f} % of a core over {idle_s} s, "
+        f"RSS {s['rss_mb']:.1f} MB, {s['threads']} threads"
+    )
     for c in out["children"]:
-        print(f"  child {c['pid']}: idle CPU {c['idle_cpu_pct']:.2f} %, RSS {c['rss_mb']:.1f} MB "
-              f"({c['cmd'][:60]})")
+        print(
+            f"  child {c['pid']}: idle CPU {c['idle_cpu_pct']:.2f} %, RSS {c['rss_mb']:.1f} MB "
+            f"({c['cmd'][:60]})"
+        )
     return out
 
 

@@ -54,13 +54,27 @@ def probe_under_watchers(gen: Generator, *, quick: bool, streams: int = 5000) ->
         srv = start()
         try:
             t0 = time.monotonic()
-            watch = gen.start("watch", cpus=gen_cpus, addr=srv.addr, service="readiness",
-                              conns=10, streams=streams, ramp=500,
-                              hold=f"{seconds + 120}s")
+            watch = gen.start(
+                "watch",
+                cpus=gen_cpus,
+                addr=srv.addr,
+                service="readiness",
+                conns=10,
+                streams=streams,
+                ramp=500,
+                hold=f"{seconds + 120}s",
+            )
             open_s = time.monotonic() - t0
             try:
-                res = gen.run("probe", cpus=gen_cpus, addr=srv.addr, service="liveness",
-                              rate=10, duration=f"{seconds}s", timeout="1s")
+                res = gen.run(
+                    "probe",
+                    cpus=gen_cpus,
+                    addr=srv.addr,
+                    service="liveness",
+                    rate=10,
+                    duration=f"{seconds}s",
+                    timeout="1s",
+                )
                 res["watch"] = watch.opened
                 res["open_seconds"] = open_s
                 res["server_rss_mb"] = procs.rss_mb(srv.pid)
@@ -70,11 +84,14 @@ def probe_under_watchers(gen: Generator, *, quick: bool, streams: int = 5000) ->
             results[name] = res
             lat = res["latency"]
             failed = res["probes"] - int(lat.get("n", 0))
-            print(f"  {name:14s} {watch.opened.get('opened')}/{streams} Watch streams open "
-                  f"(refused {watch.opened.get('refused')}, failed {watch.opened.get('failed')}, "
-                  f"{open_s:.1f} s): probes {res['probes']}, failed {failed}, "
-                  f"p50 {lat.get('p50_ms', 0):.1f} p99 {lat.get('p99_ms', 0):.1f} "
-                  f"max {lat.get('max_ms', 0):.1f} ms", flush=True)
+            print(
+                f"  {name:14s} {watch.opened.get('opened')}/{streams} Watch streams open "
+                f"(refused {watch.opened.get('refused')}, failed {watch.opened.get('failed')}, "
+                f"{open_s:.1f} s): probes {res['probes']}, failed {failed}, "
+                f"p50 {lat.get('p50_ms', 0):.1f} p99 {lat.get('p99_ms', 0):.1f} "
+                f"max {lat.get('max_ms', 0):.1f} ms",
+                flush=True,
+            )
         finally:
             srv.stop()
     return {"streams": streams, "seconds": seconds, "servers": results}
@@ -111,8 +128,7 @@ async def _fanout_once(addr: str, srv: procs.Server, watchers: int) -> dict[str,
 
     got: list[float | None] = []
     try:
-        got = await asyncio.wait_for(
-            asyncio.gather(*(until_not_serving(c) for c in survivors)), 10)
+        got = await asyncio.wait_for(asyncio.gather(*(until_not_serving(c) for c in survivors)), 10)
     except TimeoutError:
         got = []
     for c in survivors:
@@ -121,8 +137,14 @@ async def _fanout_once(addr: str, srv: procs.Server, watchers: int) -> dict[str,
     received = [g for g in got if g is not None]
     # a probe right after: does Check still answer?
     ms, why = _probe(addr)
-    return {"survivors": len(survivors), "received": len(received), "timed_out": not got,
-            "latency": percentiles(received), "probe_after_ms": ms, "probe_after_error": why}
+    return {
+        "survivors": len(survivors),
+        "received": len(received),
+        "timed_out": not got,
+        "latency": percentiles(received),
+        "probe_after_ms": ms,
+        "probe_after_error": why,
+    }
 
 
 def _probe(addr: str) -> tuple[float, str]:
@@ -143,11 +165,14 @@ def watch_fanout(*, watchers: int = 200) -> dict[str, Any]:
             srv.stop()
         results[name] = res
         lat = res["latency"]
-        print(f"  {name:14s} {res['received']}/{res['survivors']} survivors got NOT_SERVING"
-              f"{' (timed out after 10 s)' if res['timed_out'] else ''}: "
-              f"p50 {lat.get('p50_ms', 0):.1f} p99 {lat.get('p99_ms', 0):.1f} "
-              f"max {lat.get('max_ms', 0):.1f} ms; probe after: {res['probe_after_ms']:.1f} ms "
-              f"{res['probe_after_error'] or 'ok'}", flush=True)
+        print(
+            f"  {name:14s} {res['received']}/{res['survivors']} survivors got NOT_SERVING"
+            f"{' (timed out after 10 s)' if res['timed_out'] else ''}: "
+            f"p50 {lat.get('p50_ms', 0):.1f} p99 {lat.get('p99_ms', 0):.1f} "
+            f"max {lat.get('max_ms', 0):.1f} ms; probe after: {res['probe_after_ms']:.1f} ms "
+            f"{res['probe_after_error'] or 'ok'}",
+            flush=True,
+        )
     return {"watchers": watchers, "servers": results}
 
 

@@ -54,11 +54,11 @@ def build_go(verbose: bool = False) -> tuple[Path | None, str]:
     if out.exists():
         return out, "cached build"
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, GO111MODULE="off", GOPATH=GOPATH, GOFLAGS="",
-               GOCACHE=str(out.parent / "gocache"))
+    env = dict(os.environ, GO111MODULE="off", GOPATH=GOPATH, GOFLAGS="", GOCACHE=str(out.parent / "gocache"))
     tmp = out.with_suffix(".tmp")
-    proc = subprocess.run([go, "build", "-o", str(tmp), str(GO_SOURCE)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [go, "build", "-o", str(tmp), str(GO_SOURCE)], env=env, capture_output=True, text=True, timeout=600
+    )
     if proc.returncode != 0:
         return None, f"go build failed: {proc.stderr.strip()[-500:]}"
     tmp.rename(out)
@@ -109,22 +109,32 @@ class Generator:
             out.append(f"-{key}={_fmt(value)}")
         return out
 
-    def run(self, mode: str, cpus: set[int] | None = None, run_timeout: float = 600,
-            **flags: Any) -> dict[str, Any]:
+    def run(
+        self, mode: str, cpus: set[int] | None = None, run_timeout: float = 600, **flags: Any
+    ) -> dict[str, Any]:
         """Run a mode to completion; returns its last JSON line."""
-        proc = subprocess.run(self.argv(mode, **flags), capture_output=True, text=True,
-                              timeout=run_timeout, preexec_fn=pin(cpus))
+        proc = subprocess.run(
+            self.argv(mode, **flags),
+            capture_output=True,
+            text=True,
+            timeout=run_timeout,
+            preexec_fn=pin(cpus),
+        )
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"{self.name} {mode} failed ({proc.returncode}): "
-                               f"{proc.stderr.strip()[-800:]}")
+            raise RuntimeError(f"{self.name} {mode} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
         result: dict[str, Any] = json.loads(lines[-1])
         return result
 
     def start(self, mode: str, cpus: set[int] | None = None, **flags: Any) -> WatchHandle:
         """Start a long-running mode (watch); returns once its first JSON line arrived."""
-        proc = subprocess.Popen(self.argv(mode, **flags), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, preexec_fn=pin(cpus))
+        proc = subprocess.Popen(
+            self.argv(mode, **flags),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=pin(cpus),
+        )
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line:
@@ -161,8 +171,11 @@ def choose(prefer_go: bool = True) -> Generator:
         fallback_why = why
     else:
         fallback_why = "Go not requested"
-    return Generator("grpcio", [sys.executable, "-m", "bench.loadgen"],
-                     f"grpcio (grpc.aio) client processes; Go unavailable: {fallback_why}")
+    return Generator(
+        "grpcio",
+        [sys.executable, "-m", "bench.loadgen"],
+        f"grpcio (grpc.aio) client processes; Go unavailable: {fallback_why}",
+    )
 
 
 def go_server_argv() -> list[str] | None:
@@ -200,8 +213,9 @@ def _request(service: str) -> bytes:
     return bytes(health_pb2.HealthCheckRequest(service=service).SerializeToString())
 
 
-async def _closed_proc(addr: str, service: str, conns: int, inflight: int, warmup: float,
-                       duration: float) -> dict[str, Any]:
+async def _closed_proc(
+    addr: str, service: str, conns: int, inflight: int, warmup: float, duration: float
+) -> dict[str, Any]:
     import grpc
 
     chans = [grpc.aio.insecure_channel(addr) for _ in range(conns)]
@@ -247,8 +261,9 @@ def _closed_entry(args: tuple[Any, ...]) -> dict[str, Any]:
     return asyncio.run(_closed_proc(*args))
 
 
-async def _open_proc(addr: str, service: str, conns: int, rate: float, warmup: float,
-                     duration: float) -> dict[str, Any]:
+async def _open_proc(
+    addr: str, service: str, conns: int, rate: float, warmup: float, duration: float
+) -> dict[str, Any]:
     import grpc
 
     chans = [grpc.aio.insecure_channel(addr) for _ in range(conns)]
@@ -292,12 +307,10 @@ async def _open_proc(addr: str, service: str, conns: int, rate: float, warmup: f
     await asyncio.gather(*list(pending), return_exceptions=True)
     for c in chans:
         await c.close()
-    return {"offered_rps": rate, "errors": errs, "generator_late": late,
-            "latency": percentiles(lat)}
+    return {"offered_rps": rate, "errors": errs, "generator_late": late, "latency": percentiles(lat)}
 
 
-async def _watch_proc(addr: str, service: str, conns: int, streams: int, hold: float,
-                      ramp: int = 0) -> None:
+async def _watch_proc(addr: str, service: str, conns: int, streams: int, hold: float, ramp: int = 0) -> None:
     import grpc
 
     chans = [grpc.aio.insecure_channel(addr) for _ in range(conns)]
@@ -343,8 +356,17 @@ async def _watch_proc(addr: str, service: str, conns: int, streams: int, hold: f
             got += 1
         except TimeoutError:
             break
-    print(json.dumps({"event": "open", "opened": counts["opened"], "refused": counts["refused"],
-                      "failed": counts["failed"]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "event": "open",
+                "opened": counts["opened"],
+                "refused": counts["refused"],
+                "failed": counts["failed"],
+            }
+        ),
+        flush=True,
+    )
     stop = asyncio.Event()
     import signal
 
@@ -379,16 +401,18 @@ def probe_once(addr: str, service: str, timeout: float) -> tuple[float, str]:
                 response_deserializer=health_pb2.HealthCheckResponse.FromString,
             )
             # wait_for_ready: the dial is part of the budget, like the kubelet's probe
-            resp = check(health_pb2.HealthCheckRequest(service=service),
-                         timeout=max(0.001, deadline - time.perf_counter()), wait_for_ready=True)
+            resp = check(
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=max(0.001, deadline - time.perf_counter()),
+                wait_for_ready=True,
+            )
         why = "" if resp.status == health_pb2.HealthCheckResponse.SERVING else str(resp.status)
     except grpc.RpcError as exc:
         why = str(exc.code())  # type: ignore[attr-defined]
     return (time.perf_counter() - t0) * 1000, why
 
 
-def _probe_mode(addr: str, service: str, rate: float, duration: float,
-                timeout: float) -> dict[str, Any]:
+def _probe_mode(addr: str, service: str, rate: float, duration: float, timeout: float) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     total = int(duration * rate)
@@ -432,20 +456,36 @@ def main(argv: list[str] | None = None) -> int:
         ok = sum(p["ok"] for p in parts)
         secs = max(p["seconds"] for p in parts)
         lat = [x for p in parts for x in p["lat"]]
-        print(json.dumps({"ok": ok, "errors": sum(p["errors"] for p in parts), "seconds": secs,
-                          "rps": ok / secs, "latency": percentiles(lat)}))
+        print(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "errors": sum(p["errors"] for p in parts),
+                    "seconds": secs,
+                    "rps": ok / secs,
+                    "latency": percentiles(lat),
+                }
+            )
+        )
     elif mode == "open":
         rate = float(flags.get("rate", "1000"))
         print(json.dumps({"event": "started"}), flush=True)
         print(json.dumps(asyncio.run(_open_proc(addr, service, conns, rate, warmup, duration))))
     elif mode == "watch":
         streams = int(flags.get("streams", "100"))
-        asyncio.run(_watch_proc(addr, service, conns, streams, _duration(flags.get("hold", "60s")),
-                                int(flags.get("ramp", "0"))))
+        asyncio.run(
+            _watch_proc(
+                addr,
+                service,
+                conns,
+                streams,
+                _duration(flags.get("hold", "60s")),
+                int(flags.get("ramp", "0")),
+            )
+        )
     elif mode == "probe":
         rate = float(flags.get("rate", "10"))
-        print(json.dumps(_probe_mode(addr, service, rate, duration,
-                                     _duration(flags.get("timeout", "1s")))))
+        print(json.dumps(_probe_mode(addr, service, rate, duration, _duration(flags.get("timeout", "1s")))))
     else:
         print(f"unknown mode {mode}", file=sys.stderr)
         return 1

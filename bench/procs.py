@@ -75,8 +75,11 @@ def health_check(addr: str, service: str, timeout: float = 1.0) -> int | None:
                 request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
                 response_deserializer=health_pb2.HealthCheckResponse.FromString,
             )
-            return int(check(health_pb2.HealthCheckRequest(service=service), timeout=timeout,
-                             wait_for_ready=False).status)
+            return int(
+                check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=timeout, wait_for_ready=False
+                ).status
+            )
     except grpc.RpcError:
         return None
 
@@ -126,8 +129,15 @@ class Server:
 def start_announcing(name: str, argv: list[str], cpus: set[int] | None) -> Server:
     """Start a server that prints {"port", "pid"} as its first stdout line."""
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=REPO, preexec_fn=pin(cpus))
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+        preexec_fn=pin(cpus),
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
@@ -157,19 +167,37 @@ def start_sidecar(
     state = state_dir or Path(tempfile.mkdtemp(prefix="bench-state-"))
     grpc_port, http_port = free_port(), free_port()
     log_fd, log_name = tempfile.mkstemp(prefix="bench-sidecar-", suffix=".log")
-    argv = [sys.executable, "-m", "sidecar", "serve", "--simulate", "--grpc-port",
-            str(grpc_port), "--http-port", str(http_port), "--state-dir", str(state), *args]
+    argv = [
+        sys.executable,
+        "-m",
+        "sidecar",
+        "serve",
+        "--simulate",
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
+        "--state-dir",
+        str(state),
+        *args,
+    ]
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=log_fd, text=True, cwd=REPO, preexec_fn=pin(cpus))
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=log_fd,
+        text=True,
+        cwd=REPO,
+        preexec_fn=pin(cpus),
+    )
     os.close(log_fd)
     srv = Server("ours", proc, grpc_port, proc.pid, t0, Path(log_name), {"http_port": http_port})
     if wait:
 
         def started() -> bool:
             if proc.poll() is not None:
-                raise RuntimeError(f"sidecar exited {proc.returncode}: "
-                                   f"{Path(log_name).read_text()[-2000:]}")
+                raise RuntimeError(f"sidecar exited {proc.returncode}: {Path(log_name).read_text()[-2000:]}")
             return "sidecar started" in Path(log_name).read_text()
 
         wait_for(started, 30, 0.01)

@@ -137,8 +137,9 @@ async def run_ours(host: str, port: int, max_watchers: int) -> None:
         name = f"bench/{service or 'overall'}"
         if serving:
             return CheckResult.passed(name, gates=gates)
-        return CheckResult.failed(name, "BenchFault", "set by the benchmark",
-                                  severity=Severity.FATAL, gates=gates)
+        return CheckResult.failed(
+            name, "BenchFault", "set by the benchmark", severity=Severity.FATAL, gates=gates
+        )
 
     app.policy.expect(f"bench/{s}" for s in ("gpu",))
     app.submit([result("gpu", True)])

@@ -37,12 +37,21 @@ class ServerResult:
     note: str = ""
 
 
-def _closed(gen: Generator, srv: procs.Server, conns: int, inflight: int, duration: float,
-            cpus: set[int] | None) -> dict[str, Any]:
-    argv = gen.argv("closed", addr=srv.addr, service=SERVICE, conns=conns, inflight=inflight,
-                    warmup="1s", duration=f"{duration}s")
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=pin(cpus))
+def _closed(
+    gen: Generator, srv: procs.Server, conns: int, inflight: int, duration: float, cpus: set[int] | None
+) -> dict[str, Any]:
+    argv = gen.argv(
+        "closed",
+        addr=srv.addr,
+        service=SERVICE,
+        conns=conns,
+        inflight=inflight,
+        warmup="1s",
+        duration=f"{duration}s",
+    )
+    p = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pin(cpus)
+    )
     assert p.stdout is not None
     first = p.stdout.readline()
     if '"measuring"' not in first:
@@ -58,37 +67,53 @@ def _closed(gen: Generator, srv: procs.Server, conns: int, inflight: int, durati
         raise RuntimeError(f"generator failed: {err[-800:]}")
     res: dict[str, Any] = json.loads(lines[-1])
     cpu = max(c1 - c0, 1e-9)
-    res.update(conns=conns, inflight=inflight, server_cpu_s=cpu,
-               server_cpu_util=cpu / (t1 - t0),
-               per_cpu_second=res["ok"] / cpu,
-               cpu_s_per_1000=cpu / max(res["ok"], 1) * 1000)
+    res.update(
+        conns=conns,
+        inflight=inflight,
+        server_cpu_s=cpu,
+        server_cpu_util=cpu / (t1 - t0),
+        per_cpu_second=res["ok"] / cpu,
+        cpu_s_per_1000=cpu / max(res["ok"], 1) * 1000,
+    )
     return res
 
 
-def measure_server(gen: Generator, srv: procs.Server, *, quick: bool,
-                   gen_cpus: set[int] | None) -> ServerResult:
+def measure_server(
+    gen: Generator, srv: procs.Server, *, quick: bool, gen_cpus: set[int] | None
+) -> ServerResult:
     r = ServerResult(srv.name)
     duration = 2.0 if quick else 5.0
     sweep = [(4, 16)] if quick else [(2, 8), (4, 16), (4, 64)]
     for conns, inflight in sweep:
         res = _closed(gen, srv, conns, inflight, duration, gen_cpus)
         r.sweep.append(res)
-        print(f"  {srv.name:14s} closed conns={conns} inflight={inflight}: "
-              f"{res['rps']:8.0f} Check/s, {res['per_cpu_second']:8.0f} per CPU-s "
-              f"(server CPU {res['server_cpu_util'] * 100:.0f} %), "
-              f"p50 {res['latency'].get('p50_ms', 0):.2f} ms p99 {res['latency'].get('p99_ms', 0):.2f} ms",
-              flush=True)
+        print(
+            f"  {srv.name:14s} closed conns={conns} inflight={inflight}: "
+            f"{res['rps']:8.0f} Check/s, {res['per_cpu_second']:8.0f} per CPU-s "
+            f"(server CPU {res['server_cpu_util'] * 100:.0f} %), "
+            f"p50 {res['latency'].get('p50_ms', 0):.2f} ms p99 {res['latency'].get('p99_ms', 0):.2f} ms",
+            flush=True,
+        )
     r.closed = max(r.sweep, key=lambda x: x["rps"])
     # open loop with 100 Watch streams held by another generator process
     hold = 60 if quick else 120
-    watch = gen.start("watch", cpus=gen_cpus, addr=srv.addr, service=WATCH_SERVICE, conns=4,
-                      streams=100, hold=f"{hold}s")
+    watch = gen.start(
+        "watch", cpus=gen_cpus, addr=srv.addr, service=WATCH_SERVICE, conns=4, streams=100, hold=f"{hold}s"
+    )
     try:
         r.watch = watch.opened
         open_s = 3 if quick else 10
         c0 = procs.cpu_seconds(srv.pid)
-        res = gen.run("open", cpus=gen_cpus, addr=srv.addr, service=SERVICE, conns=4,
-                      rate=1000, warmup="1s", duration=f"{open_s}s")
+        res = gen.run(
+            "open",
+            cpus=gen_cpus,
+            addr=srv.addr,
+            service=SERVICE,
+            conns=4,
+            rate=1000,
+            warmup="1s",
+            duration=f"{open_s}s",
+        )
         c1 = procs.cpu_seconds(srv.pid)
         n = int(res["latency"].get("n", 0))
         # CPU over warm-up + measurement, divided by the Checks sent in both
@@ -97,11 +122,14 @@ def measure_server(gen: Generator, srv: procs.Server, *, quick: bool,
         res["server_cpu_util"] = (c1 - c0) / (open_s + 1)
         r.open = res
         lat = res["latency"]
-        print(f"  {srv.name:14s} open 1000/s, watch streams {watch.opened.get('opened')}/100 "
-              f"(refused {watch.opened.get('refused')}, failed {watch.opened.get('failed')}): "
-              f"p50 {lat.get('p50_ms', 0):.2f} p99 {lat.get('p99_ms', 0):.2f} "
-              f"max {lat.get('max_ms', 0):.2f} ms, errors {res['errors']}, n {n}, "
-              f"{res['cpu_s_per_1000']:.3f} CPU-s/1000", flush=True)
+        print(
+            f"  {srv.name:14s} open 1000/s, watch streams {watch.opened.get('opened')}/100 "
+            f"(refused {watch.opened.get('refused')}, failed {watch.opened.get('failed')}): "
+            f"p50 {lat.get('p50_ms', 0):.2f} p99 {lat.get('p99_ms', 0):.2f} "
+            f"max {lat.get('max_ms', 0):.2f} ms, errors {res['errors']}, n {n}, "
+            f"{res['cpu_s_per_1000']:.3f} CPU-s/1000",
+            flush=True,
+        )
     finally:
         watch.stop()
     return r
@@ -127,8 +155,7 @@ def run(gen: Generator, *, quick: bool) -> dict[str, Any]:
                 try:
                     procs.wait_for(lambda a=srv.addr: procs.health_check(a, "readiness") == 1, 30, 0.05)
                 except TimeoutError:
-                    print("  ours: readiness not SERVING after 30 s; measuring anyway",
-                          file=sys.stderr)
+                    print("  ours: readiness not SERVING after 30 s; measuring anyway", file=sys.stderr)
             results.append(measure_server(gen, srv, quick=quick, gen_cpus=gen_cpus))
         finally:
             srv.stop()
@@ -145,5 +172,10 @@ def run(gen: Generator, *, quick: bool) -> dict[str, Any]:
         for other in by
         if other != "ours"
     }
-    return {"servers": results, "ratios": ratios, "pinned": srv_cpus is not None,
-            "server_cpus": sorted(srv_cpus or []), "gen_cpus": sorted(gen_cpus or [])}
+    return {
+        "servers": results,
+        "ratios": ratios,
+        "pinned": srv_cpus is not None,
+        "server_cpus": sorted(srv_cpus or []),
+        "gen_cpus": sorted(gen_cpus or []),
+    }

@@ -83,9 +83,7 @@ def metric(http_port: int, name: str) -> float:
 
 
 @pytest.fixture
-def hostile_sidecar(
-    tmp_path: Path, sidecar_proc: Callable[..., SidecarProcess]
-) -> Iterator[SidecarProcess]:
+def hostile_sidecar(tmp_path: Path, sidecar_proc: Callable[..., SidecarProcess]) -> Iterator[SidecarProcess]:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"grpc:\n  max_watchers: {MAX_WATCHERS}\n")
     yield sidecar_proc("--simulate", "--config", str(cfg))
@@ -112,10 +110,22 @@ def test_hostile_clients_never_starve_the_probe(hostile_sidecar: SidecarProcess)
         try:
             # 1. Watch flood from another process: 2,000 streams against a cap of 1,000
             flood = subprocess.Popen(
-                [sys.executable, "-m", "bench.loadgen", "watch", f"-addr={sp.addr}",
-                 f"-streams={FLOOD}", "-conns=8", "-ramp=400", "-hold=120s",
-                 "-service=readiness"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.loadgen",
+                    "watch",
+                    f"-addr={sp.addr}",
+                    f"-streams={FLOOD}",
+                    "-conns=8",
+                    "-ramp=400",
+                    "-hold=120s",
+                    "-service=readiness",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
                 env=dict(os.environ, PYTHONPATH=str(REPO)),
             )
             assert flood.stdout is not None
@@ -133,8 +143,11 @@ def test_hostile_clients_never_starve_the_probe(hostile_sidecar: SidecarProcess)
             with grpc.insecure_channel(sp.addr) as ch:
                 stub = health_pb2_grpc.HealthStub(ch)
                 with pytest.raises(grpc.RpcError):
-                    stub.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=5,
-                               metadata=(("x-big", "a" * 100_000),))
+                    stub.Check(
+                        health_pb2.HealthCheckRequest(service="liveness"),
+                        timeout=5,
+                        metadata=(("x-big", "a" * 100_000),),
+                    )
                 with pytest.raises(grpc.RpcError) as big:
                     stub.Check(health_pb2.HealthCheckRequest(service="x" * 1_000_000), timeout=5)
                 assert big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -158,8 +171,10 @@ def test_hostile_clients_never_starve_the_probe(hostile_sidecar: SidecarProcess)
     latencies = [t for t, why in prober.results if not why]
     failures = [why for _, why in prober.results if why]
     p50, p99 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
-    print(f"\nkubelet-style probes: {len(prober.results)}, failed {len(failures)}, "
-          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies) * 1000:.1f} ms")
+    print(
+        f"\nkubelet-style probes: {len(prober.results)}, failed {len(failures)}, "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies) * 1000:.1f} ms"
+    )
     assert not failures, failures[:5]
     assert len(prober.results) >= 40
     assert p99 < 1000
