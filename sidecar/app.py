@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sidecar import __version__
-from sidecar.checks.base import Check, Component, GpuStateView, TransitionListener
+from sidecar.checks.base import Check, Component, TransitionListener
 from sidecar.config import SidecarConfig, load_config
 from sidecar.configfields import ConfigError
 from sidecar.errors import BindError, TlsMaterialError
@@ -97,6 +97,61 @@ class _RpcCollector(Collector):
         )
 
 
+# Config sections with a component, in start order (the GPU first: the others ask it).
+COMPONENT_SECTIONS = ("gpu", "canary", "engines", "workload")
+LISTENER_SECTIONS = ("events",)
+ALL_SECTIONS = COMPONENT_SECTIONS + LISTENER_SECTIONS
+
+
+class _DelegatingCollector(Collector):
+    """Forwards to each section's registry of component metrics (replaced on reload, so a
+    rebuilt component registers its metrics again without clashing with the old ones)."""
+
+    def __init__(self) -> None:
+        self.targets: dict[str, CollectorRegistry] = {}
+
+    def collect(self) -> Iterable[Any]:
+        for registry in list(self.targets.values()):
+            yield from registry.collect()
+
+
+class GpuStateProxy:
+    """The GpuStateView other components hold: forwards to the current GPU component, so a
+    reload that replaces it does not leave them asking a stopped one. Without a GPU
+    component it answers "no fault, not busy, nothing known"."""
+
+    def __init__(self) -> None:
+        self.target: Any = None
+        self._generation_base = 0
+
+    def swap(self, target: Any) -> None:
+        # keep reset_generation() unchanged across the swap: a new component is not a reset
+        before = self.reset_generation()
+        self.target = target
+        self._generation_base = before - (target.reset_generation() if target is not None else 0)
+
+    def exclusive_process(self) -> bool:
+        return bool(self.target is not None and self.target.exclusive_process())
+
+    def busy(self) -> bool:
+        return bool(self.target is not None and self.target.busy())
+
+    def reset_generation(self) -> int:
+        inner = int(self.target.reset_generation()) if self.target is not None else 0
+        return self._generation_base + inner
+
+    def gpu_fault(self) -> bool:
+        return bool(self.target is not None and self.target.gpu_fault())
+
+    def compute_capability(self) -> str | None:
+        fn = getattr(self.target, "compute_capability", None)
+        return fn() if fn is not None else None
+
+    def free_memory_mib(self) -> float | None:
+        fn = getattr(self.target, "free_memory_mib", None)
+        return fn() if fn is not None else None
+
+
 class CoreMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.condition_ok = Gauge(
@@ -147,9 +202,7 @@ class CoreMetrics:
             "How late the last heartbeat woke up (event loop responsiveness)",
             registry=registry,
         )
-        self.build = Gauge(
-            "trt_health_build_info", "Version of the sidecar", ["version"], registry=registry
-        )
+        self.build = Gauge("trt_health_build_info", "Version of the sidecar", ["version"], registry=registry)
         self.build.labels(__version__).set(1)
 
 
@@ -177,11 +230,13 @@ class SidecarApp:
         )
         self.metrics = CoreMetrics(self.registry)
         self.registry.register(_RpcCollector(self.health_service))
+        self._components_registry = _DelegatingCollector()
+        self.registry.register(self._components_registry)
         self.scheduler = Scheduler(
             self._submit_now, jitter=config.jitter, clock=clock, observe_run=self._observe_run
         )
-        self.components: list[Component] = []
-        self.listeners: list[TransitionListener] = []
+        self._slots: dict[str, Any] = {}
+        self.gpu_state = GpuStateProxy()
         self.scenario: ScenarioFile | None = None
         self.server: grpc.aio.Server | None = None
         self.http: HttpPublisher | None = None
@@ -253,9 +308,7 @@ class SidecarApp:
             extra={
                 "condition": t.condition,
                 "to": to,
-                "from": "unknown"
-                if t.previous is None
-                else ("healthy" if t.previous else "unhealthy"),
+                "from": "unknown" if t.previous is None else ("healthy" if t.previous else "unhealthy"),
                 "reason": t.reason,
                 "detail": t.message,
                 "severity": t.severity.name.lower(),
@@ -322,24 +375,15 @@ class SidecarApp:
         cfg = self.config
         await self._start_grpc()
         if cfg.http.enabled:
-            self.http = HttpPublisher(
-                cfg.http.host, cfg.http.port, self.registry, self.http_snapshot
-            )
+            self.http = HttpPublisher(cfg.http.host, cfg.http.port, self.registry, self.http_snapshot)
             self.http.start()
         if cfg.simulate:
             self.scenario = ScenarioFile(Path(cfg.scenario) if cfg.scenario else None)
             await self.scenario.start()
-        self.components = self._build_components()
-        for component in self.components:
-            checks = component.checks()
-            self.policy.expect(c.name for c in checks)
-            self.scheduler.add(checks)
-        for component in self.components:
-            await component.start(self)
-        for listener in self.listeners:
-            start = getattr(listener, "start", None)
-            if start is not None:
-                await start()
+        for section in ALL_SECTIONS:
+            self._install(section, cfg)
+        for section in ALL_SECTIONS:
+            await self._start_slot(section)
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
         if cfg.config_file:
             self._config_stamp = self._stat_config()
@@ -410,68 +454,119 @@ class SidecarApp:
         await server.start()
         self.server = server
 
-    def _build_components(self) -> list[Component]:
-        """Instantiate every configured component. Imports are local so `probe` stays light."""
-        cfg = self.config
-        out: list[Component] = []
-        state_dir = Path(cfg.state_dir)
+    def _build_section(self, section: str, cfg: SidecarConfig, registry: CollectorRegistry) -> Any:
+        """Instantiate the component of one config section (nothing starts here), or None.
+        Imports are local so `probe` stays light; every metric goes to ``registry``."""
         comps = cfg.components
-        gpu_state: GpuStateView | None = None
-        if "gpu" in comps:
+        if section not in comps:
+            return None
+        sec = comps[section]
+        gpu_state = self.gpu_state
+        common: dict[str, Any] = {"simulate": cfg.simulate, "scenario": self.scenario}
+        if section == "gpu":
             from sidecar.gpu.component import GpuComponent
 
-            gpu = GpuComponent(
-                comps["gpu"],
-                simulate=cfg.simulate,
-                scenario=self.scenario,
-                registry=self.registry,
-                state_dir=state_dir,
-            )
-            gpu_state = gpu
-            out.append(gpu)
-        if "canary" in comps:
+            return GpuComponent(sec, registry=registry, state_dir=Path(cfg.state_dir), **common)
+        if section == "canary":
             from sidecar.canary.component import CanaryComponent
 
-            out.append(
-                CanaryComponent(
-                    comps["canary"],
-                    simulate=cfg.simulate,
-                    scenario=self.scenario,
-                    registry=self.registry,
-                    gpu_state=gpu_state,
-                    engines_dir=Path(cfg.engines_dir) if cfg.engines_dir else default_engines_dir(),
-                )
+            engines_dir = Path(cfg.engines_dir) if cfg.engines_dir else default_engines_dir()
+            return CanaryComponent(
+                sec, registry=registry, gpu_state=gpu_state, engines_dir=engines_dir, **common
             )
-        if "engines" in comps:
+        if section == "engines":
             from sidecar.engine.component import EngineComponent
 
-            out.append(self._engine_component(EngineComponent, comps["engines"], gpu_state))
-        if "workload" in comps:
+            return EngineComponent(
+                sec,
+                registry=registry,
+                state_dir=Path(cfg.state_dir),
+                gpu_compute_capability=gpu_state.compute_capability,
+                gpu_free_memory_mib=gpu_state.free_memory_mib,
+                **common,
+            )
+        if section == "workload":
             from sidecar.workload.component import WorkloadComponent
 
-            out.append(
-                WorkloadComponent(comps["workload"], registry=self.registry, gpu_state=gpu_state)
-            )
-        if "events" in comps:
+            return WorkloadComponent(sec, registry=registry, gpu_state=gpu_state)
+        if section == "events" and getattr(sec, "enabled", False):
             from sidecar.publish.events import KubeEventEmitter
 
-            events_cfg = comps["events"]
-            if getattr(events_cfg, "enabled", False):
-                self.listeners.append(KubeEventEmitter(events_cfg, registry=self.registry))
-        return out
+            return KubeEventEmitter(sec, registry=registry)
+        return None
 
-    def _engine_component(self, cls: Any, engines_cfg: Any, gpu_state: Any) -> Component:
-        kwargs: dict[str, Any] = {
-            "registry": self.registry,
-            "state_dir": Path(self.config.state_dir),
-            "simulate": self.config.simulate,
-            "scenario": self.scenario,
-        }
-        if gpu_state is not None:
-            kwargs["gpu_compute_capability"] = getattr(gpu_state, "compute_capability", None)
-            kwargs["gpu_free_memory_mib"] = getattr(gpu_state, "free_memory_mib", None)
-        component: Component = cls(engines_cfg, **kwargs)
-        return component
+    @property
+    def components(self) -> list[Component]:
+        return [self._slots[s] for s in COMPONENT_SECTIONS if self._slots.get(s) is not None]
+
+    @property
+    def listeners(self) -> list[TransitionListener]:
+        return [self._slots[s] for s in LISTENER_SECTIONS if self._slots.get(s) is not None]
+
+    def _install(self, section: str, cfg: SidecarConfig) -> None:
+        """Build one section's component on a fresh registry and put it in its slot."""
+        registry = CollectorRegistry()
+        obj = self._build_section(section, cfg, registry)
+        self._slots[section] = obj
+        self._components_registry.targets[section] = registry
+        if section == "gpu":
+            self.gpu_state.swap(obj)
+
+    async def _start_slot(self, section: str, *, known: frozenset[str] | None = None) -> None:
+        obj = self._slots.get(section)
+        if obj is None:
+            return
+        if section in COMPONENT_SECTIONS:
+            checks = obj.checks()
+            # readiness waits for a check's first result, except across a reload for checks
+            # that already reported (their conditions stay until new results replace them)
+            self.policy.expect(c.name for c in checks if known is None or c.name not in known)
+            self.scheduler.add(checks)
+            await obj.start(self)
+        else:
+            start = getattr(obj, "start", None)
+            if start is not None:
+                await start()
+
+    async def _stop_slot(self, section: str) -> None:
+        obj = self._slots.get(section)
+        if obj is None:
+            return
+        try:
+            if section in COMPONENT_SECTIONS:
+                await self.scheduler.remove(c.name for c in obj.checks())
+            stop = getattr(obj, "stop", None)
+            if stop is not None:
+                await asyncio.wait_for(stop(), timeout=self.config.shutdown_grace_s)
+        except Exception:
+            log.exception("component stop failed", extra={"component": section})
+
+    async def _restart_sections(self, new: SidecarConfig, sections: list[str]) -> None:
+        """Replace the components of the changed sections, one by one.
+
+        The old component stops first (the GPU component persists its latches, which the new
+        one re-reads), then the new one is built on its own metrics registry and started.
+        If building fails, the old config's component is built and started again and the error
+        propagates (the reload is rejected). Conditions are kept across the swap, so a fatal
+        state stays fatal and a healthy one does not flap; conditions the new component no
+        longer reports are dropped once it had time to report them.
+        """
+        known = frozenset(self.scheduler.loops)
+        swap_at = self.clock()
+        for section in sections:
+            await self._stop_slot(section)
+            try:
+                self._install(section, new)
+            except Exception:
+                self._install(section, self.config)
+                await self._start_slot(section, known=known)
+                raise
+            await self._start_slot(section, known=known)
+        grace = max(
+            (c.interval_s + c.timeout_s for comp in self.components for c in comp.checks()),
+            default=0.0,
+        )
+        asyncio.get_running_loop().call_later(grace * 2 + 1.0, self._forget_stale, swap_at)
 
     async def _heartbeat(self) -> None:
         """Liveness: the loop wakes on time and every check loop keeps beating."""
@@ -483,9 +578,7 @@ class SidecarApp:
             now = self.clock()
             lag = max(0.0, now - before - interval)
             self.metrics.loop_lag.set(lag)
-            stalled = self.scheduler.stalled(
-                now, lambda c: c.timeout_s + c.interval_s * 1.6 + max_lag + 1.0
-            )
+            stalled = self.scheduler.stalled(now, lambda c: c.timeout_s + c.interval_s * 1.6 + max_lag + 1.0)
             if lag > max_lag:
                 alive, reason = False, f"EventLoopLag: {lag:.1f}s"
             elif stalled:
@@ -508,7 +601,10 @@ class SidecarApp:
             stamp = self._stat_config()
             if stamp != self._config_stamp and stamp is not None:
                 self._config_stamp = stamp
-                await self.reload_config()
+                try:
+                    await self.reload_config()
+                except Exception:  # the watcher must survive any reload bug
+                    log.exception("config reload failed")
 
     async def reload_config(self, overrides: Mapping[tuple[str, ...], Any] | None = None) -> bool:
         """Re-read the config (SIGHUP / file change). A valid config applies; an invalid one is
@@ -530,8 +626,17 @@ class SidecarApp:
         self.policy.reconfigure(new.policy)
         configure_logging(new.log_level, new.log_format)
         self.scheduler._jitter = new.jitter
-        if new.components != old.components:
-            await self._restart_components(new)
+        changed = [s for s in ALL_SECTIONS if new.components.get(s) != old.components.get(s)]
+        if changed:
+            try:
+                await self._restart_sections(new, changed)
+            except Exception as exc:
+                self.metrics.config_reloads.labels("rejected").inc()
+                log.exception(
+                    "config reload failed while rebuilding components, old ones stay",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                )
+                return False
         self.config = new
         self.metrics.config_reloads.labels("applied").inc()
         log.info("config reloaded")
@@ -540,21 +645,12 @@ class SidecarApp:
 
     _overrides: Mapping[tuple[str, ...], Any] = {}
 
-    async def _restart_components(self, new: SidecarConfig) -> None:
-        old_conditions = {c.name for c in self.policy.conditions()}
-        for component in self.components:
-            await self.scheduler.remove(c.name for c in component.checks())
-            await component.stop()
-        self.listeners = []
-        self.config = new
-        self.policy.forget(old_conditions)
-        self.components = self._build_components()
-        for component in self.components:
-            checks = component.checks()
-            self.policy.expect(c.name for c in checks)
-            self.scheduler.add(checks)
-        for component in self.components:
-            await component.start(self)
+    def _forget_stale(self, since: float) -> None:
+        stale = [c.name for c in self.policy.conditions() if c.last_result_at < since]
+        if stale:
+            log.info("conditions no longer reported after reload", extra={"conditions": stale})
+            self.policy.forget(stale)
+            self._publish()
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -577,19 +673,11 @@ class SidecarApp:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.scheduler.stop()
         if self.server is not None:
             await self.server.stop(self.config.shutdown_grace_s)
-        for component in reversed(self.components):
-            try:
-                await asyncio.wait_for(component.stop(), timeout=self.config.shutdown_grace_s)
-            except Exception:
-                log.exception("component stop failed", extra={"component": component.name})
-        for listener in self.listeners:
-            stop = getattr(listener, "stop", None)
-            if stop is not None:
-                with contextlib.suppress(Exception):
-                    await stop()
+        for section in reversed(ALL_SECTIONS):
+            await self._stop_slot(section)
+        await self.scheduler.stop()
         if self.scenario is not None:
             await self.scenario.stop()
         if self.http is not None:

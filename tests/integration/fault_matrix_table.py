@@ -424,11 +424,6 @@ ROWS: tuple[Row, ...] = (
         metric='trt_health_config_reloads_total{result="applied"} += 1',
         recovery="sticky",
         evidence="scenario `reset` changed",
-        xfail=(
-            "app.py _restart_components rebuilds components on the same Prometheus registry:"
-            " DuplicateTimeseries kills the config-watch task after the old components were"
-            " stopped and their conditions forgotten, so every service is SERVING with no checks"
-        ),
     ),
     Row(
         id="restart-mid-fatal",

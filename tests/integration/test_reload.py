@@ -1,0 +1,63 @@
+"""Config reload that restarts components: only changed sections restart, state is kept, and a
+component that cannot be built leaves the old one running."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sidecar.config import parse_config
+
+from .conftest import SERVING, AppThread, check, wait_until
+
+BASE: dict[str, Any] = {
+    "simulate": True,
+    "grpc": {"host": "127.0.0.1", "port": 0},
+    "http": {"host": "127.0.0.1", "port": 0},
+    "gpu": {"poll_interval": "0.2s"},
+    "canary": {"interval": "1s"},
+}
+
+
+def overrides(doc: dict[str, Any], state: Path) -> dict[tuple[str, ...], Any]:
+    out: dict[tuple[str, ...], Any] = {("state_dir",): str(state)}
+    for section, body in doc.items():
+        if isinstance(body, dict):
+            for key, value in body.items():
+                out[(section, key)] = value
+        else:
+            out[(section,)] = body
+    return out
+
+
+def test_only_changed_sections_restart_and_failures_keep_old(make_app: Any, tmp_path: Path) -> None:
+    """Changing gpu.poll_interval restarts the GPU component only (the canary worker keeps its
+    PID, readiness never drops); a component that fails to build is rejected, the old runs on."""
+    app: AppThread = make_app(parse_config({**BASE, "state_dir": str(tmp_path)}))
+    wait_until(lambda: check(app.addr, "readiness") == SERVING, timeout=15)
+    canary = app.app._slots["canary"]
+    gpu_before = app.app._slots["gpu"]
+    worker_pid = canary.supervisor.proc.pid
+
+    changed = {**BASE, "gpu": {"poll_interval": "0.3s"}}
+    assert app.call(app.app.reload_config(overrides(changed, tmp_path)))
+    assert app.app._slots["gpu"] is not gpu_before
+    assert app.app._slots["canary"] is canary
+    assert canary.supervisor.proc.pid == worker_pid
+    assert check(app.addr, "readiness") == SERVING
+
+    def broken(section: str, cfg: Any, registry: Any) -> Any:
+        if section == "gpu" and cfg.components["gpu"].poll_interval_s == 0.4:
+            raise RuntimeError("cannot build")
+        return original(section, cfg, registry)
+
+    original = app.app._build_section
+    app.app._build_section = broken  # type: ignore[method-assign]
+    gpu_current = app.app._slots["gpu"]
+    bad = {**BASE, "gpu": {"poll_interval": "0.4s"}}
+    assert not app.call(app.app.reload_config(overrides(bad, tmp_path)))
+    assert app.app.metrics.config_reloads.labels("rejected")._value.get() == 1
+    assert app.app._slots["gpu"] is not None and app.app._slots["gpu"] is not gpu_current
+    assert app.app.config.components["gpu"].poll_interval_s == 0.3  # old config stays
+    wait_until(lambda: check(app.addr, "readiness") == SERVING, timeout=10)
+    assert check(app.addr, "gpu") == SERVING
