@@ -400,6 +400,21 @@ class CanaryComponent:
             await asyncio.wait_for(self._wake.wait(), seconds)
         self._wake.clear()
 
+    async def _idle_until_exit_or_wake(self, sup: CanarySupervisor) -> None:
+        """Sleep up to a second, waking at once when the worker process exits."""
+        proc = sup.proc
+        if proc is None:
+            await self._sleep(1.0)
+            return
+        exited = asyncio.ensure_future(proc.wait())
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({exited, woken}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (exited, woken):
+                fut.cancel()
+            self._wake.clear()
+
     async def _keep(self) -> None:
         """Keep one loaded worker, restarting with backoff; none under EXCLUSIVE_PROCESS."""
         sup = self.supervisor
@@ -410,7 +425,10 @@ class CanaryComponent:
                 await self._sleep(1.0)
                 continue
             if sup.ready:
-                await self._sleep(1.0)
+                await self._idle_until_exit_or_wake(sup)
+                death = await sup.notice_exit()
+                if death is not None and self._sink is not None:
+                    self._sink.submit([self._not_ready_result()])
                 continue
             wait = sup.backoff_remaining()
             if wait > 0:

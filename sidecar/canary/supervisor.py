@@ -298,6 +298,15 @@ class CanarySupervisor:
                 rss_bytes=rss,
             )
 
+    async def notice_exit(self) -> Death | None:
+        """Record a worker that died while idle (SIGKILL from outside, the OOM killer): its
+        cause, a counted restart and the backoff, exactly as a death during a canary."""
+        async with self._lock:
+            proc = self.proc
+            if proc is None or proc.returncode is None or not self.loaded:
+                return None
+            return await self._reap()
+
     async def release_production(self) -> None:
         """Drop the production engine in the worker (verify-then-release)."""
         async with self._lock:

@@ -297,11 +297,6 @@ ROWS: tuple[Row, ...] = (
         expect={"readiness": N, "canary": N},
         reasons={"canary": "WorkerCrashed"},
         metric='trt_health_canary_worker_restarts_total{cause="SIGKILL"} += 1',
-        xfail=(
-            "canary/component.py _keep(): a worker that dies between canaries is replaced by"
-            " sup.start() without _reap()/_record_death(): canary shows Starting instead of"
-            " WorkerCrashed, no restart is counted, the cause is not logged, no backoff"
-        ),
     ),
     Row(
         id="canary-wrong",
