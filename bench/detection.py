@@ -142,7 +142,7 @@ def run(*, quick: bool) -> dict[str, Any]:
         srv.stop()
         if gen_cpus:
             os.sched_setaffinity(0, (srv_cpus or set()) | gen_cpus)
-    out = {
+    out: dict[str, Any] = {
         "injections": n,
         "misses": misses,
         "fresh_check": percentiles(fresh),

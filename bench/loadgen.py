@@ -335,7 +335,7 @@ async def _watch_proc(addr: str, service: str, conns: int, streams: int, hold: f
                     counts["updates"] += 1
         except grpc.RpcError as exc:
             if first:
-                code = exc.code()  # type: ignore[attr-defined]
+                code = exc.code()
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     counts["refused"] += 1
                 elif code != grpc.StatusCode.CANCELLED:
@@ -408,7 +408,7 @@ def probe_once(addr: str, service: str, timeout: float) -> tuple[float, str]:
             )
         why = "" if resp.status == health_pb2.HealthCheckResponse.SERVING else str(resp.status)
     except grpc.RpcError as exc:
-        why = str(exc.code())  # type: ignore[attr-defined]
+        why = str(exc.code())
     return (time.perf_counter() - t0) * 1000, why
 
 

@@ -153,7 +153,12 @@ def run(gen: Generator, *, quick: bool) -> dict[str, Any]:
             if name == "ours":
                 # the deep checks are running: wait until the sidecar is ready
                 try:
-                    procs.wait_for(lambda a=srv.addr: procs.health_check(a, "readiness") == 1, 30, 0.05)
+                    ready_addr: str = srv.addr
+                    procs.wait_for(
+                        lambda: procs.health_check(ready_addr, "readiness") == 1,  # noqa: B023
+                        30,
+                        0.05,
+                    )
                 except TimeoutError:
                     print("  ours: readiness not SERVING after 30 s; measuring anyway", file=sys.stderr)
             results.append(measure_server(gen, srv, quick=quick, gen_cpus=gen_cpus))

@@ -203,6 +203,7 @@ class _GpuState:
     info: GpuInfo
     ref: GpuRef
     last: GpuSample | None = None
+    last_wall: float | None = None  # wall time of the previous sample (pre-reset evidence)
     recent: deque[XidRecord] = field(default_factory=lambda: deque(maxlen=256))
     ecc_contained: bool = False
     corrected_hist: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=4096))
@@ -513,6 +514,7 @@ class GpuComponent:
                     log.error("GPU lost", extra={"uuid": info.uuid, "error": exc.text})
             else:
                 st.reset_required = f"GPU requires a reset: {exc.text}"
+            st.last_wall = time.time()  # a failing sample is a pre-reset observation too
             self.metrics.fatal_latches.labels(uuid=info.uuid).set(
                 len(self.latches.latches(info.uuid))
             )
@@ -566,10 +568,11 @@ class GpuComponent:
             first = not st.sampled
             st.sampled = True
             st.reset_required = None
+            prev_wall = st.last_wall
             known = self.latches.known(uuid)
             evidence = self._reset_evidence(uuid, sample) if known else None
             if evidence is not None:
-                self._on_reset(uuid, st, evidence)
+                self._on_reset(uuid, st, evidence, before=prev_wall)
 
             ecc = value_or_none(sample.ecc)
             obs = self.latches.gpu(uuid).observed
@@ -624,6 +627,7 @@ class GpuComponent:
             else:
                 st.hw_slowdown_since = None
             st.last = sample
+            st.last_wall = time.time()  # latches derived from this sample are older
             self.metrics.sample(sample)
             latches = self.latches.latches(uuid)
             self.metrics.fatal_latches.labels(uuid=uuid).set(len(latches))
@@ -726,8 +730,11 @@ class GpuComponent:
         if self._sink is not None:
             self._sink.trigger(CANARY_CHECK)
 
-    def _on_reset(self, uuid: str, st: _GpuState, evidence: str) -> None:
-        cleared = self.latches.clear(uuid)
+    def _on_reset(self, uuid: str, st: _GpuState, evidence: str, *, before: float | None) -> None:
+        # Only latches set before the previous sample (which still showed the pre-reset state)
+        # are cleared: a fatal Xid between that sample and this one may have come after the
+        # reset, so it stays (fail closed) until the next evidence.
+        cleared = self.latches.clear(uuid, before=before)
         st.ecc_contained = False
         st.recent.clear()
         st.corrected_hist.clear()

@@ -196,12 +196,13 @@ class LatchStore:
             self._dirty |= changed
             return changed
 
-    def clear(self, uuid: str) -> list[Latch]:
-        """Drop every latch of a GPU (a reset was observed). Returns what was cleared."""
+    def clear(self, uuid: str, *, before: float | None = None) -> list[Latch]:
+        """Drop the latches of a GPU (a reset was observed): all of them, or only those set at
+        or before wall time ``before``. Returns what was cleared."""
         with self._lock:
             st = self.gpu(uuid)
-            cleared = st.latches
-            st.latches = []
+            cleared = [x for x in st.latches if before is None or x.since <= before]
+            st.latches = [x for x in st.latches if not (before is None or x.since <= before)]
             self._dirty |= bool(cleared)
             return cleared
 

@@ -600,3 +600,20 @@ async def test_corrupt_state_file_is_reported_and_rederived(h: Harness) -> None:
     r = await h.reason("gpu/state", "StateFileProblem")
     assert r.severity is Severity.WARNING
     await h.reason(f"gpu/{U0}/remap", "RemapFailure")
+
+
+async def test_fatal_xid_with_the_reset_stays_latched(h: Harness) -> None:
+    """A fatal Xid that arrives together with the reset evidence (it may have come after the
+    reset) is not cleared by that reset: fail closed until the next evidence."""
+    await h.start()
+    await h.healthy(f"gpu/{U0}/xid")
+    h.write({"gpus": [gpu(0, xid=[79])]})
+    await h.reason(f"gpu/{U0}/xid", "XidFatal79")
+    await asyncio.sleep(0.3)  # at least one sample sees the pre-reset state
+    h.write({"gpus": [gpu(0, xid=[48], reset=1)]})
+    r = await h.reason(f"gpu/{U0}/xid", "XidGpuReset48")
+    assert r.severity is Severity.FATAL and gating(r)
+    await asyncio.sleep(0.3)
+    assert h.sink.latest[f"gpu/{U0}/xid"].reason == "XidGpuReset48"
+    h.write({"gpus": [gpu(0, xid=[48], reset=2)]})
+    await h.healthy(f"gpu/{U0}/xid")
