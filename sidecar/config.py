@@ -46,6 +46,7 @@ class GrpcConfig:
     host: str = "[::]"
     port: int = defaults.GRPC_PORT
     unix_socket: str = ""
+    threads: int = 8  # RPC threads (Check, List, diagnostics); Watch streams hold none
     max_watchers: int = 1000
     list_max_services: int = 100
     max_service_name_bytes: int = 1024
@@ -206,6 +207,7 @@ def parse_config(doc: Mapping[str, Any], *, config_file: str = "") -> SidecarCon
         host=g.text("host", "[::]"),
         port=_port(g, "port", defaults.GRPC_PORT),
         unix_socket=g.text("unix_socket", ""),
+        threads=g.integer("threads", 8, minimum=1, maximum=256),
         max_watchers=g.integer("max_watchers", 1000, minimum=0),
         list_max_services=g.integer("list_max_services", 100, minimum=1),
         max_service_name_bytes=g.integer("max_service_name_bytes", 1024, minimum=1),

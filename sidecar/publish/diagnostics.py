@@ -90,7 +90,7 @@ class DiagnosticsService(diagnostics_pb2_grpc.DiagnosticsServicer):
         self._started_unix = started_unix
         self._simulated = simulated
 
-    async def GetConditions(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    def GetConditions(self, request: Any, context: grpc.ServicerContext) -> Any:
         conditions, verdicts = self._snapshot()
         return build_response(
             conditions,

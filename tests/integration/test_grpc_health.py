@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -135,7 +136,7 @@ def test_watch_latest_wins_for_slow_reader(app: AppThread) -> None:
         if check(app.addr, "gpu/GPU-1") == statuses[-1] and statuses[-1] == NOT_SERVING:
             break
     assert statuses[-1] == NOT_SERVING
-    assert all(a != b for a, b in zip(statuses, statuses[1:], strict=False)), "duplicates sent"
+    assert all(a != b for a, b in itertools.pairwise(statuses)), "duplicates sent"
     call.cancel()
     ch.close()
 

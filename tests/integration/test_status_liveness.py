@@ -72,8 +72,9 @@ class OneShot:
 def test_liveness_fails_when_a_check_loop_dies(make_app: Any) -> None:
     """A dead check loop turns liveness NOT_SERVING (a restart fixes a wedged sidecar);
     readiness is unaffected by that alone."""
-    from .conftest import core_config
     from sidecar.config import LivenessConfig
+
+    from .conftest import core_config
 
     app: AppThread = make_app(
         core_config(liveness=LivenessConfig(heartbeat_interval_s=0.05, max_loop_lag_s=1.0))
@@ -90,5 +91,5 @@ def test_liveness_fails_when_a_check_loop_dies(make_app: Any) -> None:
     app.call(add_and_kill())
     wait_until(lambda: check(app.addr, "liveness") == NOT_SERVING, timeout=3)
     assert check(app.addr, "startup") == SERVING
-    conditions, verdicts = app.app.snapshot()
+    _conditions, verdicts = app.app.snapshot()
     assert verdicts["liveness"].reasons == ("SchedulerStalled: oneshot",)

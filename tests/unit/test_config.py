@@ -63,7 +63,7 @@ def test_tls_requires_files_and_distinct_port() -> None:
 
 def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
     """A missing or non-YAML config file is a ConfigError naming the file."""
-    with pytest.raises(ConfigError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml"):
         load_config(config_file=str(tmp_path / "nope.yaml"), env={})
     bad = tmp_path / "bad.yaml"
     bad.write_text("grpc: [unclosed\n")
@@ -73,7 +73,16 @@ def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("1m30s", 90.0), ("1.5s", 1.5), ("2h", 7200.0), ("10us", 1e-5), ("0", 0.0), (".5s", 0.5), ("1.s", 1.0)],
+    [
+        ("500ms", 0.5),
+        ("1m30s", 90.0),
+        ("1.5s", 1.5),
+        ("2h", 7200.0),
+        ("10us", 1e-5),
+        ("0", 0.0),
+        (".5s", 0.5),
+        ("1.s", 1.0),
+    ],
 )
 def test_go_durations(text: str, seconds: float) -> None:
     """Go duration syntax parses like time.ParseDuration."""
