@@ -132,7 +132,11 @@ def run(*, quick: bool) -> dict[str, Any]:
             else:
                 fresh.append((t_fresh - t0) * 1000)
                 watch.append((t_watch - t0) * 1000)
-            # clear: a simulated GPU reset clears the sticky Xid latch
+            # clear: a simulated GPU reset clears the sticky Xid latch. The sidecar clears only
+            # latches seen by a sample taken before the reset (a fatal Xid that may have come
+            # after a reset stays latched), so give the post-Xid sample (one poll interval)
+            # time to happen, as a real reset (seconds) always does.
+            time.sleep(0.3)
             reset += 1
             t1 = time.perf_counter()
             write_atomic(scenario, scenario_text([], reset))

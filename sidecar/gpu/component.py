@@ -824,7 +824,12 @@ class GpuComponent:
         triggers: list[str] = []
         if cls is XidClass.UNKNOWN:
             triggers.append(CANARY_CHECK)
-        if code == XID_RECOVERY_ACTION_CHANGED or code in XID_ECC_UNCONTAINED or code == XID_ECC_CONTAINED:
+        if (
+            fatal  # sample at once: a later reset is then told apart from the fault (latches)
+            or code == XID_RECOVERY_ACTION_CHANGED
+            or code in XID_ECC_UNCONTAINED
+            or code == XID_ECC_CONTAINED
+        ):
             triggers.append(POLL_CHECK)
         if st is None or cls is XidClass.IGNORE:
             return [], triggers
