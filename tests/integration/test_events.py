@@ -135,17 +135,6 @@ class FakeApiServer:
             return list(self.calls)
 
 
-def wait_until(cond: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
-
-
 async def async_wait_until(cond: Callable[[], Any], limit_s: float = 5.0) -> Any:
     deadline = time.monotonic() + limit_s
     while True:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from sidecar import defaults, webhook
 from sidecar.errors import EXIT_CONFIG, EXIT_OK, EXIT_TLS
 from sidecar.model import SERVICE_WORKLOAD_LIVENESS
 from tests.certs import CertFiles, TestCA
+from tests.integration.conftest import free_port, wait_until
 from tests.unit.test_manifests import (
     check_pod_rules,
     env_of,
@@ -39,23 +40,6 @@ from tests.unit.test_manifests import (
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "registry.example.com/trt-health-sidecar:0.1.0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 # -- RFC 6902 ----------------------------------------------------------------------------------
