@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
 
@@ -18,25 +17,11 @@ from prometheus_client import CollectorRegistry
 from sidecar.gpu.backend import SIGNALS, SignalError, Unsupported
 from sidecar.gpu.component import GpuComponent, GpuConfig
 from sidecar.gpu.real import RealNvmlBackend
-from sidecar.model import CheckResult, Severity
+from sidecar.model import Severity
+from tests.gpu.support import RecordingSink
 
 pytestmark = pytest.mark.gpu
 pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py (pynvml) is not installed")
-
-
-class RecordingSink:
-    """Keeps the latest result of every condition (thread-safe enough for these tests)."""
-
-    def __init__(self) -> None:
-        self.latest: dict[str, CheckResult] = {}
-        self.triggers: list[str] = []
-
-    def submit(self, results: Iterable[CheckResult]) -> None:
-        for r in results:
-            self.latest[r.name] = r
-
-    def trigger(self, check_name: str) -> None:
-        self.triggers.append(check_name)
 
 
 @pytest.fixture(scope="module")
@@ -117,17 +102,13 @@ async def test_component_on_real_gpu_is_healthy(tmp_path: Path, backend: RealNvm
         print()
         for name in sorted(sink.latest):
             r = sink.latest[name]
-            print(
-                f"  {name:60} {r.status.value:7} {r.severity.name:8} {r.reason:22} {r.message}"
-            )
+            print(f"  {name:60} {r.status.value:7} {r.severity.name:8} {r.reason:22} {r.message}")
         assert sink.latest["nvml"].ok
         assert sink.latest["gpu/inventory"].ok
         for uuid in comp.gpu_uuids():
             for signal in ("lost", "xid", "ecc", "remap", "recovery_action", "thermal", "memory"):
                 assert f"gpu/{uuid}/{signal}" in sink.latest
-        gating = [
-            r for r in sink.latest.values() if not r.ok and r.severity >= Severity.CRITICAL
-        ]
+        gating = [r for r in sink.latest.values() if not r.ok and r.severity >= Severity.CRITICAL]
         assert not gating, f"a healthy GPU should not gate readiness: {gating}"
         assert comp.listener_alive
         for op in ("open", "devices", "sample", "inforom"):

@@ -16,34 +16,20 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.gpu.component import GpuComponent, GpuConfig
-from sidecar.model import CheckResult, Severity
+from sidecar.model import Severity
+from tests.gpu.support import RecordingSink
 
 pytestmark = pytest.mark.gpu
 pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py (pynvml) is not installed")
 
 
-class RecordingSink:
-    """Keeps the latest result of every condition (thread-safe enough for these tests)."""
-
-    def __init__(self) -> None:
-        self.latest: dict[str, CheckResult] = {}
-        self.triggers: list[str] = []
-
-    def submit(self, results: Iterable[CheckResult]) -> None:
-        for r in results:
-            self.latest[r.name] = r
-
-    def trigger(self, check_name: str) -> None:
-        self.triggers.append(check_name)
-
-CHILD = r'''
+CHILD = r"""
 import json, sys, time
 try:
     import numpy as np
@@ -93,7 +79,7 @@ print(json.dumps({
     "sync_error": int(sync_err),
     "cc": f"{major}.{minor}",
 }), flush=True)
-'''
+"""
 
 
 def _xid31_total(registry: CollectorRegistry, uuids: list[str]) -> float:
@@ -135,9 +121,7 @@ async def test_real_xid31_is_process_level_and_counted(tmp_path: Path) -> None:
             events = sink.latest.get(f"gpu/{uuid}/events")
             assert events is not None and events.ok and events.reason != "Unmonitored", events
         before = _xid31_total(registry, uuids)
-        gating_before = {
-            r.name for r in sink.latest.values() if not r.ok and r.severity >= Severity.CRITICAL
-        }
+        gating_before = {r.name for r in sink.latest.values() if not r.ok and r.severity >= Severity.CRITICAL}
 
         child = subprocess.Popen(  # noqa: ASYNC220 - started once, then polled without blocking
             [sys.executable, "-c", CHILD],
@@ -169,12 +153,7 @@ async def test_real_xid31_is_process_level_and_counted(tmp_path: Path) -> None:
         assert report["sync_error"] == 700, f"expected CUDA_ERROR_ILLEGAL_ADDRESS, got {report}"
         assert counter_changed_at is not None, "Xid 31 never reached the metrics"
 
-        hit = [
-            (uuid, rec)
-            for uuid, recs in comp.recent_xids().items()
-            for rec in recs
-            if rec.code == 31
-        ]
+        hit = [(uuid, rec) for uuid, recs in comp.recent_xids().items() for rec in recs if rec.code == 31]
         assert hit, "the listener has no record of Xid 31"
         uuid, rec = hit[-1]
         sync = report["sync_returned"]
@@ -186,9 +165,7 @@ async def test_real_xid31_is_process_level_and_counted(tmp_path: Path) -> None:
         xid = sink.latest[f"gpu/{uuid}/xid"]
         print(f"  result: {xid.status.value} {xid.severity.name} {xid.reason} {xid.message}")
         assert xid.reason == "XidProcess31" and xid.severity is Severity.WARNING
-        gating_after = {
-            r.name for r in sink.latest.values() if not r.ok and r.severity >= Severity.CRITICAL
-        }
+        gating_after = {r.name for r in sink.latest.values() if not r.ok and r.severity >= Severity.CRITICAL}
         assert gating_after == gating_before, "a process-level Xid must not change readiness"
         assert not comp.latches.latches(uuid), "a process-level Xid must not latch"
         # the event reached the metrics within a second of the fault being reported
