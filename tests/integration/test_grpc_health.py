@@ -142,8 +142,9 @@ def test_watch_latest_wins_for_slow_reader(app: AppThread) -> None:
 
 
 def test_watch_cap_and_check_still_fast(make_app: Any) -> None:
-    """Beyond the cap Watch gets RESOURCE_EXHAUSTED, and Check on a fresh connection stays fast."""
-    app: AppThread = make_app(grpc_max_watchers=20)
+    """Beyond the cap Watch gets RESOURCE_EXHAUSTED, and Check on a fresh connection stays fast:
+    with only 2 RPC threads and 20 open streams, no Watch holds an RPC thread."""
+    app: AppThread = make_app(grpc_max_watchers=20, grpc_threads=2)
     readers = [WatchReader(app.addr, "liveness") for _ in range(20)]
     for r in readers:
         assert r.next() == SERVING
