@@ -61,6 +61,10 @@ class Severity(enum.IntEnum):
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
+def _frozen(labels: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(labels)) if labels else _EMPTY
+
+
 @dataclass(frozen=True, slots=True)
 class CheckResult:
     """One observation of one condition.
@@ -96,16 +100,7 @@ class CheckResult:
         gates: frozenset[str] = frozenset({SERVICE_READINESS}),
         severity: Severity = Severity.CRITICAL,
     ) -> CheckResult:
-        return cls(
-            name=name,
-            status=CheckStatus.OK,
-            severity=severity,
-            reason=reason,
-            message=message,
-            labels=MappingProxyType(dict(labels)) if labels else _EMPTY,
-            value=value,
-            gates=gates,
-        )
+        return cls(name, CheckStatus.OK, severity, reason, message, _frozen(labels), value, gates)
 
     @classmethod
     def failed(
@@ -120,16 +115,7 @@ class CheckResult:
         gates: frozenset[str] = frozenset({SERVICE_READINESS}),
         status: CheckStatus = CheckStatus.FAIL,
     ) -> CheckResult:
-        return cls(
-            name=name,
-            status=status,
-            severity=severity,
-            reason=reason,
-            message=message,
-            labels=MappingProxyType(dict(labels)) if labels else _EMPTY,
-            value=value,
-            gates=gates,
-        )
+        return cls(name, status, severity, reason, message, _frozen(labels), value, gates)
 
     @classmethod
     def unknown(
