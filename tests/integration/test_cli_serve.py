@@ -95,3 +95,34 @@ def test_reload_valid_applies_invalid_keeps_old(sidecar_proc: Any, tmp_path: Pat
     sp.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: any(r.get("msg") == "config reloaded" for r in sp.log_records()))
     assert sp.stop() == 0
+
+
+def test_without_simulate_and_without_gpu_not_serving_with_reason(sidecar_proc: Any) -> None:
+    """No --simulate on a machine without a GPU: the sidecar runs (startup and liveness
+    SERVING) and readiness is NOT_SERVING with the NVML reason; it never simulates silently."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    sp = sidecar_proc()
+    assert check(sp.addr, "startup") == SERVING
+    assert check(sp.addr, "liveness") == SERVING
+
+    def healthz() -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{sp.http_port}/healthz", timeout=2) as r:
+                return dict(json.loads(r.read()))
+        except urllib.error.HTTPError as exc:
+            return dict(json.loads(exc.read()))
+
+    def nvml_reported() -> bool:
+        return "nvml" in healthz()["checks"]
+
+    wait_until(nvml_reported, timeout=10)
+    doc = healthz()
+    assert doc["status"] == "NOT_SERVING"
+    nvml = doc["checks"]["nvml"]
+    assert nvml["ok"] is False and nvml["reason"] in ("NvmlUnavailable", "DriverNotLoaded")
+    assert any(r.startswith("nvml: ") for r in doc["services"]["readiness"]["reasons"])
+    assert "simulated" not in json.dumps(doc["checks"]["nvml"]).lower()
+    assert sp.stop() == 0
