@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sidecar import __version__
-from sidecar.checks.base import Check, Component, TransitionListener
+from sidecar.checks.base import Component, TransitionListener
 from sidecar.config import SidecarConfig, load_config
 from sidecar.configfields import ConfigError
 from sidecar.errors import BindError, TlsMaterialError
@@ -245,6 +245,10 @@ class SidecarApp:
         self.grpc_tls_port = 0
         self._tls: TlsCredentialsWatcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._liveness: tuple[bool, str] = (True, "")
+        # flag overrides of the command line, re-applied on every config reload
+        self.overrides: Mapping[tuple[str, ...], Any] = {}
         self._http_snapshot = HttpSnapshot()
         self._diag_snapshot: tuple[list[Any], dict[str, Any]] = ([], {})
         self._tasks: list[asyncio.Task[Any]] = []
@@ -261,7 +265,7 @@ class SidecarApp:
         loop = self._loop
         if loop is None:
             return
-        if threading.get_ident() == getattr(self, "_loop_thread", None):
+        if threading.get_ident() == self._loop_thread:
             self._submit_now(batch)
         else:
             loop.call_soon_threadsafe(self._submit_now, batch)
@@ -270,7 +274,7 @@ class SidecarApp:
         loop = self._loop
         if loop is None:
             return
-        if threading.get_ident() == getattr(self, "_loop_thread", None):
+        if threading.get_ident() == self._loop_thread:
             self.scheduler.trigger(check_name)
         else:
             loop.call_soon_threadsafe(self.scheduler.trigger, check_name)
@@ -595,8 +599,10 @@ class SidecarApp:
                 alive, reason = False, "SchedulerStalled: " + ", ".join(sorted(stalled))
             else:
                 alive, reason = True, ""
-            self.policy.set_liveness(alive, reason)
-            self._publish()
+            if (alive, reason) != self._liveness:
+                self._liveness = (alive, reason)
+                self.policy.set_liveness(alive, reason)
+                self._publish()
 
     def _stat_config(self) -> tuple[int, int] | None:
         try:
@@ -621,7 +627,7 @@ class SidecarApp:
         reported and the old one stays. Ports and TLS need a restart (reported)."""
         try:
             new = load_config(
-                config_file=self.config.config_file or None, overrides=overrides or self._overrides
+                config_file=self.config.config_file or None, overrides=overrides or self.overrides
             )
         except ConfigError as exc:
             self.metrics.config_reloads.labels("rejected").inc()
@@ -652,8 +658,6 @@ class SidecarApp:
         log.info("config reloaded")
         self._publish()
         return True
-
-    _overrides: Mapping[tuple[str, ...], Any] = {}
 
     def _forget_stale(self, since: float) -> None:
         stale = [c.name for c in self.policy.conditions() if c.last_result_at < since]
@@ -708,7 +712,7 @@ async def serve(config: SidecarConfig, overrides: Mapping[tuple[str, ...], Any])
     from sidecar.errors import EXIT_BIND, EXIT_OK, EXIT_TLS
 
     app = SidecarApp(config)
-    app._overrides = overrides
+    app.overrides = overrides
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop)
@@ -728,6 +732,3 @@ async def serve(config: SidecarConfig, overrides: Mapping[tuple[str, ...], Any])
     await app.stop()
     return EXIT_OK
 
-
-def checks_of(components: Iterable[Component]) -> list[Check]:
-    return [c for comp in components for c in comp.checks()]

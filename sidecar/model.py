@@ -150,7 +150,7 @@ class Condition:
     name: str
     healthy: bool | None
     last: CheckResult
-    since: float  # monotonic-independent wall time (seconds since epoch) of the last state change
+    since: float  # clock time (the policy's clock, monotonic in the app) of the last state change
     last_result_at: float
     consecutive_failures: int
     consecutive_successes: int
