@@ -96,6 +96,11 @@ class _RpcCollector(Collector):
             "Watch streams refused with RESOURCE_EXHAUSTED (cap reached)",
             value=self._service.stats.watch_rejected,
         )
+        yield CounterMetricFamily(
+            "trt_health_watch_stuck_cancelled",
+            "Watch streams cancelled because a send stayed blocked (client stopped reading)",
+            value=self._service.stats.watch_stuck_cancelled,
+        )
 
 
 # Config sections with a component, in start order (the GPU first: the others ask it).
@@ -731,4 +736,3 @@ async def serve(config: SidecarConfig, overrides: Mapping[tuple[str, ...], Any])
     log.info("shutdown requested")
     await app.stop()
     return EXIT_OK
-

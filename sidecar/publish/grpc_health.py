@@ -253,7 +253,7 @@ class WatchSender:
     def _reap_stuck(self) -> None:
         """Cancel streams whose send has been stuck (a client that stopped reading while its
         flow-control window is full): the blocked sender thread is freed by the cancel."""
-        while not self._stop.wait(min(5.0, self.stuck_send_s / 2)):
+        while not self._stop.wait(min(5.0, self.stuck_send_s / 4)):
             now = time.monotonic()
             for w in self.registry.all_watchers():
                 started = w.send_started
@@ -285,13 +285,14 @@ class HealthService:
         max_service_name_bytes: int = 1024,
         stats: RpcStats | None = None,
         sender_threads: int = 4,
+        stuck_send_s: float = 30.0,
     ) -> None:
         self.registry = registry
         self.max_watchers = max_watchers
         self.list_max_services = list_max_services
         self.max_service_name_bytes = max_service_name_bytes
         self.stats = stats or RpcStats()
-        self.sender = WatchSender(registry, self.stats, threads=sender_threads)
+        self.sender = WatchSender(registry, self.stats, threads=sender_threads, stuck_send_s=stuck_send_s)
         self._names: dict[bytes, str] = {}
 
         def watch(request: bytes, context: Any, send_response_callback: Callable[[Any], None]) -> None:
