@@ -24,6 +24,7 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from concurrent import futures
 
 import grpc
@@ -85,19 +86,13 @@ async def _stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | N
     return q
 
 
-async def run_asyncio(host: str, port: int) -> None:
-    server = grpc.aio.server()
-    servicer = health.aio.HealthServicer()
-    for s in SERVICES:
-        await servicer.set(s, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
+async def _serve_commands(port: int, apply: Callable[[str, int], Awaitable[None]]) -> None:
+    """Announce ``port``, then apply ``set`` commands from stdin until EOF or SIGTERM."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     q = await _stdin_lines(loop)
-    _announce(bound)
+    _announce(port)
     while not stop.is_set():
         get = asyncio.ensure_future(q.get())
         waiter = asyncio.ensure_future(stop.wait())
@@ -111,8 +106,19 @@ async def run_asyncio(host: str, port: int) -> None:
             break
         cmd = _parse_set(line)
         if cmd is not None:
-            await servicer.set(*cmd)
+            await apply(*cmd)
             print("ok", flush=True)
+
+
+async def run_asyncio(host: str, port: int) -> None:
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    for s in SERVICES:
+        await servicer.set(s, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    await _serve_commands(bound, lambda service, status: servicer.set(service, status))
     await server.stop(0)
 
 
@@ -144,27 +150,12 @@ async def run_ours(host: str, port: int, max_watchers: int) -> None:
     app.policy.expect(f"bench/{s}" for s in ("gpu",))
     app.submit([result("gpu", True)])
     await asyncio.sleep(0)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    q = await _stdin_lines(loop)
-    _announce(app.grpc_port)
-    while not stop.is_set():
-        get = asyncio.ensure_future(q.get())
-        waiter = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({get, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if get not in done:
-            get.cancel()
-            break
-        waiter.cancel()
-        line = get.result()
-        if line is None:
-            break
-        cmd = _parse_set(line)
-        if cmd is not None:
-            app.submit([result(cmd[0], cmd[1] == STATUS["SERVING"])])
-            await asyncio.sleep(0)
-            print("ok", flush=True)
+
+    async def apply(service: str, status: int) -> None:
+        app.submit([result(service, status == STATUS["SERVING"])])
+        await asyncio.sleep(0)
+
+    await _serve_commands(app.grpc_port, apply)
     await app.stop()
 
 
