@@ -256,6 +256,7 @@ class SidecarApp:
         self.overrides: Mapping[tuple[str, ...], Any] = {}
         self._http_snapshot = HttpSnapshot()
         self._diag_snapshot: tuple[list[Any], dict[str, Any]] = ([], {})
+        self._ok_series: dict[str, str] = {}  # condition -> severity label of its ok series
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
         self._stopped = False
@@ -342,7 +343,13 @@ class SidecarApp:
         conditions = self.policy.conditions()
         checks: dict[str, Any] = {}
         for c in conditions:
-            self.metrics.condition_ok.labels(c.name, c.last.severity.name.lower()).set(
+            severity = c.last.severity.name.lower()
+            previous = self._ok_series.get(c.name)
+            if previous is not None and previous != severity:
+                # one series per condition: drop the one labelled with the old severity
+                self.metrics.condition_ok.remove(c.name, previous)
+            self._ok_series[c.name] = severity
+            self.metrics.condition_ok.labels(c.name, severity).set(
                 -1 if c.healthy is None else (1 if c.healthy else 0)
             )
             self.metrics.condition_gating.labels(c.name).set(1 if c.gating else 0)

@@ -111,3 +111,16 @@ def test_http_endpoints(app: AppThread) -> None:
     assert 'trt_health_grpc_requests_total{code="OK",method="Check"}' in text
     assert "trt_health_transitions_total" in text
     assert _get(app.http_base + "/nope")[0] == 404
+
+
+def test_condition_series_follows_severity_change(app: AppThread) -> None:
+    """When a condition's severity changes, /metrics keeps one trt_health_condition_ok series
+    for it (no stale series with the old severity that still says healthy)."""
+    gates = frozenset({"readiness", "gpu"})
+    app.submit(CheckResult.passed("gpu/GPU-1/lost", gates=gates))
+    app.submit(CheckResult.failed("gpu/GPU-1/lost", "GpuLost", "gone", severity=Severity.FATAL, gates=gates))
+    text = _get(app.http_base + "/metrics")[1].decode()
+    series = [
+        ln for ln in text.splitlines() if ln.startswith('trt_health_condition_ok{condition="gpu/GPU-1/lost"')
+    ]
+    assert series == ['trt_health_condition_ok{condition="gpu/GPU-1/lost",severity="fatal"} 0.0']
