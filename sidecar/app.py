@@ -588,11 +588,16 @@ class SidecarApp:
                 await self._start_slot(section, known=known)
                 raise
             await self._start_slot(section, known=known)
+        # every check runs at once when added; its first results come within its (first) timeout
         grace = max(
-            (c.interval_s + c.timeout_s for comp in self.components for c in comp.checks()),
+            (
+                getattr(c, "first_timeout_s", None) or c.timeout_s
+                for comp in self.components
+                for c in comp.checks()
+            ),
             default=0.0,
         )
-        asyncio.get_running_loop().call_later(grace * 2 + 1.0, self._forget_stale, swap_at)
+        asyncio.get_running_loop().call_later(grace + 1.0, self._forget_stale, swap_at)
 
     async def _heartbeat(self) -> None:
         """Liveness: the loop wakes on time and every check loop keeps beating."""
@@ -676,6 +681,11 @@ class SidecarApp:
         if stale:
             log.info("conditions no longer reported after reload", extra={"conditions": stale})
             self.policy.forget(stale)
+            for name in stale:  # their metric series go too
+                severity = self._ok_series.pop(name, None)
+                if severity is not None:
+                    self.metrics.condition_ok.remove(name, severity)
+                    self.metrics.condition_gating.remove(name)
             self._publish()
 
     def request_stop(self) -> None:

@@ -15,7 +15,7 @@ BASE: dict[str, Any] = {
     "grpc": {"host": "127.0.0.1", "port": 0},
     "http": {"host": "127.0.0.1", "port": 0},
     "gpu": {"poll_interval": "0.2s"},
-    "canary": {"interval": "1s"},
+    "canary": {"interval": "1s", "timeout": "1s", "first_timeout": "3s", "load_timeout": "3s"},
 }
 
 
@@ -61,3 +61,31 @@ def test_only_changed_sections_restart_and_failures_keep_old(make_app: Any, tmp_
     assert app.app.config.components["gpu"].poll_interval_s == 0.3  # old config stays
     wait_until(lambda: check(app.addr, "readiness") == SERVING, timeout=10)
     assert check(app.addr, "gpu") == SERVING
+
+
+def test_conditions_no_longer_reported_are_dropped_with_their_metrics(make_app: Any, tmp_path: Path) -> None:
+    """A condition the rebuilt components no longer report leaves the diagnostics and /metrics."""
+    import urllib.request
+
+    app: AppThread = make_app(parse_config({**BASE, "state_dir": str(tmp_path)}))
+    wait_until(lambda: check(app.addr, "readiness") == SERVING, timeout=15)
+    from sidecar.model import CheckResult
+
+    app.submit(CheckResult.passed("old/only", gates=frozenset({"readiness"})))
+    app.call(app.app.reload_config(overrides({**BASE, "gpu": {"poll_interval": "0.3s"}}, tmp_path)))
+
+    def series() -> list[str]:
+        """The old condition's state series (transition counters are history and stay)."""
+        with urllib.request.urlopen(app.http_base + "/metrics", timeout=3) as r:
+            text = r.read().decode()
+        return [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith(("trt_health_condition_ok{", "trt_health_condition_gating{"))
+            and 'condition="old/only"' in ln
+        ]
+
+    assert len(series()) == 2
+    wait_until(lambda: not series(), timeout=20)
+    assert all(c.name != "old/only" for c in app.app.snapshot()[0])
+    assert any(c.name == "canary" for c in app.app.snapshot()[0])
