@@ -161,10 +161,14 @@ def parse_gpu_config(sec: Section) -> GpuConfig:
         state_file = d.state_file
     cfg = GpuConfig(
         enabled=sec.flag("enabled", d.enabled),
-        poll_interval_s=sec.duration("poll_interval", d.poll_interval_s, minimum=0.01),
-        nvml_call_timeout_s=sec.duration("nvml_call_timeout", d.nvml_call_timeout_s, minimum=0.001),
+        poll_interval_s=sec.duration(
+            "poll_interval", d.poll_interval_s, minimum=0.01, maximum=3600.0
+        ),
+        nvml_call_timeout_s=sec.duration(
+            "nvml_call_timeout", d.nvml_call_timeout_s, minimum=0.001, maximum=600.0
+        ),
         event_wait_timeout_s=sec.duration(
-            "event_wait_timeout", d.event_wait_timeout_s, minimum=0.001
+            "event_wait_timeout", d.event_wait_timeout_s, minimum=0.001, maximum=10.0
         ),
         events=sec.flag("events", d.events),
         expected_uuids=tuple(sec.text_list("expected_uuids")),
