@@ -24,6 +24,7 @@ from typing import Any
 
 from sidecar import defaults
 from sidecar.configfields import ConfigError, Section
+from sidecar.policy import PolicyConfig, Thresholds
 from sidecar.safeload import (
     MAX_CONFIG_BYTES,
     UnsafeDocumentError,
@@ -31,7 +32,6 @@ from sidecar.safeload import (
     load_yaml_bounded,
     read_bounded,
 )
-from sidecar.policy import PolicyConfig, Thresholds
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +145,7 @@ def _scalar(text: str, where: str) -> Any:
         return text
 
 
-def apply_env(
-    doc: dict[str, Any], env: Mapping[str, str], errors: list[str] | None = None
-) -> None:
+def apply_env(doc: dict[str, Any], env: Mapping[str, str], errors: list[str] | None = None) -> None:
     """Merge ``TRT_HEALTH_*`` variables into ``doc``; a malformed name is recorded in
     ``errors`` (raised as ConfigError when no list is given)."""
     prefix = defaults.ENV_PREFIX

@@ -72,9 +72,7 @@ def read_bounded(path: str | os.PathLike[str], max_bytes: int) -> str:
         if not stat.S_ISREG(st.st_mode):
             raise UnsafeDocumentError(f"{where}: not a regular file")
         if st.st_size > max_bytes:
-            raise UnsafeDocumentError(
-                f"{where}: {st.st_size} bytes, larger than the limit of {max_bytes}"
-            )
+            raise UnsafeDocumentError(f"{where}: {st.st_size} bytes, larger than the limit of {max_bytes}")
         chunks: list[bytes] = []
         left = max_bytes + 1
         while left > 0:
@@ -91,9 +89,7 @@ def read_bounded(path: str | os.PathLike[str], max_bytes: int) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UnsafeDocumentError(
-            f"{where}: not UTF-8 (invalid byte at offset {exc.start})"
-        ) from None
+        raise UnsafeDocumentError(f"{where}: not UTF-8 (invalid byte at offset {exc.start})") from None
 
 
 class _BoundedError(yaml.YAMLError):
@@ -120,9 +116,12 @@ class _BoundedSafeLoader(yaml.SafeLoader):
             if self._depth > self.max_depth:
                 raise _BoundedError(f"nested deeper than {self.max_depth} levels")
             alias = self.check_event(AliasEvent)
-            node: Node = super().compose_node(parent, index)  # type: ignore[misc]
+            composed = super().compose_node(parent, index)
         finally:
             self._depth -= 1
+        if composed is None:
+            raise _BoundedError("empty node")
+        node: Node = composed
         if alias:
             self._aliases += 1
             if self._aliases > self.max_aliases:

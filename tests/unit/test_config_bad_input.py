@@ -89,9 +89,7 @@ def test_a_directory_is_not_a_config_file(tmp_path: Path) -> None:
         ("jitter", float("nan")),
     ],
 )
-def test_non_finite_and_huge_durations_are_rejected_naming_the_field(
-    key: str, value: object
-) -> None:
+def test_non_finite_and_huge_durations_are_rejected_naming_the_field(key: str, value: object) -> None:
     section, _, leaf = key.rpartition(".")
     doc: dict[str, object] = {leaf: value}
     if section:
@@ -102,9 +100,7 @@ def test_non_finite_and_huge_durations_are_rejected_naming_the_field(
 
 
 def test_documented_bounds_still_accept_sane_values() -> None:
-    cfg = parse_config(
-        {"shutdown_grace": "10m", "gpu": {"poll_interval": "1h", "event_wait_timeout": "10s"}}
-    )
+    cfg = parse_config({"shutdown_grace": "10m", "gpu": {"poll_interval": "1h", "event_wait_timeout": "10s"}})
     assert cfg.shutdown_grace_s == 600.0
 
 
