@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar.safeload import MAX_STATE_BYTES, UnsafeDocumentError, read_bounded
+
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
@@ -81,10 +83,10 @@ class LatchStore:
         """Read the file; a missing file is an empty state, a broken one a reported problem."""
         with self._lock:
             try:
-                text = self.path.read_text(encoding="utf-8")
+                text = read_bounded(self.path, MAX_STATE_BYTES)
             except FileNotFoundError:
                 return
-            except OSError as exc:
+            except (OSError, UnsafeDocumentError) as exc:
                 self.problem = f"state file {self.path} unreadable: {exc}"
                 log.warning("GPU state file unreadable", extra={"path": str(self.path)})
                 return

@@ -50,6 +50,7 @@ from sidecar.gpu.backend import (
     ResetRequiredError,
     SystemInfo,
 )
+from sidecar.safeload import short_repr
 from sidecar.scenario import ScenarioFile
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,13 @@ class SimState:
     unavailable: str | None = None  # reason class name, e.g. "DriverNotLoaded"
     hang: bool = False
     driver_version: str = "580.00 (simulated)"
+    note: str = ""  # why NVML is unavailable, when the scenario itself is the reason
+
+
+# Until the scenario file's first good document: no GPU, NVML unavailable (fail closed).
+NOT_WRITTEN_YET = SimState(
+    gpus=(), unavailable="NvmlUnavailable", note="scenario file not written yet"
+)
 
 
 def _default_gpu(index: int = 0) -> SimGpu:
@@ -179,7 +187,12 @@ def _parse_gpu(sec: Section, position: int) -> SimGpu:
     index = sec.integer("index", position, minimum=0)
     uuid = sec.text("uuid", f"GPU-sim-{index}")
     xids: list[SimXid] = []
-    for j, item in enumerate(sec.raw.get("xid") or []):
+    raw_xids = sec.raw.get("xid") or []
+    if not isinstance(raw_xids, list):
+        # `xid: 79` is a typo for `xid: [79]`: name the key and the shape, inject nothing
+        sec.error("xid", f"must be a list of Xid codes (e.g. [79]), got {short_repr(raw_xids)}")
+        raw_xids = []
+    for j, item in enumerate(raw_xids):
         if isinstance(item, int) and not isinstance(item, bool):
             xids.append(SimXid(item))
         elif isinstance(item, Mapping):
@@ -193,10 +206,8 @@ def _parse_gpu(sec: Section, position: int) -> SimGpu:
             )
             x.reject_unknown()
         else:
-            sec.error("xid", f"items must be Xid codes or {{code, gi, ci}}, got {item!r}")
+            sec.error("xid", f"items must be Xid codes or {{code, gi, ci}}, got {short_repr(item)}")
     sec._known.add("xid")
-    if "xid" in sec.raw and not isinstance(sec.raw.get("xid") or [], list):
-        sec.error("xid", "must be a list")
     action = sec.text("recovery_action", "none", choices=RECOVERY_ACTION_NAMES)
     mode = sec.text("compute_mode", "default", choices=tuple(COMPUTE_MODE_NAMES))
     clocks = _clock_reasons(sec)
@@ -310,7 +321,10 @@ class SimulatedBackend:
         self.last_error: str | None = None
         self.generation = 0
         if scenario is not None:
-            self.apply(scenario.current())
+            if scenario.has_document:
+                self.apply(scenario.current())
+            else:
+                self._state = NOT_WRITTEN_YET
             scenario.subscribe(self._on_scenario)
         else:
             self.apply({})
@@ -416,7 +430,7 @@ class SimulatedBackend:
         name = self._state.unavailable
         if name is not None:
             cls = UNAVAILABLE_KINDS.get(name.lower(), NvmlUnavailableError)
-            raise cls(f"simulated: {name}")
+            raise cls(f"simulated: {name}" + (f" ({self._state.note})" if self._state.note else ""))
 
     # -- protocol -----------------------------------------------------------------------------
 
