@@ -432,6 +432,30 @@ ROWS: tuple[Row, ...] = (
         recovery="sticky",
         evidence="scenario `reset` changed",
     ),
+    Row(
+        id="scenario-alias-bomb",
+        fault="YAML alias bomb in the scenario (421 bytes under `canary:`), then Xid 79",
+        injection="the bomb is written and refused (one bounded log line), then `gpus: [{xid: [79]}]`",
+        action="scenario_bomb",
+        gpu={"xid": [79]},
+        expect=GPU_DOWN,
+        reasons={f"{GPU}/xid": "XidFatal79"},
+        metric='trt_health_gpu_xid_events_total{code="79",class="node_fatal"} += 1',
+        recovery="sticky",
+        evidence="scenario `reset` changed (GPU reset observed)",
+    ),
+    Row(
+        id="scenario-deep-nesting",
+        fault="scenario nested 20,000 levels deep, then Xid 79",
+        injection="the document is written and refused (one bounded log line), then `gpus: [{xid: [79]}]`",
+        action="scenario_deep",
+        gpu={"xid": [79]},
+        expect=GPU_DOWN,
+        reasons={f"{GPU}/xid": "XidFatal79"},
+        metric='trt_health_gpu_xid_events_total{code="79",class="node_fatal"} += 1',
+        recovery="sticky",
+        evidence="scenario `reset` changed (GPU reset observed)",
+    ),
 )
 
 

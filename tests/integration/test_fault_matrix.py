@@ -10,6 +10,7 @@ service to be SERVING again.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -416,8 +417,42 @@ def inject(sc: Sidecar, row: Row) -> None:
         sc.endpoint.mode = "fail"
     elif action == "workload_slow":
         sc.endpoint.mode = "slow"
+    elif action in BAD_SCENARIOS:
+        text, refusal = BAD_SCENARIOS[action]
+        refused_before = len(scenario_refusals(sc, refusal))
+        tmp = sc.tmp / ".scenario.new"
+        tmp.write_text(text)
+        os.replace(tmp, sc.scenario_path)
+        # the witness: the document was read and refused in one short log line
+        wait_for(lambda: len(scenario_refusals(sc, refusal)) > refused_before, 5, sc, refusal)
+        assert all(len(json.dumps(r)) < 2000 for r in scenario_refusals(sc, refusal))
+        sc.scenario(row)  # a valid scenario after it is still seen
     else:
         raise AssertionError(f"no injector for action {action!r}")
+
+
+BOMB_LEVELS = "".join(
+    f"  {n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdef", "bcdefg", strict=True)
+)
+BAD_SCENARIOS = {
+    "scenario_bomb": (
+        'canary:\n  a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+        + BOMB_LEVELS
+        + "  mode: *g\n",
+        "expands to more than",
+    ),
+    "scenario_deep": ("gpus: " + "[" * 20000 + "]" * 20000 + "\n", "nested deeper than"),
+}
+
+
+def scenario_refusals(sc: Sidecar, fragment: str) -> list[dict[str, Any]]:
+    assert sc.proc is not None
+    return [
+        r
+        for r in sc.proc.log_records()
+        if r.get("msg") == "scenario file ignored, last good state stays"
+        and fragment in str(r.get("error"))
+    ]
 
 
 def clear(sc: Sidecar, row: Row) -> None:
