@@ -10,15 +10,12 @@ Every problem is an :class:`UnsafeDocumentError` with a short message naming the
 
 from __future__ import annotations
 
+import functools
 import os
 import reprlib
 import stat
 from pathlib import Path
 from typing import Any
-
-import yaml
-from yaml.events import AliasEvent
-from yaml.nodes import MappingNode, Node, SequenceNode
 
 from sidecar.errors import SidecarError
 
@@ -92,57 +89,65 @@ def read_bounded(path: str | os.PathLike[str], max_bytes: int) -> str:
         raise UnsafeDocumentError(f"{where}: not UTF-8 (invalid byte at offset {exc.start})") from None
 
 
-class _BoundedError(yaml.YAMLError):
-    pass
+@functools.cache
+def _loader_class() -> type[Any]:
+    """The bounded SafeLoader subclass (built on first use: ``probe`` never imports yaml)."""
+    import yaml
+    from yaml.events import AliasEvent
+    from yaml.nodes import MappingNode, Node, SequenceNode
 
+    class BoundedError(yaml.YAMLError):
+        pass
 
-class _BoundedSafeLoader(yaml.SafeLoader):
-    """A SafeLoader whose composer counts nesting depth, alias uses and expanded nodes."""
+    class BoundedSafeLoader(yaml.SafeLoader):
+        """A SafeLoader whose composer counts nesting depth, alias uses and expanded nodes."""
 
-    max_depth = MAX_DEPTH
-    max_aliases = MAX_ALIASES
-    max_nodes = MAX_NODES
+        max_depth = MAX_DEPTH
+        max_aliases = MAX_ALIASES
+        max_nodes = MAX_NODES
+        bounded_error = BoundedError
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._aliases = 0
-        # id(node) -> (node, expanded size); the node is kept so its id stays unique
-        self._sizes: dict[int, tuple[Node, int]] = {}
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self._depth = 0
+            self._aliases = 0
+            # id(node) -> (node, expanded size); the node is kept so its id stays unique
+            self._sizes: dict[int, tuple[Node, int]] = {}
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:
-        self._depth += 1
-        try:
-            if self._depth > self.max_depth:
-                raise _BoundedError(f"nested deeper than {self.max_depth} levels")
-            alias = self.check_event(AliasEvent)
-            composed = super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-        if composed is None:
-            raise _BoundedError("empty node")
-        node: Node = composed
-        if alias:
-            self._aliases += 1
-            if self._aliases > self.max_aliases:
-                raise _BoundedError(f"more than {self.max_aliases} aliases")
-            known = self._sizes.get(id(node))
-            if known is None:
-                raise _BoundedError("an alias refers to a node that contains it")
+        def compose_node(self, parent: Node | None, index: Any) -> Node:
+            self._depth += 1
+            try:
+                if self._depth > self.max_depth:
+                    raise BoundedError(f"nested deeper than {self.max_depth} levels")
+                alias = self.check_event(AliasEvent)
+                composed = super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+            if composed is None:
+                raise BoundedError("empty node")
+            node: Node = composed
+            if alias:
+                self._aliases += 1
+                if self._aliases > self.max_aliases:
+                    raise BoundedError(f"more than {self.max_aliases} aliases")
+                if id(node) not in self._sizes:
+                    raise BoundedError("an alias refers to a node that contains it")
+                return node
+            size = 1
+            if isinstance(node, SequenceNode):
+                size += sum(self._size(child) for child in node.value)
+            elif isinstance(node, MappingNode):
+                size += sum(self._size(k) + self._size(v) for k, v in node.value)
+            if size > self.max_nodes:
+                raise BoundedError(f"expands to more than {self.max_nodes} nodes")
+            self._sizes[id(node)] = (node, size)
             return node
-        size = 1
-        if isinstance(node, SequenceNode):
-            size += sum(self._size(child) for child in node.value)
-        elif isinstance(node, MappingNode):
-            size += sum(self._size(k) + self._size(v) for k, v in node.value)
-        if size > self.max_nodes:
-            raise _BoundedError(f"expands to more than {self.max_nodes} nodes")
-        self._sizes[id(node)] = (node, size)
-        return node
 
-    def _size(self, node: Node) -> int:
-        known = self._sizes.get(id(node))
-        return 1 if known is None else known[1]
+        def _size(self, node: Node) -> int:
+            known = self._sizes.get(id(node))
+            return 1 if known is None else known[1]
+
+    return BoundedSafeLoader
 
 
 def load_yaml_bounded(
@@ -155,13 +160,16 @@ def load_yaml_bounded(
 ) -> Any:
     """Parse one YAML document safely within the bounds. Raises :class:`UnsafeDocumentError`
     naming ``where`` (a file name) for invalid YAML or a document beyond a bound."""
-    loader = _BoundedSafeLoader(text)
+    import yaml
+
+    cls = _loader_class()
+    loader = cls(text)
     loader.max_depth = max_depth
     loader.max_aliases = max_aliases
     loader.max_nodes = max_nodes
     try:
         return loader.get_single_data()
-    except _BoundedError as exc:
+    except cls.bounded_error as exc:
         raise UnsafeDocumentError(f"{where}: refused: {exc}") from None
     except yaml.YAMLError as exc:
         raise UnsafeDocumentError(clip(f"{where}: not valid YAML: {exc}")) from None
