@@ -450,8 +450,7 @@ def scenario_refusals(sc: Sidecar, fragment: str) -> list[dict[str, Any]]:
     return [
         r
         for r in sc.proc.log_records()
-        if r.get("msg") == "scenario file ignored, last good state stays"
-        and fragment in str(r.get("error"))
+        if r.get("msg") == "scenario file ignored, last good state stays" and fragment in str(r.get("error"))
     ]
 
 
