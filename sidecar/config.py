@@ -326,7 +326,7 @@ def load_config(
     try:
         cfg = parse_config(doc, config_file=path)
     except ConfigError as exc:
-        raise ConfigError(env_errors + exc.problems) from None
+        raise ConfigError(env_errors + exc.all_problems) from None
     if env_errors:
         raise ConfigError(env_errors)
     return cfg

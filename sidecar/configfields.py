@@ -62,8 +62,14 @@ def parse_go_duration(text: str) -> float:
 class ConfigError(Exception):
     """A config that cannot be used. ``problems`` holds one ``field: message`` per error."""
 
+    MAX_PROBLEMS = 50  # a file of a thousand typos must not make a megabyte log line
+
     def __init__(self, problems: Iterable[str]) -> None:
-        self.problems = list(problems)
+        found = list(problems)
+        self.all_problems = found  # for callers that merge reports (not for logging)
+        self.problems = found[: self.MAX_PROBLEMS]
+        if len(found) > self.MAX_PROBLEMS:
+            self.problems.append(f"... and {len(found) - self.MAX_PROBLEMS} more problems")
         super().__init__("; ".join(self.problems))
 
 

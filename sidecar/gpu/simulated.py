@@ -165,7 +165,7 @@ def parse_sim_state(doc: Mapping[str, Any]) -> SimState:
         else:
             unavailable = unavailable_raw
     elif unavailable_raw not in (None, False):
-        nvml.error("unavailable", f"must be true or a reason name, got {unavailable_raw!r}")
+        nvml.error("unavailable", f"must be true or a reason name, got {short_repr(unavailable_raw)}")
     hang = nvml.flag("hang", False)
     driver = nvml.text("driver_version", "580.00 (simulated)")
     nvml.reject_unknown()

@@ -190,3 +190,14 @@ def test_override_with_unknown_key_names_it() -> None:
     with pytest.raises(ConfigError) as exc:
         parse_config({"policy": {"overrides": {"gpu/": {"failure_treshold": 2}}}})
     assert exc.value.problems == ["policy.overrides.gpu/.failure_treshold: unknown field"]
+
+
+def test_a_thousand_typos_give_a_bounded_report(tmp_path: Path) -> None:
+    """Every error at once, but a file of 1,000 unknown keys is not a 1,000-line report."""
+    path = tmp_path / "c.yaml"
+    path.write_text("".join(f"typo{i}: 1\n" for i in range(1000)), encoding="utf-8")
+    with pytest.raises(ConfigError) as exc:
+        load_config(config_file=str(path), env={})
+    assert exc.value.problems[0] == "typo0: unknown field"
+    assert exc.value.problems[-1] == "... and 950 more problems"
+    assert len(str(exc.value)) < 2000
