@@ -275,7 +275,8 @@ def test_schema_validation_rejects_a_misspelt_probe_field() -> None:
 
 @requires_kubectl
 @pytest.mark.parametrize(
-    "directory", [d for d in KUSTOMIZATIONS if d not in ("overlays/webhook", "monitoring")]  # no pods there
+    "directory",
+    [d for d in KUSTOMIZATIONS if d not in ("overlays/webhook", "monitoring")],  # no pods there
 )
 def test_pods_obey_probe_and_security_rules(directory: str) -> None:
     """Every gRPC probe names a real service on the real port; the sidecar is a native sidecar
