@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -339,3 +339,77 @@ def likely_cause(ctx: GpuContext) -> str:
     if (ctx.other_processes or 0) > 0 or (ctx.utilization or 0) > 0.5:
         return "gpu_shared"
     return "unknown"
+
+
+# -- a book of detectors, persisted as one bounded JSON document ----------------------------
+
+STATE_VERSION = 1
+MAX_SUBJECTS = 64  # bounded: GPUs x counters + canaries, far below this in practice
+
+
+class TrendBook:
+    """Detectors by subject (``canary``, ``gpu/<uuid>/ecc_corrected``, ...), created on first
+    use with the book's settings, and their state as one JSON-able document.
+
+    Subjects beyond :data:`MAX_SUBJECTS` are refused (``None``), so a file or a changing
+    inventory cannot grow the book without bound."""
+
+    def __init__(
+        self,
+        drift: DriftSettings | None = None,
+        counters: Mapping[str, CounterSettings] | None = None,
+    ) -> None:
+        self.drift_settings = drift or DriftSettings()
+        self.counter_settings: dict[str, CounterSettings] = dict(counters or {})
+        self.drifts: dict[str, LatencyDrift] = {}
+        self.counters: dict[str, CounterTrend] = {}
+
+    def _room(self) -> bool:
+        return len(self.drifts) + len(self.counters) < MAX_SUBJECTS
+
+    def drift(self, subject: str) -> LatencyDrift | None:
+        d = self.drifts.get(subject)
+        if d is None and self._room():
+            d = self.drifts[subject] = LatencyDrift(self.drift_settings)
+        return d
+
+    def counter(self, subject: str, kind: str) -> CounterTrend | None:
+        """The counter trend of ``subject``, with the settings of its ``kind`` (e.g.
+        ``ecc_corrected``); None when the kind is not configured or the book is full."""
+        c = self.counters.get(subject)
+        settings = self.counter_settings.get(kind)
+        if c is None and settings is not None and self._room():
+            c = self.counters[subject] = CounterTrend(settings)
+        return c
+
+    def forget(self, keep: Callable[[str], bool]) -> None:
+        """Drop the subjects ``keep`` rejects (a GPU that left the inventory)."""
+        for book in (self.drifts, self.counters):
+            for subject in [s for s in book if not keep(s)]:
+                del book[subject]
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "drift": {s: d.to_state() for s, d in self.drifts.items()},
+            "counters": {s: c.to_state() for s, c in self.counters.items()},
+        }
+
+    def restore(self, state: Any, kind_of: Callable[[str], str]) -> bool:
+        """Load :meth:`to_state` output. Returns False (and keeps an empty book) when the
+        document is not one this version wrote; malformed entries are skipped one by one."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            return False
+        drift, counters = state.get("drift"), state.get("counters")
+        if isinstance(drift, dict):
+            for subject, st in list(drift.items())[:MAX_SUBJECTS]:
+                if isinstance(subject, str) and isinstance(st, dict) and self._room():
+                    self.drifts[subject] = LatencyDrift.from_state(st, self.drift_settings)
+        if isinstance(counters, dict):
+            for subject, st in list(counters.items())[:MAX_SUBJECTS]:
+                if not (isinstance(subject, str) and isinstance(st, dict)):
+                    continue
+                settings = self.counter_settings.get(kind_of(subject))
+                if settings is not None and self._room():
+                    self.counters[subject] = CounterTrend.from_state(st, settings)
+        return True

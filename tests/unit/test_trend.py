@@ -10,11 +10,13 @@ import pytest
 from sidecar.trend import (
     CLOCK_EVENT_HW_THERMAL,
     CLOCK_EVENT_SW_POWER_CAP,
+    MAX_SUBJECTS,
     CounterSettings,
     CounterTrend,
     DriftSettings,
     GpuContext,
     LatencyDrift,
+    TrendBook,
     likely_cause,
 )
 
@@ -181,3 +183,37 @@ def test_counter_history_is_bounded_and_persists() -> None:
 )
 def test_likely_cause(ctx: GpuContext, cause: str) -> None:
     assert likely_cause(ctx) == cause
+
+
+def test_book_creates_detectors_per_subject_and_round_trips() -> None:
+    """A book of detectors keeps each subject apart and survives a JSON round trip."""
+    book = TrendBook(counters={"ecc_corrected": CounterSettings(rate_per_hour=10.0)})
+    canary = book.drift("canary")
+    assert canary is not None and book.drift("canary") is canary
+    assert book.counter("gpu/G0/pcie", "pcie_replays") is None  # kind not configured
+    ecc = book.counter("gpu/G0/ecc_corrected", "ecc_corrected")
+    assert ecc is not None
+    ramp(ecc, 30.0, 1.0)
+    feed(canary, steady(150))
+    again = TrendBook(counters={"ecc_corrected": CounterSettings(rate_per_hour=10.0)})
+    assert again.restore(json.loads(json.dumps(book.to_state())), kind_of=lambda s: s.rsplit("/", 1)[-1])
+    assert again.to_state() == book.to_state()
+
+
+def test_book_is_bounded_and_refuses_foreign_documents() -> None:
+    book = TrendBook()
+    subjects = [book.drift(f"s{i}") for i in range(MAX_SUBJECTS + 10)]
+    assert sum(d is not None for d in subjects) == MAX_SUBJECTS
+    fresh = TrendBook()
+    docs: list[object] = [{}, {"version": 99}, [], "x", {"version": 1, "drift": {"a": "nope"}}]
+    for doc in docs:
+        fresh.restore(doc, kind_of=str)
+    assert fresh.to_state()["drift"] == {}
+
+
+def test_book_forgets_subjects_of_a_gpu_that_left() -> None:
+    book = TrendBook(counters={"ecc_corrected": CounterSettings()})
+    book.counter("gpu/G0/ecc_corrected", "ecc_corrected")
+    book.counter("gpu/G1/ecc_corrected", "ecc_corrected")
+    book.forget(lambda s: not s.startswith("gpu/G1/"))
+    assert list(book.to_state()["counters"]) == ["gpu/G0/ecc_corrected"]
