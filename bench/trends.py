@@ -1,6 +1,6 @@
 """Benchmark: the trend detectors on synthetic and recorded traces (no server, no GPU).
 
-For the latency drift detector (sidecar/trend.py, default settings):
+For the latency drift detector (sidecar/trends/detectors.py, default settings):
 
 - **false alarms** on stationary noise: Gaussian noise at several coefficients of variation
   (cv), and heavy-tailed noise (a log-normal body with 1 % spikes of 2-5x, what a shared host
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sidecar.trend import CounterSettings, CounterTrend, DriftSettings, LatencyDrift
+from sidecar.trends.detectors import CounterSettings, CounterTrend, DriftSettings, LatencyDrift
 
 BASE_S = 0.000_144  # the int8 GEMM canary's p50 on the H200 (../shared/GPU.md)
 STEP = 0.05

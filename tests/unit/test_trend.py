@@ -1,4 +1,4 @@
-"""The trend detectors (sidecar/trend.py): pure, driven sample by sample with explicit times."""
+"""The trend detectors (sidecar/trends/detectors.py): pure, driven sample by sample with explicit times."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sidecar.trend import (
+from sidecar.trends.detectors import (
     CLOCK_EVENT_HW_THERMAL,
     CLOCK_EVENT_SW_POWER_CAP,
     MAX_SUBJECTS,
