@@ -11,10 +11,11 @@ Two kinds, both WARNING-level by default (they never gate readiness unless confi
   per cent on a very steady canary do not alarm), ``h`` (decision threshold). A shift of ``d``
   standard deviations is found after about ``h / (d - k)`` samples; a 5 % step is ``0.05 / cv``
   deviations for a canary whose latency varies by ``cv``. Measured by ``bench/trends.py`` with
-  the defaults: a 5 % step is found within 21 canaries at cv <= 3 % with <= 0.3 false alarms per
-  10,000 stationary samples (heavy-tailed noise included); the int8 GEMM canary's cv on the
-  H200 is 0.2-0.4 %. A canary noisier than ~4 % (a tiny CUDA-core kernel: ~25 %) is too noisy
-  for a 5 % step in 30 samples.
+  the defaults (200 seeds, docs/trends.md): a 5 % step is found after a median of 3 canaries at
+  cv <= 1 % (worst 7) and 9 at cv 3 % (worst 28, 32 with heavy-tailed noise), with at most 0.34
+  false alarms per 10,000 stationary samples up to cv 3 %; the int8 GEMM canary's cv on the H200
+  is 0.2-0.4 %. A canary noisier than ~4 % (a tiny CUDA-core kernel: ~25 %) is too noisy for a
+  5 % step in 30 samples.
   The alarm clears when the statistic has decayed back to zero (latency back at the baseline).
 - :class:`CounterTrend`: a least-squares slope over a bounded window of a monotone counter
   (corrected ECC errors, remapped rows, PCIe replays), in counts per hour, with a forecast of the
