@@ -81,7 +81,7 @@ from sidecar.gpu.backend import (
     value_or_none,
 )
 from sidecar.gpu.caller import NvmlCaller
-from sidecar.gpu.latches import Latch, LatchStore, read_boot_id
+from sidecar.gpu.latches import Latch, LatchStore, StoreProblem, read_boot_id
 from sidecar.gpu.listener import XidListener
 from sidecar.gpu.metrics import GpuMetrics
 from sidecar.gpu.real import RealNvmlBackend
@@ -203,7 +203,6 @@ class _GpuState:
     info: GpuInfo
     ref: GpuRef
     last: GpuSample | None = None
-    last_wall: float | None = None  # wall time of the previous sample (pre-reset evidence)
     recent: deque[XidRecord] = field(default_factory=lambda: deque(maxlen=256))
     ecc_contained: bool = False
     corrected_hist: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=4096))
@@ -402,6 +401,7 @@ class GpuComponent:
                 "NVML opened",
                 extra={"backend": backend.kind, "driver": self._system.driver_version},
             )
+        enumerated = time.time()
         try:
             infos: list[GpuInfo] = await self._call(backend.devices, "devices")
         except NvmlHungError as exc:
@@ -433,16 +433,19 @@ class GpuComponent:
         hung: NvmlHungError | None = None
         for info in infos:
             if info.lost:
-                results.extend(self._fold_error(info, GpuLostError("GPU lost at enumeration")))
+                results.extend(
+                    self._fold_error(info, GpuLostError("GPU lost at enumeration"), enumerated)
+                )
                 continue
             uuid = info.uuid
+            taken = time.time()  # before the call: an Xid latched during it may be newer
             try:
                 sample: GpuSample = await self._call(lambda u=uuid: backend.sample(u), "sample")
             except NvmlHungError as exc:
                 hung = hung or NvmlHungError(exc.text, uuid=uuid)
                 continue
             except (GpuLostError, ResetRequiredError) as exc:
-                results.extend(self._fold_error(info, exc))
+                results.extend(self._fold_error(info, exc, taken))
                 continue
             except NvmlUnavailableError as exc:
                 self._opened = False
@@ -451,7 +454,7 @@ class GpuComponent:
             except NvmlError as exc:
                 results.append(nvml_failed(exc.reason, f"{uuid}: {exc.text}", hung=True, uuid=uuid))
                 continue
-            results.extend(self._fold(sample))
+            results.extend(self._fold(sample, taken))
 
         if hung is not None:
             self.metrics.nvml_up.set(0)
@@ -463,9 +466,14 @@ class GpuComponent:
         results.append(
             inventory_result(infos, self.config.expected_uuids, self.config.expected_count)
         )
-        await asyncio.to_thread(self.latches.save)
-        results.append(state_file_result(self.latches.problem))
+        problem = await asyncio.to_thread(self._persist)
+        results.append(state_file_result(problem))
         return results
+
+    def _persist(self) -> StoreProblem | None:
+        """Save the latches and say whether the store can be trusted (worker thread)."""
+        self.latches.save()
+        return self.latches.health()
 
     def _nvml_error_result(self, exc: NvmlError) -> CheckResult:
         if isinstance(exc, NvmlUnavailableError):
@@ -496,7 +504,7 @@ class GpuComponent:
 
     # -- per-GPU folding (event loop thread, under self._lock) --------------------------------
 
-    def _fold_error(self, info: GpuInfo, exc: NvmlError) -> list[CheckResult]:
+    def _fold_error(self, info: GpuInfo, exc: NvmlError, taken: float) -> list[CheckResult]:
         with self._lock:
             st = self._gpus[info.uuid]
             if isinstance(exc, GpuLostError):
@@ -508,13 +516,14 @@ class GpuComponent:
                         message=f"GPU {info.uuid} is lost (fallen off the bus or inaccessible): "
                         f"{exc.text}",
                         scope="node",
-                        since=time.time(),
+                        since=taken,
                     ),
                 ):
                     log.error("GPU lost", extra={"uuid": info.uuid, "error": exc.text})
             else:
                 st.reset_required = f"GPU requires a reset: {exc.text}"
-            st.last_wall = time.time()  # a failing sample is a pre-reset observation too
+            # a failing sample is a pre-reset observation too: latches up to it may clear
+            self.latches.observe(info.uuid, at=taken)
             self.metrics.fatal_latches.labels(uuid=info.uuid).set(
                 len(self.latches.latches(info.uuid))
             )
@@ -558,7 +567,8 @@ class GpuComponent:
             return "recovery action went back to none"
         return None
 
-    def _fold(self, sample: GpuSample) -> list[CheckResult]:
+    def _fold(self, sample: GpuSample, taken: float) -> list[CheckResult]:
+        """Fold one sample, taken (its NVML calls started) at wall time ``taken``."""
         cfg = self.config
         now = time.monotonic()
         uuid = sample.info.uuid
@@ -568,11 +578,10 @@ class GpuComponent:
             first = not st.sampled
             st.sampled = True
             st.reset_required = None
-            prev_wall = st.last_wall
             known = self.latches.known(uuid)
             evidence = self._reset_evidence(uuid, sample) if known else None
             if evidence is not None:
-                self._on_reset(uuid, st, evidence, before=prev_wall)
+                self._on_reset(uuid, st, evidence)
 
             ecc = value_or_none(sample.ecc)
             obs = self.latches.gpu(uuid).observed
@@ -580,7 +589,7 @@ class GpuComponent:
                 cur = ecc.volatile_uncorrected
                 prev = obs.volatile_uncorrected
                 if (prev is None and cur > 0) or (prev is not None and cur > prev):
-                    self._classify_ecc_increase(st, prev, cur, now)
+                    self._classify_ecc_increase(st, prev, cur, now, taken)
                 elif first and prev is not None and cur == prev and cur > 0:
                     # seen before this restart and not latched then: it was contained
                     st.ecc_contained = not any(x.kind == "ecc" for x in self.latches.latches(uuid))
@@ -595,12 +604,13 @@ class GpuComponent:
                         reason="RemapFailure",
                         message="row remapping failed (RMA criterion); GPU unusable until "
                         "reset and replaced",
-                        since=time.time(),
+                        since=taken,
                     ),
                 )
             action = value_or_none(sample.recovery_action)
             self.latches.observe(
                 uuid,
+                at=taken,
                 volatile_uncorrected=ecc.volatile_uncorrected
                 if isinstance(ecc, EccCounters)
                 else obs.volatile_uncorrected,
@@ -627,7 +637,6 @@ class GpuComponent:
             else:
                 st.hw_slowdown_since = None
             st.last = sample
-            st.last_wall = time.time()  # latches derived from this sample are older
             self.metrics.sample(sample)
             latches = self.latches.latches(uuid)
             self.metrics.fatal_latches.labels(uuid=uuid).set(len(latches))
@@ -702,7 +711,9 @@ class GpuComponent:
                 )
             return results
 
-    def _classify_ecc_increase(self, st: _GpuState, prev: int | None, cur: int, now: float) -> None:
+    def _classify_ecc_increase(
+        self, st: _GpuState, prev: int | None, cur: int, now: float, taken: float
+    ) -> None:
         """An uncorrectable ECC increase: classify with the accompanying Xid, run the canary."""
         uuid = st.info.uuid
         window = self.config.ecc_xid_window_s
@@ -723,18 +734,18 @@ class GpuComponent:
                     reason="EccUncorrectable",
                     message=f"{rise}{why}; GPU unusable until a reset is observed",
                     code=code,
-                    since=time.time(),
+                    since=taken,
                 ),
             )
             log.error("uncorrectable ECC error", extra={"uuid": uuid, "count": cur, "xid": code})
         if self._sink is not None:
             self._sink.trigger(CANARY_CHECK)
 
-    def _on_reset(self, uuid: str, st: _GpuState, evidence: str, *, before: float | None) -> None:
-        # Only latches set before the previous sample (which still showed the pre-reset state)
-        # are cleared: a fatal Xid between that sample and this one may have come after the
-        # reset, so it stays (fail closed) until the next evidence.
-        cleared = self.latches.clear(uuid, before=before)
+    def _on_reset(self, uuid: str, st: _GpuState, evidence: str) -> None:
+        # Only latches set at or before the baseline sample (which still showed the pre-reset
+        # state, possibly before a restart) are cleared: a fatal Xid latched after it may have
+        # come after (or with) the reset, so it stays (fail closed) until the next evidence.
+        cleared = self.latches.clear_on_reset(uuid)
         st.ecc_contained = False
         st.recent.clear()
         st.corrected_hist.clear()
@@ -856,7 +867,8 @@ class GpuComponent:
                     message=f"Xid {code}: {self.table.describe(code)}",
                     scope=scope,
                     code=code,
-                    since=time.time(),
+                    # when the backend received it: a sample taken after that may clear it
+                    since=ev.wall_time or time.time(),
                 ),
             )
         if code == XID_ECC_CONTAINED:
