@@ -17,7 +17,7 @@ condition):
 
 - a file that does not parse (not UTF-8, not JSON, too large, an unknown ``version``, a wrong
   shape, ``{}``) is *corrupt*: its latches are unknown, so it is renamed aside to
-  ``<file>.corrupt-<UTC time>`` (the newest :data:`MAX_ASIDE` are kept) and the store reports
+  ``<file>.corrupt-<UTC time to the ns>`` (the newest :data:`MAX_ASIDE` are kept) and the store reports
   ``LatchStoreCorrupt`` until an operator has looked and removed the aside files;
 - a file that exists but cannot be read is never overwritten: ``LatchStoreUnreadable``, retried
   on every save until it reads;
@@ -267,7 +267,9 @@ class LatchStore:
         return True
 
     def _set_aside(self, why: str) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        now_ns = time.time_ns()  # the name sorts by when it was set aside
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ns // 10**9))
+        stamp = f"{stamp}.{now_ns % 10**9:09d}Z"
         aside = self.path.with_name(f"{self.path.name}{ASIDE_INFIX}{stamp}")
         n = 0
         while aside.exists():
