@@ -35,8 +35,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.checks.base import Check, ResultSink
+from sidecar.checks.base import Check, ConditionRetirer, ResultSink
 from sidecar.checks.nvml import (
+    GPU_GATES,
     GpuPollCheck,
     GpuRef,
     InforomCheck,
@@ -62,6 +63,7 @@ from sidecar.gpu.backend import (
     MIG_ID_ANY,
     REBOOT_CLASS_ACTIONS,
     RESET_CLASS_ACTIONS,
+    UNSUPPORTED,
     ComputeMode,
     EccCounters,
     EventRegistration,
@@ -95,7 +97,7 @@ from sidecar.gpu.xid import (
     parse_xid_class,
     xid_reason,
 )
-from sidecar.model import CheckResult, Severity
+from sidecar.model import SERVICE_GPU, CheckResult, Severity
 from sidecar.scenario import ScenarioFile
 
 log = logging.getLogger(__name__)
@@ -279,6 +281,7 @@ class GpuComponent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refresh_pending = False
         self._failing: dict[str, bool] = {}
+        self._absent_reported: set[str] = set()  # not enumerated, reported from their latches
         self._reset_generation = 0
         self._events_handled = 0
         self._stopped = False
@@ -463,6 +466,7 @@ class GpuComponent:
             self.metrics.nvml_up.set(1)
             driver = self._system.driver_version if self._system else ""
             results.append(nvml_ok(driver, backend.kind))
+        results.extend(self._absent({i.uuid for i in infos}))
         results.append(
             inventory_result(infos, self.config.expected_uuids, self.config.expected_count)
         )
@@ -474,6 +478,92 @@ class GpuComponent:
         """Save the latches and say whether the store can be trusted (worker thread)."""
         self.latches.save()
         return self.latches.health()
+
+    def _absent(self, present: set[str]) -> list[CheckResult]:
+        """GPUs no longer enumerated. One without a latch leaves with its conditions, services
+        and metric series (a phantom or removed GPU: ``gpu/inventory`` reports it when it was
+        expected). One holding a fatal latch (an Xid 79, a lost GPU...) stays reported from its
+        latches, gating, until evidence of a reset or a node reboot: vanishing is no evidence."""
+        latched = self.latches.all_latches()
+        out: list[CheckResult] = []
+        with self._lock:
+            for uuid in [u for u in self._gpus if u not in present and u not in latched]:
+                self._retire_gpu(self._gpus.pop(uuid))
+            for uuid, latches in latched.items():
+                if uuid in present:
+                    self._absent_reported.discard(uuid)
+                    continue
+                st = self._gpus.get(uuid)
+                if st is None:  # latched before a restart, not enumerated since
+                    info = GpuInfo(index=-1, uuid=uuid, name="(not enumerated)")
+                    st = self._gpus[uuid] = _GpuState(info=info, ref=GpuRef.of(info))
+                if uuid not in self._absent_reported:
+                    self._absent_reported.add(uuid)
+                    log.error(
+                        "GPU no longer enumerated while holding fatal latches; they stay reported",
+                        extra={"uuid": uuid, "reasons": [x.reason for x in latches]},
+                    )
+                    self._retire_conditions(st, keep=("lost", "xid", "ecc", "remap"))
+                out.extend(self._latched_results(st, latches))
+        return out
+
+    def _latched_results(self, st: _GpuState, latches: list[Latch]) -> list[CheckResult]:
+        """The conditions of a GPU that is not enumerated, from its latches alone."""
+        ref = st.ref
+        by_kind = {x.kind: x for x in latches}
+        lost = by_kind.get("lost")
+        out = [
+            lost_result(ref, latch=lost, reset_required=None)
+            if lost is not None
+            else ref.fail(
+                "lost",
+                "GpuNotEnumerated",
+                f"GPU {st.info.uuid} is no longer enumerated by NVML and holds fatal latches",
+                severity=Severity.CRITICAL,
+            ),
+            xid_result(
+                ref, latches, [], now=time.monotonic(), window_s=self.config.xid_report_window_s
+            ),
+        ]
+        if "ecc" in by_kind:
+            out.append(
+                ecc_result(
+                    ref,
+                    UNSUPPORTED,
+                    latch=by_kind["ecc"],
+                    contained=False,
+                    corrected_increase=0,
+                    corrected_warn=0,
+                    corrected_window_s=self.config.ecc_corrected_window_s,
+                )
+            )
+        if "remap" in by_kind:
+            out.append(remap_result(ref, UNSUPPORTED, UNSUPPORTED, latch=by_kind["remap"]))
+        return out
+
+    def _retire_gpu(self, st: _GpuState) -> None:
+        """A GPU without latches left the inventory: its conditions, services, metrics go."""
+        uuid = st.info.uuid
+        self._absent_reported.discard(uuid)
+        self.latches.forget(uuid)
+        self.metrics.remove_gpu(uuid)
+        self._retire_conditions(st, keep=())
+        log.info("GPU left the inventory; its conditions and service are removed", extra={"uuid": uuid})
+
+    def _retire_conditions(self, st: _GpuState, *, keep: Sequence[str]) -> None:
+        uuids = [st.info.uuid, *(i.uuid for i in st.info.instances)]
+        if keep:
+            signals = ("recovery_action", "thermal", "memory", "compute_mode", "pcie", "events",
+                       "inforom")
+            prefixes = [f"{SERVICE_GPU}/{u}/{sig}" for u in uuids for sig in signals if sig not in keep]
+        else:
+            prefixes = [f"{SERVICE_GPU}/{u}/" for u in uuids]
+        for name in [n for n in self._failing if n.startswith(tuple(prefixes))]:
+            del self._failing[name]
+        sink = self._sink
+        if isinstance(sink, ConditionRetirer):
+            services = [] if keep else sorted(st.ref.gates - GPU_GATES)
+            sink.retire(prefixes, services)
 
     def _nvml_error_result(self, exc: NvmlError) -> CheckResult:
         if isinstance(exc, NvmlUnavailableError):
