@@ -466,7 +466,7 @@ class GpuComponent:
             self.metrics.nvml_up.set(1)
             driver = self._system.driver_version if self._system else ""
             results.append(nvml_ok(driver, backend.kind))
-        results.extend(self._absent({i.uuid for i in infos}))
+        results.extend(self._absent({i.uuid for i in infos}, enumerated))
         results.append(
             inventory_result(infos, self.config.expected_uuids, self.config.expected_count)
         )
@@ -479,14 +479,30 @@ class GpuComponent:
         self.latches.save()
         return self.latches.health()
 
-    def _absent(self, present: set[str]) -> list[CheckResult]:
-        """GPUs no longer enumerated. One without a latch leaves with its conditions, services
-        and metric series (a phantom or removed GPU: ``gpu/inventory`` reports it when it was
-        expected). One holding a fatal latch (an Xid 79, a lost GPU...) stays reported from its
-        latches, gating, until evidence of a reset or a node reboot: vanishing is no evidence."""
-        latched = self.latches.all_latches()
+    def _absent(self, present: set[str], enumerated: float) -> list[CheckResult]:
+        """GPUs no longer enumerated. With real NVML a container's GPUs are fixed, so one that
+        vanishes fell off the bus: it is latched lost. A simulated GPU removed from the
+        scenario without a latch leaves with its conditions, services and metric series (a
+        phantom or removed GPU: ``gpu/inventory`` reports it when it was expected). One holding
+        a fatal latch (an Xid 79, a lost GPU...) stays reported from its latches, gating, until
+        evidence of a reset or a node reboot: vanishing is no evidence."""
         out: list[CheckResult] = []
         with self._lock:
+            if not self.simulate:
+                for uuid in [u for u in self._gpus if u not in present]:
+                    if self.latches.add(
+                        uuid,
+                        Latch(
+                            kind="lost",
+                            reason="GpuLost",
+                            message=f"GPU {uuid} is no longer enumerated by NVML (fallen off "
+                            "the bus or inaccessible)",
+                            scope="node",
+                            since=enumerated,
+                        ),
+                    ):
+                        log.error("GPU lost: no longer enumerated", extra={"uuid": uuid})
+            latched = self.latches.all_latches()
             for uuid in [u for u in self._gpus if u not in present and u not in latched]:
                 self._retire_gpu(self._gpus.pop(uuid))
             for uuid, latches in latched.items():

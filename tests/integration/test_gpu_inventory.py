@@ -15,10 +15,16 @@ import grpc
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 
+from sidecar.gpu.component import GpuComponent
+from sidecar.gpu.simulated import SimulatedBackend
+from sidecar.model import Severity
 from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
+from sidecar.scenario import ScenarioFile
 
 from .conftest import SidecarProcess, start_sidecar, wait_until
+from .test_gpu_component import RecordingSink, fast_config, gating
 
 A, B = "GPU-sim-0", "GPU-sim-1"
 
@@ -152,3 +158,35 @@ def test_gpu_vanishing_with_a_fatal_latch_stays_reported(pod: Pod) -> None:
     assert pod.conditions()[f"gpu/{B}/xid"].reason == "XidFatal79"
     assert f"gpu/{A}/thermal" in pod.conditions()
     assert pod.check("readiness") == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_real_nvml_gpu_vanishing_is_latched_lost(tmp_path: Path) -> None:
+    """Outside simulation a container's GPUs are fixed: one that is no longer enumerated (after
+    an NVML re-open) fell off the bus, so it is latched GpuLost (FATAL, persisted), not removed."""
+    scenario = ScenarioFile(tmp_path / "scenario.yaml", poll_interval_s=0.005)
+    (tmp_path / "scenario.yaml").write_text(yaml.safe_dump(gpus(A, B)))
+    await scenario.start()
+    backend = SimulatedBackend(scenario)
+    sink = RecordingSink()
+    comp = GpuComponent(
+        fast_config(),
+        simulate=False,  # the real-NVML rules, driven through a simulated backend
+        scenario=None,
+        registry=CollectorRegistry(),
+        state_dir=tmp_path / "state",
+        boot_id="boot-1",
+        backend=backend,
+    )
+    try:
+        await comp.start(sink)
+        first = {r.name: r for r in await comp.refresh(submit=True)}
+        assert first[f"gpu/{B}/lost"].ok
+        backend.apply(gpus(A))
+        after = {r.name: r for r in await comp.refresh(submit=True)}
+        lost = after[f"gpu/{B}/lost"]
+        assert lost.reason == "GpuLost" and lost.severity is Severity.FATAL and gating(lost)
+        assert after[f"gpu/{A}/lost"].ok
+        assert "GpuLost" in (tmp_path / "state" / "gpu-latches.json").read_text()
+    finally:
+        await comp.stop()
+        await scenario.stop()
