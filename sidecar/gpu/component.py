@@ -17,7 +17,13 @@ Fault policy (``../shared/reference/gpu-health-anchors.md`` (b)): see the condit
 uncontained ECC, remap failure, lost GPU) are persisted in ``state_dir/<state_file>`` and clear
 only on evidence of a reset: the node's boot id changed, a volatile ECC counter went down, the
 recovery action went from a reset / reboot class back to none, or (simulated) the ``reset``
-counter changed.
+counter changed — and a reset clears only the latches set at or before the sample that showed
+the pre-reset baseline (order of evidence, kept across restarts). A latch store that cannot be
+trusted (corrupt, unreadable, unwritable) gates readiness as ``gpu/state``.
+
+A GPU that leaves the inventory takes its conditions, ``gpu/<uuid>`` service and metric series
+with it, unless it holds a fatal latch (then it stays reported from its latches); with real
+NVML a GPU that is no longer enumerated is latched lost.
 """
 
 from __future__ import annotations
@@ -526,6 +532,7 @@ class GpuComponent:
     def _latched_results(self, st: _GpuState, latches: list[Latch]) -> list[CheckResult]:
         """The conditions of a GPU that is not enumerated, from its latches alone."""
         ref = st.ref
+        self.metrics.fatal_latches.labels(uuid=st.info.uuid).set(len(latches))
         by_kind = {x.kind: x for x in latches}
         lost = by_kind.get("lost")
         out = [
