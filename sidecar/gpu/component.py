@@ -76,6 +76,7 @@ from sidecar.gpu.backend import (
     EventType,
     GpuBackend,
     GpuEvent,
+    GpuGoneError,
     GpuInfo,
     GpuLostError,
     GpuSample,
@@ -440,6 +441,7 @@ class GpuComponent:
 
         results: list[CheckResult] = []
         hung: NvmlHungError | None = None
+        gone: set[str] = set()
         for info in infos:
             if info.lost:
                 results.extend(
@@ -452,6 +454,9 @@ class GpuComponent:
                 sample: GpuSample = await self._call(lambda u=uuid: backend.sample(u), "sample")
             except NvmlHungError as exc:
                 hung = hung or NvmlHungError(exc.text, uuid=uuid)
+                continue
+            except GpuGoneError:
+                gone.add(uuid)  # removed from the (simulated) inventory meanwhile: not a fault
                 continue
             except (GpuLostError, ResetRequiredError) as exc:
                 results.extend(self._fold_error(info, exc, taken))
@@ -472,6 +477,9 @@ class GpuComponent:
             self.metrics.nvml_up.set(1)
             driver = self._system.driver_version if self._system else ""
             results.append(nvml_ok(driver, backend.kind))
+        infos = [i for i in infos if i.uuid not in gone]
+        with self._lock:
+            self._current = [i.uuid for i in infos]
         results.extend(self._absent({i.uuid for i in infos}, enumerated))
         results.append(
             inventory_result(infos, self.config.expected_uuids, self.config.expected_count)

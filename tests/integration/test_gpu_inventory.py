@@ -146,8 +146,14 @@ def test_gpu_vanishing_with_a_fatal_latch_stays_reported(pod: Pod) -> None:
     wait_until(lambda: pod.conditions().get(f"gpu/{B}/xid") is not None
                and pod.conditions()[f"gpu/{B}/xid"].reason == "XidFatal79", 10)
     pod.write(gpus(A))
-    wait_until(lambda: f"gpu/{B}/thermal" not in pod.conditions(), 10)
+
+    def reported_from_latches() -> bool:
+        lost = pod.conditions().get(f"gpu/{B}/lost")
+        return lost is not None and lost.reason == "GpuNotEnumerated"
+
+    wait_until(reported_from_latches, 10)
     conds = pod.conditions()
+    assert f"gpu/{B}/thermal" not in conds
     assert conds[f"gpu/{B}/xid"].reason == "XidFatal79"
     assert conds[f"gpu/{B}/lost"].reason == "GpuNotEnumerated"
     assert pod.check("readiness") == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -187,6 +193,52 @@ async def test_real_nvml_gpu_vanishing_is_latched_lost(tmp_path: Path) -> None:
         assert lost.reason == "GpuLost" and lost.severity is Severity.FATAL and gating(lost)
         assert after[f"gpu/{A}/lost"].ok
         assert "GpuLost" in (tmp_path / "state" / "gpu-latches.json").read_text()
+    finally:
+        await comp.stop()
+        await scenario.stop()
+
+
+class _DropsAfterEnumeration(SimulatedBackend):
+    """A simulated backend whose scenario drops the second GPU right after one enumeration."""
+
+    armed = False
+
+    def devices(self) -> list[Any]:
+        infos = super().devices()
+        if self.armed:
+            self.armed = False
+            self.apply(gpus(A))
+        return infos
+
+
+async def test_simulated_gpu_removed_mid_poll_is_not_latched_lost(tmp_path: Path) -> None:
+    """The scenario drops a GPU between enumeration and its sample: it left the inventory (no
+    GpuLost latch, nothing gating), and the remaining GPU is still sampled."""
+    scenario = ScenarioFile(tmp_path / "scenario.yaml", poll_interval_s=0.005)
+    (tmp_path / "scenario.yaml").write_text(yaml.safe_dump(gpus(A, B)))
+    await scenario.start()
+    backend = _DropsAfterEnumeration(scenario)
+    comp = GpuComponent(
+        fast_config(),
+        simulate=True,
+        scenario=None,
+        registry=CollectorRegistry(),
+        state_dir=tmp_path / "state",
+        boot_id="boot-1",
+        backend=backend,
+    )
+    try:
+        await comp.start(RecordingSink())
+        assert (await comp.refresh(submit=False))  # both GPUs sampled once
+        backend.armed = True
+        results = {r.name: r for r in await comp.refresh(submit=False)}
+        assert not backend.armed  # the drop happened inside this poll
+        assert results[f"gpu/{A}/lost"].ok
+        assert not any(gating(r) for r in results.values()), [
+            r for r in results.values() if gating(r)
+        ]
+        assert comp.gpu_uuids() == [A]
+        assert "GpuLost" not in (tmp_path / "state" / "gpu-latches.json").read_text()
     finally:
         await comp.stop()
         await scenario.stop()
