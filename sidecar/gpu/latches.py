@@ -28,10 +28,12 @@ condition):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -105,8 +107,12 @@ def read_boot_id(path: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
 def read_state_bytes(path: Path) -> bytes:
     """The state file's bytes, at most :data:`MAX_FILE_BYTES` (the one read path of the store).
 
-    Raises FileNotFoundError, OSError, or CorruptStateError for a larger file."""
-    with open(path, "rb") as fh:
+    Raises FileNotFoundError, OSError (also for what is not a regular file: a FIFO or a
+    device never blocks the read), or CorruptStateError for a larger file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         data = fh.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
         raise CorruptStateError(f"larger than {MAX_FILE_BYTES} bytes")

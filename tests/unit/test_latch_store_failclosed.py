@@ -4,6 +4,8 @@ overwritten, the reset baseline's sample time persisted (order of evidence acros
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 from sidecar.gpu.latches import (
@@ -102,3 +104,18 @@ def test_wrong_field_types_are_corrupt(tmp_path: Path) -> None:
     store.load()
     health = store.health()
     assert health is not None and health.reason == REASON_CORRUPT and "reason" in health.message
+
+
+def test_fifo_at_the_state_path_is_unreadable_not_a_hang(tmp_path: Path) -> None:
+    """A FIFO where the state file should be: reported unreadable at once (the read never
+    blocks) and never replaced by a save."""
+    path = tmp_path / "gpu.json"
+    os.mkfifo(path)
+    store = LatchStore(path)
+    store.load()
+    store.add("GPU-a", Latch("xid", "XidFatal79", "x", since=1.0))
+    store.save()
+    health = store.health()
+    assert health is not None and health.reason == REASON_UNREADABLE
+    assert "regular file" in health.message
+    assert stat.S_ISFIFO(path.stat().st_mode)
