@@ -285,6 +285,34 @@ class SidecarApp:
         else:
             loop.call_soon_threadsafe(self.scheduler.trigger, check_name)
 
+    def retire(self, prefixes: Sequence[str], services: Sequence[str]) -> None:
+        """Thread-safe: a source went away (a GPU left the inventory): drop its conditions,
+        their metric series, and its services that nothing else gates."""
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._retire_now(list(prefixes), list(services))
+        else:
+            loop.call_soon_threadsafe(self._retire_now, list(prefixes), list(services))
+
+    def _retire_now(self, prefixes: list[str], services: list[str]) -> None:
+        names = [c.name for c in self.policy.conditions() if c.name.startswith(tuple(prefixes))]
+        self.policy.forget(names)
+        self._drop_condition_series(names)
+        gone = self.policy.forget_services(services)
+        self.health.remove(gone)
+        if names or gone:
+            log.info("conditions retired", extra={"conditions": names, "services": gone})
+        self._publish()
+
+    def _drop_condition_series(self, names: Iterable[str]) -> None:
+        for name in names:
+            severity = self._ok_series.pop(name, None)
+            if severity is not None:
+                self.metrics.condition_ok.remove(name, severity)
+                self.metrics.condition_gating.remove(name)
+
     # -- policy -> publishers -------------------------------------------------------------
     def _submit_now(self, results: Sequence[CheckResult]) -> None:
         if not results:
@@ -681,11 +709,7 @@ class SidecarApp:
         if stale:
             log.info("conditions no longer reported after reload", extra={"conditions": stale})
             self.policy.forget(stale)
-            for name in stale:  # their metric series go too
-                severity = self._ok_series.pop(name, None)
-                if severity is not None:
-                    self.metrics.condition_ok.remove(name, severity)
-                    self.metrics.condition_gating.remove(name)
+            self._drop_condition_series(stale)  # their metric series go too
             self._publish()
 
     def request_stop(self) -> None:

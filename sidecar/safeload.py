@@ -55,21 +55,29 @@ def short_repr(value: Any, limit: int = 120) -> str:
     return clip(_REPR.repr(value), limit)
 
 
-def read_bounded(path: str | os.PathLike[str], max_bytes: int) -> str:
-    """The UTF-8 text of a regular file of at most ``max_bytes`` bytes.
+class NotRegularFileError(UnsafeDocumentError):
+    """The path is a directory, FIFO, device or socket: never read."""
+
+
+class TooLargeError(UnsafeDocumentError):
+    """The file is larger than its limit: never parsed."""
+
+
+def read_bounded_bytes(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` bytes.
 
     Raises ``OSError`` when the file cannot be opened (``FileNotFoundError`` when it is
-    missing), :class:`UnsafeDocumentError` when it is not a regular file, too large or not
-    UTF-8. Never blocks on a FIFO and never reads more than ``max_bytes + 1`` bytes.
+    missing), :class:`NotRegularFileError` or :class:`TooLargeError`. Never blocks on a FIFO
+    and never reads more than ``max_bytes + 1`` bytes.
     """
     where = os.fspath(path)
     fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise UnsafeDocumentError(f"{where}: not a regular file")
+            raise NotRegularFileError(f"{where}: not a regular file")
         if st.st_size > max_bytes:
-            raise UnsafeDocumentError(f"{where}: {st.st_size} bytes, larger than the limit of {max_bytes}")
+            raise TooLargeError(f"{where}: {st.st_size} bytes, larger than the limit of {max_bytes}")
         chunks: list[bytes] = []
         left = max_bytes + 1
         while left > 0:
@@ -82,11 +90,20 @@ def read_bounded(path: str | os.PathLike[str], max_bytes: int) -> str:
         os.close(fd)
     data = b"".join(chunks)
     if len(data) > max_bytes:  # grew while being read
-        raise UnsafeDocumentError(f"{where}: larger than the limit of {max_bytes} bytes")
+        raise TooLargeError(f"{where}: larger than the limit of {max_bytes} bytes")
+    return data
+
+
+def read_bounded(path: str | os.PathLike[str], max_bytes: int) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes`` bytes (see
+    :func:`read_bounded_bytes`); :class:`UnsafeDocumentError` when it is not UTF-8."""
+    data = read_bounded_bytes(path, max_bytes)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UnsafeDocumentError(f"{where}: not UTF-8 (invalid byte at offset {exc.start})") from None
+        raise UnsafeDocumentError(
+            f"{os.fspath(path)}: not UTF-8 (invalid byte at offset {exc.start})"
+        ) from None
 
 
 @functools.cache

@@ -58,6 +58,13 @@ class DriverVersionMismatchError(NvmlUnavailableError):
     reason = "DriverVersionMismatch"
 
 
+class GpuGoneError(NvmlError):
+    """The GPU left the inventory between enumeration and this call (the simulated backend,
+    when the scenario drops it): not a fault; the next enumeration no longer lists it."""
+
+    reason = "GpuGone"
+
+
 class GpuLostError(NvmlError):
     """``GPU_IS_LOST``: the GPU fell off the bus or is otherwise inaccessible (node-fatal)."""
 

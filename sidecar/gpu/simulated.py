@@ -37,6 +37,7 @@ from sidecar.gpu.backend import (
     EventRegistration,
     EventType,
     GpuEvent,
+    GpuGoneError,
     GpuInfo,
     GpuLostError,
     GpuSample,
@@ -413,7 +414,7 @@ class SimulatedBackend:
         for g in self._state.gpus:
             if g.uuid == uuid:
                 return self._effective(g)
-        raise GpuLostError(f"simulated GPU {uuid} is no longer present", uuid=uuid)
+        raise GpuGoneError(f"simulated GPU {uuid} is no longer present", uuid=uuid)
 
     def _wait_not_hung(self, uuid: str | None = None) -> None:
         """Block like a hung driver call while the scenario says so (released by close())."""

@@ -456,6 +456,47 @@ ROWS: tuple[Row, ...] = (
         recovery="sticky",
         evidence="scenario `reset` changed (GPU reset observed)",
     ),
+    Row(
+        id="restart-xid-with-reset",
+        fault="Xid 79 arrives together with a GPU reset; sidecar killed (SIGKILL) at once",
+        injection="`gpus: [{xid: [79], reset: 1}]` over `reset: 0`, `kill -9` as soon as readiness"
+        " is NOT_SERVING, restart with `gpus: [{xid: [], reset: 1}]`",
+        group="restart",
+        action="restart_xid_with_reset",
+        expect=GPU_DOWN,
+        reasons={f"{GPU}/xid": "XidFatal79"},
+        metric="trt_health_gpu_fatal_latches{} == 1",
+        recovery="sticky",
+        evidence="a later scenario `reset` change (the reset that came with the Xid cannot be"
+        " ordered before it)",
+    ),
+    Row(
+        id="latch-store-corrupt",
+        fault="latch state file corrupt at start (not UTF-8; also truncated, `{}`, unknown"
+        " `version`)",
+        injection="`kill -TERM`, 300 bytes starting `\\xff` written over"
+        " `<state-dir>/gpu-latches.json`, restart",
+        group="restart",
+        action="latch_store_corrupt",
+        expect={"readiness": N, "gpu": N},
+        reasons={"gpu/state": "LatchStoreCorrupt"},
+        metric='trt_health_condition_ok{condition="gpu/state"} == 0',
+        recovery="sticky",
+        evidence="the operator removes the kept-aside `gpu-latches.json.corrupt-*` file",
+    ),
+    Row(
+        id="latch-store-unwritable",
+        fault="latch state dir unwritable (full disk, read-only, gone) when Xid 79 must be"
+        " persisted",
+        injection="`<state-dir>` replaced by a regular file, then `gpus: [{xid: [79]}]`",
+        group="restart",
+        action="latch_store_unwritable",
+        expect=GPU_DOWN,
+        reasons={f"{GPU}/xid": "XidFatal79", "gpu/state": "LatchStoreUnwritable"},
+        metric='trt_health_condition_ok{condition="gpu/state"} == 0',
+        recovery="sticky",
+        evidence="a write succeeds again (`gpu/state`), then scenario `reset` changed (`xid`)",
+    ),
 )
 
 

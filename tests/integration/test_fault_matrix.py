@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -691,6 +692,98 @@ def test_restart_mid_fatal_stays_fatal(own_sidecar: Sidecar, row: Row) -> None:
     assert sc.alive()
 
 
+def _never_serving_until(sc: Sidecar, row: Row, what: str) -> None:
+    """Wait for the restarted sidecar's first canary and the row's state; readiness must not
+    be SERVING at any point in between."""
+    seen_serving = False
+
+    def settled() -> bool:
+        nonlocal seen_serving
+        services, conditions = sc.state()
+        seen_serving |= services.get("readiness") == "SERVING"
+        canary = conditions.get("canary")
+        return canary is not None and canary.reason == "CanaryPassed" and matches(sc, row)
+
+    wait_for(settled, 20, sc, what)
+    assert not seen_serving, f"readiness was SERVING after the restart ({row.id})"
+
+
+@pytest.mark.parametrize(
+    "row",
+    [pytest.param(_row("restart-xid-with-reset"), marks=_xfail_mark("restart-xid-with-reset"))],
+    ids=["restart-xid-with-reset"],
+)
+def test_restart_xid_with_reset_stays_fatal(own_sidecar: Sidecar, row: Row) -> None:
+    """Xid 79 and a reset in one scenario change, SIGKILL as soon as readiness drops, restart
+    with the Xid gone and the reset kept: still fatal (whatever was persisted before the kill);
+    only a later reset clears it."""
+    sc = own_sidecar
+    sc.reset += 1
+    sc.write_scenario({"gpus": [{"xid": [79], "reset": sc.reset}]})
+    wait_for(lambda: sc.check("readiness") == table.N, 3, sc, "readiness NOT_SERVING")
+    sc.kill()
+    sc.scenario()  # xid: [], the same reset counter
+    sc.start()
+    _never_serving_until(sc, row, "restarted sidecar settled")
+    assert sc.metric("trt_health_gpu_fatal_latches", {}) == 1
+    assert_probes(sc, row)
+    evidence(sc)
+    wait_for(lambda: recovered(sc, row), row.recover_s, sc, "recovery after a later reset")
+    assert sc.alive()
+
+
+@pytest.mark.parametrize(
+    "row",
+    [pytest.param(_row("latch-store-corrupt"), marks=_xfail_mark("latch-store-corrupt"))],
+    ids=["latch-store-corrupt"],
+)
+def test_latch_store_corrupt_gates_until_the_aside_file_is_removed(
+    own_sidecar: Sidecar, row: Row
+) -> None:
+    """A latch file that is not UTF-8 at start: the sidecar runs (no crash loop), readiness is
+    never SERVING, the bytes are kept aside; removing the aside file brings readiness back."""
+    sc = own_sidecar
+    assert sc.stop(signal.SIGTERM) == 0
+    state = sc.tmp / "state"
+    bad = b"\xff" + hashlib.sha256(b"corrupt").digest() * 9 + b"\x00" * 11
+    (state / "gpu-latches.json").write_bytes(bad)
+    sc.start()
+    _never_serving_until(sc, row, "corrupt latch store reported")
+    assert_metric(sc, row, 0.0)
+    [aside] = state.glob("gpu-latches.json.corrupt-*")
+    assert aside.read_bytes() == bad
+    assert_probes(sc, row)
+    aside.unlink()
+    wait_for(lambda: recovered(sc, row), row.recover_s, sc, "recovery after the aside file went")
+    assert sc.alive()
+
+
+@pytest.mark.parametrize(
+    "row",
+    [pytest.param(_row("latch-store-unwritable"), marks=_xfail_mark("latch-store-unwritable"))],
+    ids=["latch-store-unwritable"],
+)
+def test_latch_store_unwritable_gates_until_a_write_succeeds(own_sidecar: Sidecar, row: Row) -> None:
+    """The state dir becomes unusable (a regular file in its place: every write fails, as on a
+    full disk) and Xid 79 must be persisted: `gpu/state` LatchStoreUnwritable gates beside the
+    Xid; once writable, the latch is written; a reset then clears the Xid."""
+    sc = own_sidecar
+    state = sc.tmp / "state"
+    shutil.rmtree(state)
+    state.write_text("not a directory")
+    sc.scenario(_row("xid-79-node_fatal"))
+    wait_for(lambda: matches(sc, row), row.detect_s, sc, "unwritable latch store reported")
+    assert_metric(sc, row, 0.0)
+    assert_probes(sc, row)
+    state.unlink()
+    sc.scenario()
+    wait_for(lambda: sc.state()[1]["gpu/state"].status != FAIL, 5, sc, "latch store writable")
+    assert "XidFatal79" in (state / "gpu-latches.json").read_text()
+    evidence(sc)
+    wait_for(lambda: recovered(sc, row), row.recover_s, sc, "recovery after the reset")
+    assert sc.alive()
+
+
 def test_fault_matrix_doc_in_sync() -> None:
     """docs/fault-matrix.md is exactly what the table generates (regenerate it when it fails)."""
     doc = REPO / "docs" / "fault-matrix.md"
@@ -705,6 +798,13 @@ def test_fault_matrix_doc_in_sync() -> None:
 
 def test_every_group_has_a_runner() -> None:
     """Each row of the table is run by one of the tests above (no silently skipped rows)."""
-    own = {"config-reload-invalid", "config-reload-during-fatal", "restart-mid-fatal"}
+    own = {
+        "config-reload-invalid",
+        "config-reload-during-fatal",
+        "restart-mid-fatal",
+        "restart-xid-with-reset",
+        "latch-store-corrupt",
+        "latch-store-unwritable",
+    }
     for row in table.ROWS:
         assert row.group in ("main", "multi_gpu") or row.id in own, row.id

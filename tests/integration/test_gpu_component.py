@@ -591,13 +591,14 @@ async def test_unsupported_signals_are_unmonitored(h: Harness) -> None:
 
 
 async def test_corrupt_state_file_is_reported_and_rederived(h: Harness) -> None:
-    """A state file that does not parse -> WARNING StateFileProblem; NVML state still rules."""
+    """A state file that does not parse -> gating LatchStoreCorrupt (its latches are unknown);
+    NVML state is still derived beside it."""
     h.state_dir.mkdir()
     (h.state_dir / "gpu-latches.json").write_text("{not json", encoding="utf-8")
     h.write({"gpus": [gpu(0, remap_failure=True)]})
     await h.start()
-    r = await h.reason("gpu/state", "StateFileProblem")
-    assert r.severity is Severity.WARNING
+    r = await h.reason("gpu/state", "LatchStoreCorrupt")
+    assert r.severity is Severity.CRITICAL and gating(r)
     await h.reason(f"gpu/{U0}/remap", "RemapFailure")
 
 
