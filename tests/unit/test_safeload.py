@@ -108,4 +108,5 @@ def test_oversized_latch_file_is_a_reported_problem_not_a_crash(tmp_path: Path) 
     path.write_bytes(b" " * (5 << 20))
     store = LatchStore(path, boot_id="b")
     store.load()
-    assert store.problem is not None and "larger than" in store.problem  # kept aside as corrupt (gpu/state gates)
+    # the store keeps the file aside as corrupt (gpu/state gates readiness)
+    assert store.problem is not None and "larger than" in store.problem
