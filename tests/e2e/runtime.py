@@ -43,7 +43,9 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
         ["podman", *args], capture_output=True, text=True, timeout=timeout, env=env(), check=False
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"podman {' '.join(args[:3])} ... failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        raise AssertionError(
+            f"podman {' '.join(args[:3])} ... failed ({proc.returncode}): {proc.stderr[-2000:]}"
+        )
     return proc
 
 
@@ -275,3 +277,27 @@ class Prober(threading.Thread):
         self._check()
         with self.lock:
             return bool(self.transitions) and not self.ready
+
+
+class Stopwatch(threading.Thread):
+    """Measures when a service first answers SERVING (a probe every `interval_s`, each with a
+    fresh connection): the start-up figures, finer than the kubelet's period."""
+
+    def __init__(self, host: str, port: int, service: str, started: float, interval_s: float = 0.05) -> None:
+        super().__init__(name=f"stopwatch-{service}", daemon=True)
+        self.host, self.port, self.service = host, port, service
+        self.started = started
+        self.interval_s = interval_s
+        self.serving_after: float | None = None
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            if grpc_probe(self.host, self.port, self.service, 1.0) == SERVING:
+                self.serving_after = time.monotonic() - self.started
+                return
+            self.stopping.wait(self.interval_s)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=5)

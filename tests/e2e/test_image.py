@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import ssl
 import subprocess
 import time
@@ -62,7 +63,9 @@ class Handler(BaseHTTPRequestHandler):
 
 HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 """
-FIGURES = Path(os.environ.get("TRT_HEALTH_E2E_FIGURES", "")) if os.environ.get("TRT_HEALTH_E2E_FIGURES") else None
+FIGURES = (
+    Path(os.environ.get("TRT_HEALTH_E2E_FIGURES", "")) if os.environ.get("TRT_HEALTH_E2E_FIGURES") else None
+)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +176,8 @@ def test_image_runs_as_the_rendered_pod_says(image: str, tmp_path: Path, names: 
     for name, vol in volumes.items():
         if "projected" in vol and name in mounts:
             host_dirs[name] = shareable(
-                tmp_path / name, {"token": "e2e-token", "ca.crt": "", "namespace": FIELD_VALUES["metadata.namespace"]}
+                tmp_path / name,
+                {"token": "e2e-token", "ca.crt": "", "namespace": FIELD_VALUES["metadata.namespace"]},
             )
 
     sc_name = f"trt-e2e-sidecar-{uuid.uuid4().hex[:8]}"
@@ -199,6 +203,14 @@ def test_image_runs_as_the_rendered_pod_says(image: str, tmp_path: Path, names: 
         state = podman("inspect", "--format", "{{.State.Status}}", sc_name).stdout.strip()
         assert state == "running", f"sidecar container {state}:\n{runtime.logs(sc_name)}"
 
+    grpc_port = int(side["startupProbe"]["grpc"]["port"])
+    watches = [
+        runtime.Stopwatch(ip, grpc_port, side[p]["grpc"]["service"], started)
+        for p in ("startupProbe", "readinessProbe")
+    ]
+    for w in watches:
+        w.start()
+
     # -- startup probe: gates liveness and readiness ------------------------------------------
     startup = Prober("startup", side["startupProbe"], ip, stop_on_success=True)
     startup.start()
@@ -211,7 +223,9 @@ def test_image_runs_as_the_rendered_pod_says(image: str, tmp_path: Path, names: 
 
     # -- the main container (stand-in) starts now, in the pod's network namespace -------------
     url = urlsplit(yaml.safe_load(cm["data"]["config.yaml"])["workload"]["url"])
-    assert url.hostname in ("127.0.0.1", "localhost") and url.port in {p["containerPort"] for p in main["ports"]}
+    assert url.hostname in ("127.0.0.1", "localhost") and url.port in {
+        p["containerPort"] for p in main["ports"]
+    }
     main_dir = shareable(tmp_path / "main", {"main.py": MAIN_SERVER})
     podman(
         "run", "--detach", "--name", main_name, "--network", f"container:{sc_name}",
@@ -230,6 +244,10 @@ def test_image_runs_as_the_rendered_pod_says(image: str, tmp_path: Path, names: 
         until(readiness.is_ready, 60, "readiness never Ready", sc_name)
         ready_s = readiness.transitions[0][0] - started
         print(f"start -> readiness Ready (kubelet schedule, period {readiness.period:g}s): {ready_s:.2f}s")
+        wait_until(lambda: not any(w.is_alive() for w in watches), timeout=10, interval=0.05)
+        startup_fine, ready_fine = (w.serving_after for w in watches)
+        assert startup_fine is not None and ready_fine is not None
+        print(f"start -> startup SERVING {startup_fine:.2f}s, -> readiness SERVING {ready_fine:.2f}s (polls)")
         alive()
         workload = Prober("main-liveness", main["livenessProbe"], ip)
         workload.start()
@@ -257,6 +275,8 @@ def test_image_runs_as_the_rendered_pod_says(image: str, tmp_path: Path, names: 
     finally:
         for p in probers:
             p.stop()
+        for w in watches:
+            w.stop()
     log = runtime.logs(sc_name)
     assert not liveness.failed_at and all(r.status == SERVING for r in liveness.snapshot()), log
     assert all(r.status == SERVING for r in workload.snapshot()), "main container liveness failed"
@@ -275,12 +295,23 @@ def test_image_runs_as_the_rendered_pod_says(image: str, tmp_path: Path, names: 
     assert '"sidecar stopped"' in runtime.logs(sc_name)
     if FIGURES is not None:
         FIGURES.write_text(
-            json.dumps({"startup_s": startup_s, "ready_s": ready_s, "not_ready_s": not_ready_s, "sigterm_s": took})
+            json.dumps(
+                {
+                    "startup_serving_s": startup_fine,
+                    "readiness_serving_s": ready_fine,
+                    "startup_probe_s": startup_s,
+                    "readiness_ready_s": ready_s,
+                    "fault_not_ready_s": not_ready_s,
+                    "sigterm_exit_s": took,
+                }
+            )
         )
 
 
 @pytest.mark.timeout(900)
-def test_webhook_image_command_answers_an_admission_review(image: str, tmp_path: Path, names: list[str]) -> None:
+def test_webhook_image_command_answers_an_admission_review(
+    image: str, tmp_path: Path, names: list[str]
+) -> None:
     """The webhook Deployment's container (command, args, env, security context as rendered),
     its TLS Secret on a tmpfs: /healthz over HTTPS on the probe's port, an AdmissionReview for
     an opted-in pod answered with a patch that injects the sidecar image, SIGTERM -> exit 0."""
@@ -297,7 +328,8 @@ def test_webhook_image_command_answers_an_admission_review(image: str, tmp_path:
     # the Secret volume: a tmpfs (Secrets are tmpfs-backed), files 0644 (defaultMode)
     shm = Path("/dev/shm")
     assert any(
-        line.split()[1] == str(shm) and line.split()[2] == "tmpfs" for line in Path("/proc/mounts").read_text().splitlines()
+        line.split()[1] == str(shm) and line.split()[2] == "tmpfs"
+        for line in Path("/proc/mounts").read_text().splitlines()
     ), "no tmpfs at /dev/shm for the webhook's TLS Secret"
     secret_dir = shm / f"trt-e2e-{uuid.uuid4().hex[:8]}"
     ca = TestCA(tmp_path)
@@ -322,9 +354,7 @@ def test_webhook_image_command_answers_an_admission_review(image: str, tmp_path:
 
         def request(method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
             conn = HTTPSConnection(ip, port, context=ctx, timeout=5)
-            conn.sock = ctx.wrap_socket(
-                __import__("socket").create_connection((ip, port), timeout=5), server_hostname=host
-            )
+            conn.sock = ctx.wrap_socket(socket.create_connection((ip, port), timeout=5), server_hostname=host)
             try:
                 conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
                 resp = conn.getresponse()
