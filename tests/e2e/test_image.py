@@ -27,6 +27,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.client import HTTPSConnection
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2
 
 from sidecar import defaults
 from tests.certs import TestCA
@@ -148,16 +150,23 @@ def test_image_ships_no_driver_libraries(image: str) -> None:
     assert "sidecar/cli.py" in found
 
 
-@pytest.mark.timeout(1800)
-def test_image_runs_as_the_rendered_pod_says(image: str, tmp_path: Path, names: list[str]) -> None:
-    """startup SERVING within the startup probe's budget; then readiness Ready; a GPU fault in the
-    scenario on the engine volume turns readiness NotReady (kubelet's thresholds) while liveness
-    and startup stay SERVING (no restart) and the main container's workload-liveness probe stays
-    SERVING; recovery brings readiness back; SIGTERM -> exit 0 within the grace period."""
+@dataclass
+class SidecarPod:
+    spec: dict[str, Any]
+    side: dict[str, Any]
+    cm: dict[str, Any]
+    engine_dir: Path
+    name: str
+    ip: str
+    started: float  # monotonic, just before `podman run`
+
+
+def start_sidecar(image: str, tmp_path: Path, names: list[str], *, canary: bool) -> SidecarPod:
+    """The sidecar container of the rendered base pod, started as its spec says (see the module
+    docstring for what is substituted); `canary` False adds CANARY_OFF."""
     objs = render("base")
     ((_, spec),) = pod_specs(objs)
     side = sidecar_of(spec)
-    main = spec["containers"][0]
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["name"]: m for m in side["volumeMounts"]}
 
@@ -181,13 +190,12 @@ def test_image_runs_as_the_rendered_pod_says(image: str, tmp_path: Path, names: 
             )
 
     sc_name = f"trt-e2e-sidecar-{uuid.uuid4().hex[:8]}"
-    main_name = sc_name.replace("sidecar", "main")
     scenario_path = f"{engine_mount['mountPath']}/scenario.yaml"
     argv = [
         *runtime.security_flags(spec.get("securityContext") or {}, side["securityContext"]),
         *runtime.volume_flags(spec, side, host_dirs),
         *runtime.env_flags(side, FIELD_VALUES),
-        "--env", CANARY_OFF,
+        *([] if canary else ["--env", CANARY_OFF]),
         *runtime.resource_flags(side),
         *runtime.entrypoint_flags(side),
         image,
@@ -198,6 +206,21 @@ def test_image_runs_as_the_rendered_pod_says(image: str, tmp_path: Path, names: 
     podman("run", "--detach", "--name", sc_name, *argv)
     names.append(sc_name)
     ip = runtime.container_ip(sc_name)
+
+    return SidecarPod(spec, side, cm, engine_dir, sc_name, ip, started)
+
+
+@pytest.mark.timeout(1800)
+def test_image_runs_as_the_rendered_pod_says(image: str, tmp_path: Path, names: list[str]) -> None:
+    """startup SERVING within the startup probe's budget; then readiness Ready; a GPU fault in the
+    scenario on the engine volume turns readiness NotReady (kubelet's thresholds) while liveness
+    and startup stay SERVING (no restart) and the main container's workload-liveness probe stays
+    SERVING; recovery brings readiness back; SIGTERM -> exit 0 within the grace period."""
+    pod_ = start_sidecar(image, tmp_path, names, canary=False)
+    spec, side, cm, engine_dir = pod_.spec, pod_.side, pod_.cm, pod_.engine_dir
+    sc_name, ip, started = pod_.name, pod_.ip, pod_.started
+    main = spec["containers"][0]
+    main_name = sc_name.replace("sidecar", "main")
 
     def alive() -> None:
         state = podman("inspect", "--format", "{{.State.Status}}", sc_name).stdout.strip()
@@ -306,6 +329,24 @@ def test_image_runs_as_the_rendered_pod_says(image: str, tmp_path: Path, names: 
                 }
             )
         )
+
+
+@pytest.mark.timeout(900)
+def test_image_without_gpu_fails_closed(image: str, tmp_path: Path, names: list[str]) -> None:
+    """With the ConfigMap's config as is (canary on) and no GPU, the image has no canary runner
+    (no libcuda, no CPU runner shipped): readiness stays NOT_SERVING, startup and liveness are
+    SERVING. This is why the fault test turns the canary off."""
+    pod_ = start_sidecar(image, tmp_path, names, canary=True)
+    probe = {p: pod_.side[p]["grpc"] for p in ("startupProbe", "livenessProbe", "readinessProbe")}
+
+    def status(p: str) -> int | None:
+        return grpc_probe(pod_.ip, int(probe[p]["port"]), probe[p]["service"], 2.0)
+
+    # witness: the canary worker tried every runner and said so
+    until(lambda: "RunnerUnavailable" in runtime.logs(pod_.name), 60, "no RunnerUnavailable", pod_.name)
+    until(lambda: status("startupProbe") == SERVING, 30, "startup not SERVING", pod_.name)
+    assert status("livenessProbe") == SERVING
+    assert status("readinessProbe") == health_pb2.HealthCheckResponse.NOT_SERVING, runtime.logs(pod_.name)
 
 
 @pytest.mark.timeout(900)
