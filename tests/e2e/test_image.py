@@ -50,6 +50,8 @@ FIELD_VALUES = {
     "metadata.uid": "3f0e2a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b",
     "spec.nodeName": "gpu-node-17",
 }
+# building the image from scratch (base + pip install) is part of the first test's setup
+pytestmark = pytest.mark.timeout(1800)
 CANARY_OFF = "TRT_HEALTH__canary__enabled=false"
 DEFAULT_GRACE_S = 30  # Kubernetes' default terminationGracePeriodSeconds
 # The inference container's stand-in: 200 on its readiness path, 404 elsewhere.
@@ -75,7 +77,8 @@ def image() -> str:
     try:
         return runtime.build_image()
     except runtime.RuntimeMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
+        missing = str(exc)
+    pytest.fail(missing, pytrace=False)
 
 
 @pytest.fixture
