@@ -23,6 +23,7 @@ from tests.unit.test_manifests import parse_bytes
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "image" / "build.sh"
 CONTAINERS_CONF = REPO / "image" / "containers.conf"
+RUNTIME = "runc"  # Debian's crun fails here: "cgroups in hybrid mode not supported"
 TOOLS = ("podman", "buildah", "mmdebstrap", "runc")
 INSTALL_HINT = "apt-get install podman buildah runc mmdebstrap (Debian; .ci/run does this)"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -40,7 +41,12 @@ def env() -> dict[str, str]:
 
 def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        ["podman", *args], capture_output=True, text=True, timeout=timeout, env=env(), check=False
+        ["podman", "--runtime", RUNTIME, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(),
+        check=False,
     )
     if check and proc.returncode != 0:
         raise AssertionError(

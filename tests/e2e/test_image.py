@@ -123,7 +123,11 @@ def sigterm(name: str, grace_s: float) -> tuple[int, float]:
     started = time.monotonic()
     podman("kill", "--signal", "TERM", name)
     proc = subprocess.run(
-        ["podman", "wait", name], capture_output=True, text=True, env=runtime.env(), timeout=grace_s + 10
+        ["podman", "--runtime", runtime.RUNTIME, "wait", name],
+        capture_output=True,
+        text=True,
+        env=runtime.env(),
+        timeout=grace_s + 10,
     )
     took = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
