@@ -41,6 +41,13 @@ test: $(VENV)/.installed-test $(MLSERVER_VENV)/.installed
 	$(BIN)/ruff check sidecar tests
 	$(BIN)/mypy
 
+## make image: build Dockerfile.sidecar (runtime target) with buildah from a base made locally
+## from Debian's packages with mmdebstrap (no registry); cached by input hash; prints the size.
+## Needs root and podman, buildah, runc, mmdebstrap (.ci/run installs them). tests/e2e uses it.
+.PHONY: image
+image:
+	image/build.sh
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check sidecar tests
 	$(BIN)/ruff format --check sidecar tests

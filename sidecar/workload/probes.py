@@ -136,7 +136,9 @@ class HttpReadyProbe(HttpProbeBase):
 
     async def _probe(self) -> str:
         path = self.cfg.ready_path or ""
-        r = await self.client.get(path)
+        # the absolute URL: httpx joins a relative one onto base_url + "/", which would GET
+        # ".../ready/" for an empty ready_path (a route Triton and others do not answer)
+        r = await self.client.get(f"{self.cfg.url}{path}")
         if r.status_code not in self.cfg.expected_status:
             reason = NOT_READY if r.status_code in (503, 425) else HTTP_ERROR
             raise _Fail(reason, f"GET {self.cfg.url}{path} -> {r.status_code}")
