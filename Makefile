@@ -36,16 +36,25 @@ $(MLSERVER_VENV)/.installed:
 	touch $@
 
 ## make test: set up .venv with test extras and run the whole suite (what CI runs)
-test: $(VENV)/.installed-test $(MLSERVER_VENV)/.installed
+test: $(VENV)/.installed-test $(MLSERVER_VENV)/.installed system-deps
 	TRT_HEALTH_TEST_MLSERVER=$(CURDIR)/$(MLSERVER_VENV)/bin/mlserver $(BIN)/python -m pytest -q
 	$(BIN)/ruff check sidecar tests
 	$(BIN)/mypy
 
+## Debian tools the suite needs (podman/buildah/runc/mmdebstrap for tests/e2e, promtool for the
+## rule pack): installs only the missing ones (root)
+.PHONY: image system-deps rules
+system-deps:
+	image/system-deps.sh
+
+## make rules: regenerate manifests/monitoring/prometheusrule.yaml from the plain rule file
+rules: $(VENV)/.installed-test
+	$(BIN)/python manifests/monitoring/render_prometheusrule.py
+
 ## make image: build Dockerfile.sidecar (runtime target) with buildah from a base made locally
 ## from Debian's packages with mmdebstrap (no registry); cached by input hash; prints the size.
-## Needs root and podman, buildah, runc, mmdebstrap (.ci/run installs them). tests/e2e uses it.
-.PHONY: image
-image:
+## Needs root and podman, buildah, runc, mmdebstrap (make system-deps installs them). tests/e2e uses it.
+image: system-deps
 	image/build.sh
 
 lint: $(VENV)/.installed-test
