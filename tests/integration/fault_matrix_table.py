@@ -432,6 +432,18 @@ ROWS: tuple[Row, ...] = (
         recovery="sticky",
         evidence="scenario `reset` changed",
     ),
+    Row(
+        id="config-reload-failed-rebuild",
+        fault="config reload whose GPU component cannot be rebuilt, then Xid 79",
+        injection="300 random bytes over `gpu-latches.json`, `gpu.poll_interval` changed, then Xid 79",
+        group="reload",
+        action="config_reload_failed_rebuild",
+        expect=GPU_DOWN,
+        reasons={f"{GPU}/xid": "XidFatal79"},
+        metric='trt_health_gpu_xid_events_total{code="79",class="node_fatal"} += 1',
+        recovery="sticky",
+        evidence="scenario `reset` changed",
+    ),
 )
 
 
