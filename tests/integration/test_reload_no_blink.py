@@ -1,0 +1,72 @@
+"""Make-before-break reloads: a config change that does not change the evidence never changes
+readiness (a grpc-go client with client-side health checking would drop the backend)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from sidecar.config import parse_config
+
+from .conftest import SERVING, AppThread, check, health_pb2, health_stub, wait_until
+from .test_reload import BASE, overrides
+
+
+class Watcher:
+    """Every status a Watch stream on one service is sent."""
+
+    def __init__(self, addr: str, service: str) -> None:
+        self.channel, stub = health_stub(addr)
+        self.seen: list[int] = []
+        self._stream = stub.Watch(health_pb2.HealthCheckRequest(service=service))
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for resp in self._stream:
+                self.seen.append(int(resp.status))
+        except grpc.RpcError:
+            pass
+
+    def close(self) -> None:
+        self._stream.cancel()
+        self.channel.close()
+        self._thread.join(5)
+
+
+CHANGES = {
+    "canary": {"canary": {**BASE["canary"], "interval": "2s"}},
+    "gpu": {"gpu": {"poll_interval": "0.3s"}},
+    "both": {"canary": {**BASE["canary"], "interval": "2s"}, "gpu": {"poll_interval": "0.3s"}},
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_config_change_never_blinks_readiness(make_app: Any, tmp_path: Path, change: str) -> None:
+    app: AppThread = make_app(parse_config({**BASE, "state_dir": str(tmp_path)}))
+    wait_until(lambda: check(app.addr, "readiness") == SERVING, timeout=15)
+    watch = Watcher(app.addr, "readiness")
+    try:
+        wait_until(lambda: watch.seen == [SERVING], timeout=5)
+        before = {s: app.app._slots[s] for s in ("gpu", "canary")}
+        old_pid = before["canary"].supervisor.proc.pid
+        assert app.call(app.app.reload_config(overrides({**BASE, **CHANGES[change]}, tmp_path)), timeout=30)
+        # witness: the changed sections were replaced and the new ones report passing results
+        for section in CHANGES[change]:
+            assert app.app._slots[section] is not before[section]
+        canary = app.app._slots["canary"]
+        if "canary" in CHANGES[change]:
+            assert canary.supervisor.proc.pid != old_pid
+            assert before["canary"].supervisor.proc is None  # the old worker was retired
+        wait_until(lambda: canary.passes >= 1, timeout=10)
+        conditions = {c.name: c for c in app.app.snapshot()[0]}
+        assert conditions["canary"].last.reason == "CanaryPassed"
+        assert check(app.addr, "readiness") == SERVING
+        assert watch.seen == [SERVING], f"readiness changed during the reload: {watch.seen}"
+    finally:
+        watch.close()
