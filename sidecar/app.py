@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -37,7 +38,15 @@ from sidecar.checks.base import Component, TransitionListener
 from sidecar.config import SidecarConfig, load_config
 from sidecar.configfields import ConfigError
 from sidecar.errors import BindError, TlsMaterialError
-from sidecar.model import SERVICE_OVERALL, CheckResult, CheckStatus, Severity, Transition
+from sidecar.model import (
+    SERVICE_LIVENESS,
+    SERVICE_OVERALL,
+    CheckResult,
+    CheckStatus,
+    ServiceVerdict,
+    Severity,
+    Transition,
+)
 from sidecar.policy import HealthPolicy
 from sidecar.proto import diagnostics_pb2_grpc
 from sidecar.publish.diagnostics import DiagnosticsService
@@ -53,6 +62,7 @@ from sidecar.publish.log import configure_logging
 from sidecar.publish.tls import TlsCredentialsWatcher
 from sidecar.scenario import ScenarioFile
 from sidecar.scheduler import Scheduler
+from sidecar.watchdog import LoopWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +323,11 @@ class SidecarApp:
         self._reload_lock = asyncio.Lock()
         self._reload_again = False
         self._reload_task: asyncio.Task[None] | None = None
+        # liveness judged from outside the loop: a blocked loop beats no heartbeat
+        live = config.liveness
+        self.watchdog = LoopWatchdog(
+            live.heartbeat_interval_s + live.max_loop_lag_s, self._loop_blocked, clock=clock
+        )
         self.gpu_state = GpuStateProxy()
         self.scenario: ScenarioFile | None = None
         self.server: grpc.Server | None = None
@@ -477,6 +492,8 @@ class SidecarApp:
         for section in ALL_SECTIONS:
             await self._start_slot(section)
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        beat = self.config.liveness.heartbeat_interval_s
+        self.watchdog.start(min(beat, self.config.liveness.max_loop_lag_s) / 2)
         if cfg.config_file:
             self._config_stamp = self._stat_config()
             self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
@@ -743,6 +760,7 @@ class SidecarApp:
         while True:
             before = self.clock()
             await asyncio.sleep(interval)
+            republish = self.watchdog.beat()
             now = self.clock()
             lag = max(0.0, now - before - interval)
             self.metrics.loop_lag.set(lag)
@@ -757,6 +775,26 @@ class SidecarApp:
                 self._liveness = (alive, reason)
                 self.policy.set_liveness(alive, reason)
                 self._publish()
+            elif republish:  # the watchdog overrode liveness while the loop was blocked
+                self._publish()
+
+    def _loop_blocked(self, quiet_s: float) -> None:
+        """Watchdog thread: the loop missed its heartbeat. Liveness NOT_SERVING at once in
+        every publisher (the registry is thread-safe; snapshots are replaced whole); the
+        loop's next heartbeat publishes its own verdict again."""
+        reason = f"EventLoopBlocked: no heartbeat for {quiet_s:.1f}s"
+        self.health.set_statuses({SERVICE_LIVENESS: NOT_SERVING})
+        snap = self._http_snapshot
+        self._http_snapshot = dataclasses.replace(
+            snap, live=False, services={**snap.services, SERVICE_LIVENESS: False}
+        )
+        conditions, verdicts = self._diag_snapshot
+        self._diag_snapshot = (
+            conditions,
+            {**verdicts, SERVICE_LIVENESS: ServiceVerdict(SERVICE_LIVENESS, False, (reason,))},
+        )
+        self.metrics.service_serving.labels(SERVICE_LIVENESS).set(0)
+        log.error("event loop blocked: liveness NOT_SERVING", extra={"reason": reason})
 
     def _stat_config(self) -> tuple[int, int] | None:
         try:
@@ -875,6 +913,7 @@ class SidecarApp:
         if self._stopped:
             return
         self._stopped = True
+        self.watchdog.stop()
         self.policy.set_shutting_down()
         self._publish()
         self.health.set_statuses({s: NOT_SERVING for s in self.health.snapshot()})
