@@ -694,7 +694,8 @@ class SidecarApp:
                 flushed_at = time.time()
                 await asyncio.to_thread(old_latches.save)
             registry = CollectorRegistry()
-            obj = self._build_section(section, new, registry)  # raises: the reload is rejected
+            # a build reads files (latches, manifests): on a thread; raises: reload rejected
+            obj = await asyncio.to_thread(self._build_section, section, new, registry)
             built.append((section, obj, registry, _SlotSink(self, staged=True)))
         started: list[tuple[str, Any, CollectorRegistry, _SlotSink]] = []
         try:

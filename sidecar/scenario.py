@@ -58,6 +58,7 @@ class ScenarioFile:
         self._stamp: tuple[int, int, int] | None = None
         self._task: asyncio.Task[None] | None = None
         self._inotify: InotifyWatcher | None = None
+        self._kick = asyncio.Event()  # inotify saw a change: read at once
         self.generation = 0  # how many good documents were applied
         self.last_error: str | None = None
 
@@ -77,17 +78,34 @@ class ScenarioFile:
         return (st.st_size, st.st_mtime_ns, st.st_ino)
 
     def reload(self) -> bool:
-        """Read the file now if it changed. Returns True when a new good document applied."""
+        """Read the file now if it changed. Returns True when a new good document applied.
+        Blocking: the watcher uses :meth:`areload`, which reads and parses on a thread."""
+        return self._apply(self._read())
+
+    async def areload(self) -> bool:
+        """:meth:`reload` with the file read and the parse on a thread (a huge file never
+        blocks the event loop); the listeners still run on the loop."""
+        return self._apply(await asyncio.to_thread(self._read))
+
+    def _read(self) -> dict[str, Any] | Exception | None:
+        """The new document, the error that refused it, or None (unchanged or missing)."""
         stamp = self._stat()
         if stamp == self._stamp:
-            return False
+            return None
         self._stamp = stamp
         if stamp is None or self.path is None:
-            return False  # a missing file keeps the last good state
+            return None  # a missing file keeps the last good state
         try:
             text = self.path.read_text(encoding="utf-8")
-            doc = parse_scenario(text)
+            return parse_scenario(text)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
+            return exc
+
+    def _apply(self, got: dict[str, Any] | Exception | None) -> bool:
+        if got is None:
+            return False
+        if isinstance(got, Exception):
+            exc = got
             if self.last_error != str(exc):
                 log.warning(
                     "scenario file ignored, last good state stays",
@@ -95,6 +113,7 @@ class ScenarioFile:
                 )
             self.last_error = str(exc)
             return False
+        doc = got
         self.last_error = None
         if doc == self._doc and self.generation > 0:
             return False
@@ -108,7 +127,7 @@ class ScenarioFile:
         return True
 
     async def start(self) -> None:
-        self.reload()
+        await self.areload()
         interval = self.poll_interval_s
         if self.path is not None:
             # inotify on the file's folder (sees atomic renames) wakes the reload at once; the
@@ -123,7 +142,7 @@ class ScenarioFile:
                 loop = asyncio.get_running_loop()
 
                 def wake(_path: Path) -> None:
-                    loop.call_soon_threadsafe(self.reload)
+                    loop.call_soon_threadsafe(self._kick.set)
 
                 await self._inotify.start(wake)
                 interval = max(interval, 1.0)
@@ -132,8 +151,13 @@ class ScenarioFile:
 
     async def _watch(self, interval: float) -> None:
         while True:
-            await asyncio.sleep(interval)
-            self.reload()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), interval)
+            self._kick.clear()
+            try:
+                await self.areload()
+            except Exception:  # the watcher must survive anything a file does
+                log.exception("scenario reload failed")
 
     async def stop(self) -> None:
         if self._inotify is not None:
