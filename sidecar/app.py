@@ -653,7 +653,15 @@ class SidecarApp:
             return
         await self._start_component(section, obj, self._sinks[section], expect=True)
 
+    def _unsubscribe(self, obj: Any) -> None:
+        """A retired component (and its GPU backend) hears no more scenario changes."""
+        if self.scenario is not None and obj is not None:
+            for owner in (obj, getattr(obj, "backend", None)):
+                if owner is not None:
+                    self.scenario.unsubscribe_owner(owner)
+
     async def _stop_component(self, section: str, obj: Any, *, staged: bool = False) -> None:
+        self._unsubscribe(obj)
         try:
             if section in COMPONENT_SECTIONS:
                 await self.scheduler.remove((c.name for c in obj.checks()), staged=staged)
@@ -694,8 +702,13 @@ class SidecarApp:
                 flushed_at = time.time()
                 await asyncio.to_thread(old_latches.save)
             registry = CollectorRegistry()
-            # a build reads files (latches, manifests): on a thread; raises: reload rejected
-            obj = await asyncio.to_thread(self._build_section, section, new, registry)
+            try:
+                # a build reads files (latches, manifests): on a thread
+                obj = await asyncio.to_thread(self._build_section, section, new, registry)
+            except BaseException:  # the reload is rejected: nothing was started or swapped
+                for _s, done, _r, _k in built:
+                    self._unsubscribe(done)
+                raise
             built.append((section, obj, registry, _SlotSink(self, staged=True)))
         started: list[tuple[str, Any, CollectorRegistry, _SlotSink]] = []
         try:

@@ -68,6 +68,19 @@ class ScenarioFile:
     def subscribe(self, listener: ScenarioListener) -> None:
         self._listeners.append(listener)
 
+    def unsubscribe_owner(self, owner: object) -> int:
+        """Drop the listeners that are methods of ``owner`` (a component a reload retired).
+        Returns how many were dropped."""
+        keep = [fn for fn in self._listeners if getattr(fn, "__self__", None) is not owner]
+        dropped = len(self._listeners) - len(keep)
+        self._listeners = keep
+        return dropped
+
+    @property
+    def listeners(self) -> int:
+        """How many listeners are subscribed."""
+        return len(self._listeners)
+
     def _stat(self) -> tuple[int, int, int] | None:
         if self.path is None:
             return None

@@ -70,3 +70,21 @@ def test_config_change_never_blinks_readiness(make_app: Any, tmp_path: Path, cha
         assert watch.seen == [SERVING], f"readiness changed during the reload: {watch.seen}"
     finally:
         watch.close()
+
+
+def test_retired_components_hear_no_more_scenario_changes(make_app: Any, tmp_path: Path) -> None:
+    """Each reload retires components; they (and the GPU backend) leave the scenario's
+    listeners, so reloads do not pile up listeners doing work for stopped components."""
+    app: AppThread = make_app(parse_config({**BASE, "state_dir": str(tmp_path)}))
+    wait_until(lambda: check(app.addr, "readiness") == SERVING, timeout=15)
+    sf = app.app.scenario
+    assert sf is not None
+    before = sf.listeners
+    assert before >= 3  # witness: the GPU component, its backend and the canary listen
+    for i in range(3):
+        change = {
+            "gpu": {"poll_interval": f"0.{3 + i}s"},
+            "canary": {**BASE["canary"], "interval": f"{2 + i}s"},
+        }
+        assert app.call(app.app.reload_config(overrides({**BASE, **change}, tmp_path)), timeout=30)
+    assert sf.listeners == before
