@@ -236,6 +236,7 @@ class _SlotSink:
         self.reported: set[str] = set()  # condition names this component ever reported
         self.ran: set[str] = set()  # checks that completed (or timed out) a run
         self.fatal = False  # a held result is a FATAL failure: swap at once
+        self.retired = False  # the component was replaced: what it still sends is dropped
         self.changed = asyncio.Event()
 
     def submit(self, results: Iterable[CheckResult]) -> None:
@@ -253,6 +254,8 @@ class _SlotSink:
 
     def take(self, results: Sequence[CheckResult]) -> None:
         """Scheduler and event results of this component (loop thread)."""
+        if self.retired:
+            return
         self.reported.update(r.name for r in results)
         if not self.staged:
             self._app._submit_now(results)
@@ -756,6 +759,8 @@ class SidecarApp:
             old = self._slots.get(section)
             if old is not None:
                 await self._stop_component(section, old)
+                # late words of a stopped component (an event thread) are not evidence any more
+                self._sinks[section].retired = True
             if section == "gpu" and old is not None and obj is not None:
                 await asyncio.to_thread(_hand_over_latches, old, obj, flushed_at)
             if obj is not None:

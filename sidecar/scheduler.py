@@ -23,21 +23,31 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from sidecar.checks.base import Check
-from sidecar.model import CheckResult, Severity
+from sidecar.model import (
+    SERVICE_LIVENESS,
+    SERVICE_READINESS,
+    SERVICE_WORKLOAD_LIVENESS,
+    CheckResult,
+    Severity,
+)
 
 log = logging.getLogger(__name__)
 
 Submit = Callable[[Sequence[CheckResult]], None]
 RunObserver = Callable[[str, str, float], None]  # check name, outcome, seconds
 Retire = Callable[[Sequence[str]], None]  # condition names no longer reported
+_NEVER_ON_ERROR = frozenset({SERVICE_LIVENESS, SERVICE_WORKLOAD_LIVENESS})
 
 
-def error_result(check: Check, exc: BaseException) -> CheckResult:
+def error_result(
+    check: Check, exc: BaseException, gates: frozenset[str] = frozenset({SERVICE_READINESS})
+) -> CheckResult:
     return CheckResult.unknown(
         check.name,
         "CheckError",
         f"{type(exc).__name__}: {exc}"[:300],
         severity=Severity.CRITICAL,
+        gates=gates | {SERVICE_READINESS},
     )
 
 
@@ -71,6 +81,9 @@ class CheckLoop:
         # use other condition names, the next good run must clear that condition
         self._error_reported = False
         self._retire = retire
+        # the services the check's results gate: a raised run gates them too (a check that
+        # cannot run says nothing good about engine/<name>, say)
+        self._gates: frozenset[str] = frozenset({SERVICE_READINESS})
 
     def trigger(self) -> None:
         self._wake.set()
@@ -81,12 +94,16 @@ class CheckLoop:
 
     def _submit_error(self, exc: BaseException) -> None:
         self._error_reported = True
-        self._submit([error_result(self.check, exc)])
+        self._submit([error_result(self.check, exc, self._gates)])
 
     def _submit_results(self, results: Sequence[CheckResult]) -> None:
         """Record a completed run's results; a CheckError condition left by an earlier raised
         run under a name these results do not use is retired (the check works again)."""
         self._submit(results)
+        # never a liveness service: a sidecar bug must not restart a container
+        gates = frozenset(g for r in results for g in r.gates if g not in _NEVER_ON_ERROR)
+        if gates:
+            self._gates = gates
         if self._error_reported:
             self._error_reported = False
             name = self.check.name

@@ -7,7 +7,7 @@ from typing import Any
 
 from sidecar.model import CheckResult
 
-from .conftest import SERVING, AppThread, check, wait_until
+from .conftest import NOT_SERVING, SERVING, AppThread, check, wait_until
 
 
 class FlakyFile:
@@ -19,10 +19,11 @@ class FlakyFile:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.fail_on = {1}
 
     async def run(self) -> Sequence[CheckResult]:
         self.calls += 1
-        if self.calls == 1:
+        if self.calls in self.fail_on:
             raise OSError("volume hiccup")
         return [CheckResult.passed("engine/prod", gates=frozenset({"readiness", "engine/prod"}))]
 
@@ -53,4 +54,21 @@ def test_check_error_condition_clears_after_the_check_succeeds(app: AppThread) -
     assert check(app.addr, "engine/prod") == SERVING
     assert "engine-file/prod" not in conditions(), conditions().get("engine-file/prod")
     assert check(app.addr, "readiness") == SERVING
+    app.call(app.app.scheduler.remove(["engine-file/prod"]))
+
+
+def test_a_raised_check_gates_the_services_its_results_gate(app: AppThread) -> None:
+    """While a check cannot run, the services its results gate (engine/prod) read
+    NOT_SERVING with readiness, never SERVING on stale results; liveness is never touched."""
+    flaky = FlakyFile()
+    flaky.fail_on = set(range(3, 10_000))  # works twice, then raises on every run
+
+    async def add() -> None:
+        app.app.scheduler.add([flaky])
+
+    app.call(add())
+    wait_until(lambda: flaky.calls >= 4, timeout=5)  # witness: it raised after good runs
+    wait_until(lambda: check(app.addr, "engine/prod") == NOT_SERVING, timeout=5)
+    assert check(app.addr, "readiness") == NOT_SERVING
+    assert check(app.addr, "liveness") == SERVING
     app.call(app.app.scheduler.remove(["engine-file/prod"]))
