@@ -321,7 +321,6 @@ class SidecarApp:
         )
         self._slots: dict[str, Any] = {}
         self._sinks: dict[str, _SlotSink] = {}
-        self._registries: dict[str, CollectorRegistry] = {}
         # reloads run one at a time; requests meanwhile collapse into one more (SIGHUP storm)
         self._reload_lock = asyncio.Lock()
         self._reload_again = False
@@ -629,7 +628,6 @@ class SidecarApp:
     def _put(self, section: str, obj: Any, registry: CollectorRegistry, sink: _SlotSink) -> None:
         self._slots[section] = obj
         self._sinks[section] = sink
-        self._registries[section] = registry
         self._components_registry.targets[section] = registry
         if section == "gpu":
             self.gpu_state.swap(obj)

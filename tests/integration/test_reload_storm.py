@@ -59,7 +59,9 @@ def test_sighup_storm_is_serialised_and_coalesced(sidecar_proc: Any, tmp_path: P
     wait_until(lambda: len(_children(sp.proc.pid)) == 1, timeout=10)
     counts = _reloads(sp.http_port)
     assert counts["applied"] == 1 and counts["rejected"] == 0, counts
-    assert counts["unchanged"] <= 2, counts  # the storm, plus at most the file watcher's look
+    # the storm collapses: one follow-up (two if the first reload ended mid-storm), plus at
+    # most the file watcher's look; never one reload per signal
+    assert counts["unchanged"] <= 3, counts
     records = sp.log_records()
     assert not [r for r in records if r.get("level") in ("error", "critical")], records
     assert not any("duplicate check name" in str(r) for r in records)
