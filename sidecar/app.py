@@ -237,6 +237,7 @@ class _SlotSink:
         self.ran: set[str] = set()  # checks that completed (or timed out) a run
         self.fatal = False  # a held result is a FATAL failure: swap at once
         self.retired = False  # the component was replaced: what it still sends is dropped
+        self._retires: list[tuple[list[str], list[str]]] = []  # asked while staged
         self.changed = asyncio.Event()
 
     def submit(self, results: Iterable[CheckResult]) -> None:
@@ -251,6 +252,29 @@ class _SlotSink:
 
     def trigger(self, check_name: str) -> None:
         self._app.trigger(check_name)
+
+    def retire(self, prefixes: Sequence[str], services: Sequence[str]) -> None:
+        """Thread-safe (ConditionRetirer): a source of this component went away. Staged, the
+        request waits for the swap (the old component still reports those conditions)."""
+        loop = self._app._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._app._loop_thread:
+            self._retire_now(list(prefixes), list(services))
+        else:
+            loop.call_soon_threadsafe(self._retire_now, list(prefixes), list(services))
+
+    def _retire_now(self, prefixes: list[str], services: list[str]) -> None:
+        if self.retired:
+            return
+        starts = tuple(prefixes)
+        self.reported = {n for n in self.reported if not n.startswith(starts)}
+        for name in [n for n in self.held if n.startswith(starts)]:
+            del self.held[name]
+        if self.staged:
+            self._retires.append((prefixes, services))
+        else:
+            self._app._retire_now(prefixes, services)
 
     def take(self, results: Sequence[CheckResult]) -> None:
         """Scheduler and event results of this component (loop thread)."""
@@ -280,6 +304,9 @@ class _SlotSink:
 
     def go_live(self) -> None:
         self.staged = False
+        for prefixes, services in self._retires:
+            self._app._retire_now(prefixes, services)
+        self._retires.clear()
         held = list(self.held.values())
         self.held.clear()
         if held:
@@ -372,6 +399,34 @@ class SidecarApp:
             self.scheduler.trigger(check_name)
         else:
             loop.call_soon_threadsafe(self.scheduler.trigger, check_name)
+
+    def retire(self, prefixes: Sequence[str], services: Sequence[str]) -> None:
+        """Thread-safe: a source went away (a GPU left the inventory): drop its conditions,
+        their metric series, and its services that nothing else gates."""
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._retire_now(list(prefixes), list(services))
+        else:
+            loop.call_soon_threadsafe(self._retire_now, list(prefixes), list(services))
+
+    def _retire_now(self, prefixes: list[str], services: list[str]) -> None:
+        names = [c.name for c in self.policy.conditions() if c.name.startswith(tuple(prefixes))]
+        self.policy.forget(names)
+        self._drop_condition_series(names)
+        gone = self.policy.forget_services(services)
+        self.health.remove(gone)
+        if names or gone:
+            log.info("conditions retired", extra={"conditions": names, "services": gone})
+        self._publish()
+
+    def _drop_condition_series(self, names: Iterable[str]) -> None:
+        for name in names:
+            severity = self._ok_series.pop(name, None)
+            if severity is not None:
+                self.metrics.condition_ok.remove(name, severity)
+                self.metrics.condition_gating.remove(name)
 
     # -- policy -> publishers -------------------------------------------------------------
     def _submit_now(self, results: Sequence[CheckResult]) -> None:
@@ -912,11 +967,7 @@ class SidecarApp:
         if not names:
             return
         self.policy.forget(names)
-        for name in names:
-            severity = self._ok_series.pop(name, None)
-            if severity is not None:
-                self.metrics.condition_ok.remove(name, severity)
-                self.metrics.condition_gating.remove(name)
+        self._drop_condition_series(names)
         self._publish()
 
     def request_stop(self) -> None:

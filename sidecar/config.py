@@ -20,14 +20,18 @@ import importlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from sidecar import defaults
 from sidecar.configfields import ConfigError, Section
 from sidecar.policy import PolicyConfig, Thresholds
+from sidecar.safeload import (
+    MAX_CONFIG_BYTES,
+    UnsafeDocumentError,
+    clip,
+    load_yaml_bounded,
+    read_bounded,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,12 @@ class SidecarConfig:
 
 ComponentParser = Callable[[Section], Any]
 
+# Upper bounds of the core durations (docs/config.md); every other duration is bounded by
+# sidecar.configfields.MAX_DURATION_S unless its section names a tighter one.
+MAX_SHUTDOWN_GRACE_S = 600.0
+MAX_HEARTBEAT_INTERVAL_S = 60.0
+MAX_LOOP_LAG_S = 600.0
+
 
 # section name -> (module, parse function); imported lazily so `probe` stays light
 _COMPONENT_PARSERS = {
@@ -128,37 +138,48 @@ def _set_path(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     cur[path[-1]] = value
 
 
-def _scalar(text: str) -> Any:
+def _scalar(text: str, where: str) -> Any:
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return load_yaml_bounded(text, where)
+    except UnsafeDocumentError:
         return text
 
 
-def apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
+def apply_env(doc: dict[str, Any], env: Mapping[str, str], errors: list[str] | None = None) -> None:
+    """Merge ``TRT_HEALTH_*`` variables into ``doc``; a malformed name is recorded in
+    ``errors`` (raised as ConfigError when no list is given)."""
     prefix = defaults.ENV_PREFIX
+    problems: list[str] = []
     for key, value in env.items():
         if not key.startswith(prefix):
             continue
         rest = key[len(prefix) :]
         if rest in _NAMED_ENV:
-            _set_path(doc, _NAMED_ENV[rest], _scalar(value))
+            _set_path(doc, _NAMED_ENV[rest], _scalar(value, key))
         elif rest.startswith("_") and len(rest) > 1:
-            path = tuple(p for p in rest[1:].split("__") if p)
-            if path:
-                _set_path(doc, path, _scalar(value))
+            path = tuple(rest[1:].split("__"))
+            if not all(path):
+                problems.append(
+                    f"environment {clip(key, 120)}: empty path segment"
+                    " (fields are joined by exactly two underscores)"
+                )
+                continue
+            _set_path(doc, path, _scalar(value, key))
+    if problems and errors is None:
+        raise ConfigError(problems)
+    if errors is not None:
+        errors.extend(problems)
 
 
 def read_config_file(path: str) -> dict[str, Any]:
-    """Read the YAML file; raises ConfigError naming the file."""
+    """Read the YAML file (bounded: size, nesting, aliases); raises ConfigError naming it."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_bounded(path, MAX_CONFIG_BYTES)
+        doc = load_yaml_bounded(text, path)
     except OSError as exc:
         raise ConfigError([f"config file {path}: {exc.strerror or exc}"]) from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"config file {path}: not valid YAML: {exc}"]) from exc
+    except UnsafeDocumentError as exc:
+        raise ConfigError([f"config file {exc}"]) from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -226,21 +247,29 @@ def parse_config(doc: Mapping[str, Any], *, config_file: str = "") -> SidecarCon
     )
     if http_cfg.enabled and http_cfg.port == grpc_cfg.port and http_cfg.port != 0:
         h.error("port", f"must differ from grpc.port ({grpc_cfg.port})")
+    if http_cfg.enabled and tls is not None and tls.port == http_cfg.port and tls.port != 0:
+        g.error("tls.port", f"must differ from http.port ({http_cfg.port})")
     h.reject_unknown()
 
     p = root.sub("policy")
     base = _thresholds(p, Thresholds())
     overrides: dict[str, Thresholds] = {}
     ov = p.sub("overrides")
-    for prefix in ov.raw:
-        overrides[str(prefix)] = _thresholds(ov.sub(str(prefix)), base)
-        ov.sub(str(prefix)).reject_unknown()
+    for prefix in list(ov.raw):
+        if not isinstance(prefix, str) or not prefix:
+            ov.error(clip(str(prefix), 80), "a condition-name prefix must be a non-empty string")
+            continue
+        one = ov.sub(prefix)
+        overrides[prefix] = _thresholds(one, base)
+        one.reject_unknown()
     p.reject_unknown()
 
     lv = root.sub("liveness")
     liveness = LivenessConfig(
-        heartbeat_interval_s=lv.duration("heartbeat_interval", 1.0, minimum=0.05),
-        max_loop_lag_s=lv.duration("max_loop_lag", 5.0, minimum=0.1),
+        heartbeat_interval_s=lv.duration(
+            "heartbeat_interval", 1.0, minimum=0.05, maximum=MAX_HEARTBEAT_INTERVAL_S
+        ),
+        max_loop_lag_s=lv.duration("max_loop_lag", 5.0, minimum=0.1, maximum=MAX_LOOP_LAG_S),
     )
     lv.reject_unknown()
 
@@ -264,7 +293,7 @@ def parse_config(doc: Mapping[str, Any], *, config_file: str = "") -> SidecarCon
         policy=PolicyConfig(defaults=base, overrides=overrides),
         liveness=liveness,
         jitter=root.number("jitter", 0.1, minimum=0.0, maximum=0.5),
-        shutdown_grace_s=root.duration("shutdown_grace", 5.0),
+        shutdown_grace_s=root.duration("shutdown_grace", 5.0, maximum=MAX_SHUTDOWN_GRACE_S),
         log_level=log_level,
         log_format=log_format,
         simulate=simulate,
@@ -290,7 +319,14 @@ def load_config(
     env = os.environ if env is None else env
     path = config_file or env.get(f"{defaults.ENV_PREFIX}CONFIG", "")
     doc: dict[str, Any] = read_config_file(path) if path else {}
-    apply_env(doc, env)
+    env_errors: list[str] = []
+    apply_env(doc, env, env_errors)
     for key_path, value in (overrides or {}).items():
         _set_path(doc, key_path, value)
-    return parse_config(doc, config_file=path)
+    try:
+        cfg = parse_config(doc, config_file=path)
+    except ConfigError as exc:
+        raise ConfigError(env_errors + exc.all_problems) from None
+    if env_errors:
+        raise ConfigError(env_errors)
+    return cfg

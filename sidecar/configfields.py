@@ -7,11 +7,17 @@ and the process exits with :data:`sidecar.errors.EXIT_CONFIG`.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+from sidecar.safeload import clip, short_repr
+
 T = TypeVar("T")
+
+# The longest duration any field accepts unless it names a tighter bound (docs/config.md).
+MAX_DURATION_S = 30 * 24 * 3600.0
 
 _DURATION_RE = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _DURATION_UNITS = {
@@ -56,8 +62,14 @@ def parse_go_duration(text: str) -> float:
 class ConfigError(Exception):
     """A config that cannot be used. ``problems`` holds one ``field: message`` per error."""
 
+    MAX_PROBLEMS = 50  # a file of a thousand typos must not make a megabyte log line
+
     def __init__(self, problems: Iterable[str]) -> None:
-        self.problems = list(problems)
+        found = list(problems)
+        self.all_problems = found  # for callers that merge reports (not for logging)
+        self.problems = found[: self.MAX_PROBLEMS]
+        if len(found) > self.MAX_PROBLEMS:
+            self.problems.append(f"... and {len(found) - self.MAX_PROBLEMS} more problems")
         super().__init__("; ".join(self.problems))
 
 
@@ -110,12 +122,12 @@ class Section:
         if value is None:
             return default
         if not isinstance(value, str):
-            self.error(key, f"must be a string, got {value!r}")
+            self.error(key, f"must be a string, got {short_repr(value)}")
             return default
         if choices is not None:
             allowed = list(choices)
             if value not in allowed:
-                self.error(key, f"must be one of {', '.join(allowed)}; got {value!r}")
+                self.error(key, f"must be one of {', '.join(allowed)}; got {short_repr(value)}")
                 return default
         return value
 
@@ -125,7 +137,7 @@ class Section:
         if value is None:
             return None
         if not isinstance(value, str):
-            self.error(key, f"must be a string, got {value!r}")
+            self.error(key, f"must be a string, got {short_repr(value)}")
             return None
         return value
 
@@ -136,7 +148,7 @@ class Section:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        self.error(key, f"must be true or false, got {value!r}")
+        self.error(key, f"must be true or false, got {short_repr(value)}")
         return default
 
     def integer(
@@ -147,7 +159,7 @@ class Section:
         if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            self.error(key, f"must be an integer, got {value!r}")
+            self.error(key, f"must be an integer, got {short_repr(value)}")
             return default
         if minimum is not None and value < minimum:
             self.error(key, f"must be >= {minimum}, got {value}")
@@ -173,9 +185,15 @@ class Section:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(key, f"must be a number, got {value!r}")
+            self.error(key, f"must be a number, got {short_repr(value)}")
             return default
-        out = float(value)
+        try:
+            out = float(value)
+        except OverflowError:
+            out = math.inf
+        if not math.isfinite(out):
+            self.error(key, f"must be a finite number, got {out}")
+            return default
         if minimum is not None and out < minimum:
             self.error(key, f"must be >= {minimum}, got {out}")
             return default
@@ -184,8 +202,17 @@ class Section:
             return default
         return out
 
-    def duration(self, key: str, default: float, *, minimum: float | None = 0.0) -> float:
-        """Seconds, given as a number of seconds or a Go duration string (``500ms``)."""
+    def duration(
+        self,
+        key: str,
+        default: float,
+        *,
+        minimum: float | None = 0.0,
+        maximum: float = MAX_DURATION_S,
+    ) -> float:
+        """Seconds, given as a number of seconds or a Go duration string (``500ms``).
+
+        Always finite and at most ``maximum`` (default :data:`MAX_DURATION_S`)."""
         self._known.add(key)
         value = self.raw.get(key, default)
         if isinstance(value, str):
@@ -195,11 +222,20 @@ class Section:
                 self.error(key, str(exc))
                 return default
         if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(key, f"must be a duration (seconds or e.g. '500ms'), got {value!r}")
+            self.error(key, f"must be a duration (seconds or e.g. '500ms'), got {short_repr(value)}")
             return default
-        out = float(value)
+        try:
+            out = float(value)
+        except OverflowError:
+            out = math.inf
+        if not math.isfinite(out):
+            self.error(key, f"must be a finite duration, got {out}")
+            return default
         if minimum is not None and out < minimum:
             self.error(key, f"must be >= {minimum}s, got {out}s")
+            return default
+        if out > maximum:
+            self.error(key, f"must be <= {maximum:g}s, got {out:g}s")
             return default
         return out
 
@@ -211,7 +247,7 @@ class Section:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.error(key, f"must be a list of strings, got {value!r}")
+            self.error(key, f"must be a list of strings, got {short_repr(value)}")
             return list(default)
         return list(value)
 
@@ -226,12 +262,12 @@ class Section:
             try:
                 return [int(v) for v in value.split(",") if v.strip()]
             except ValueError:
-                self.error(key, f"must be a list of integers, got {value!r}")
+                self.error(key, f"must be a list of integers, got {short_repr(value)}")
                 return list(default)
         if not isinstance(value, list) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in value
         ):
-            self.error(key, f"must be a list of integers, got {value!r}")
+            self.error(key, f"must be a list of integers, got {short_repr(value)}")
             return list(default)
         return list(value)
 
@@ -239,4 +275,4 @@ class Section:
         """Record an error for every key that no reader asked for (typos must not pass)."""
         for key in self.raw:
             if key not in self._known:
-                self.error(str(key), "unknown field")
+                self.error(clip(str(key), 80) if isinstance(key, str) else short_repr(key), "unknown field")

@@ -207,6 +207,16 @@ class HealthPolicy:
         for name in condition_names:
             self._trackers.pop(name, None)
 
+    def forget_services(self, services: Iterable[str]) -> list[str]:
+        """Drop per-layer services that no remaining condition gates (never a core service);
+        returns the ones dropped."""
+        gated = {s for t in self._trackers.values() for s in t.last.gates}
+        gone = sorted(
+            s for s in set(services) if s in self._services and s not in CORE_SERVICES and s not in gated
+        )
+        self._services.difference_update(gone)
+        return gone
+
     def observe(self, results: Iterable[CheckResult], now: float) -> list[Transition]:
         transitions = []
         for result in results:

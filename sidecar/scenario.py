@@ -1,11 +1,15 @@
 """The scenario file: simulated GPU state and canary fault modes, driven from outside.
 
 Tests, the demo and chaos drills edit one YAML file; the sidecar re-reads it when it changes.
-A file that does not parse (for example half-written) is ignored and the last good document
-stays in force, so a user never sees a flap caused by their editor.
+A file that does not parse (for example half-written), is empty (truncated by ``>`` or an
+editor, i.e. not written yet), or whose shape is wrong (an unknown top-level key, ``xid: 79``
+instead of a list) is ignored, logged once in a bounded line, and the last good document stays
+in force, so a user never sees a flap caused by their editor. Until a first good document is
+read the simulated GPU backend reports NVML unavailable (fail closed, never a default GPU).
+The file is read with the bounds of :mod:`sidecar.safeload` (size, nesting, aliases).
 
 Only used with ``serve --simulate``. The keys are documented in ``docs/scenario.md``:
-``gpus:`` (simulated GPU backend), ``canary:`` (worker fault modes), ``workload:``.
+``gpus:`` and ``nvml:`` (simulated GPU backend), ``canary:`` (worker fault modes).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
+from sidecar.safeload import MAX_SCENARIO_BYTES, clip, load_yaml_bounded, read_bounded
 
 if TYPE_CHECKING:
     from sidecar.engine.watch import InotifyWatcher
@@ -28,17 +32,63 @@ log = logging.getLogger(__name__)
 ScenarioListener = Callable[[Mapping[str, Any]], None]
 
 
-def parse_scenario(text: str) -> dict[str, Any]:
-    """Parse a scenario document. Raises ``ValueError`` when it is not a YAML mapping."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"not valid YAML: {exc}") from exc
+TOP_LEVEL_KEYS = ("gpus", "nvml", "canary")
+CANARY_KEYS = ("mode", "delay_ms", "leak_mib", "gpu_fault")
+
+
+def parse_scenario(text: str, where: str = "scenario") -> dict[str, Any] | None:
+    """Parse and validate a scenario document.
+
+    Returns ``None`` for an empty document (a file not written yet). Raises ``ValueError``
+    with a short message naming each bad key and the expected shape.
+    """
+    doc = load_yaml_bounded(text, where)  # UnsafeDocumentError is a ValueError
     if doc is None:
-        return {}
+        return None
     if not isinstance(doc, dict):
-        raise ValueError(f"top level must be a mapping, got {type(doc).__name__}")
+        raise ValueError(f"{where}: top level must be a mapping, got {type(doc).__name__}")
+    problems = validate_scenario(doc)
+    if problems:
+        raise ValueError(clip(f"{where}: " + "; ".join(problems)))
     return doc
+
+
+def validate_scenario(doc: Mapping[str, Any]) -> list[str]:
+    """Every problem of a scenario mapping's shape, each naming its key."""
+    # imported here: both modules import this one
+    from sidecar.canary.protocol import FAULT_MODES, GPU_FAULTS
+    from sidecar.gpu.simulated import parse_sim_state
+
+    problems = [
+        f"{clip(str(key), 40)}: unknown top-level key (expected {', '.join(TOP_LEVEL_KEYS)})"
+        for key in doc
+        if key not in TOP_LEVEL_KEYS
+    ]
+    try:
+        parse_sim_state(doc)
+    except ValueError as exc:
+        problems.append(str(exc))
+    canary = doc.get("canary")
+    if canary is not None:
+        if not isinstance(canary, Mapping):
+            problems.append(f"canary: must be a mapping, got {type(canary).__name__}")
+        else:
+            problems.extend(
+                f"canary.{clip(str(key), 40)}: unknown key (expected {', '.join(CANARY_KEYS)})"
+                for key in canary
+                if key not in CANARY_KEYS
+            )
+            mode = canary.get("mode", "ok")
+            if mode not in FAULT_MODES:
+                problems.append(f"canary.mode: must be one of {', '.join(FAULT_MODES)}")
+            fault = canary.get("gpu_fault", "none")
+            if fault not in GPU_FAULTS:
+                problems.append(f"canary.gpu_fault: must be one of {', '.join(GPU_FAULTS)}")
+            for key in ("delay_ms", "leak_mib"):
+                value = canary.get(key, 0)
+                if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e7:
+                    problems.append(f"canary.{key}: must be a number >= 0")
+    return problems
 
 
 class ScenarioFile:
@@ -54,6 +104,9 @@ class ScenarioFile:
         self.path = path
         self.poll_interval_s = poll_interval_s
         self._doc: dict[str, Any] = {}
+        # False until a first good document is read (a scenario path that is missing, empty or
+        # invalid at start is "not written yet": fail closed). No path: the default document.
+        self.has_document = path is None
         self._listeners: list[ScenarioListener] = []
         self._stamp: tuple[int, int, int] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -109,28 +162,32 @@ class ScenarioFile:
         if stamp is None or self.path is None:
             return None  # a missing file keeps the last good state
         try:
-            text = self.path.read_text(encoding="utf-8")
-            return parse_scenario(text)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            text = read_bounded(self.path, MAX_SCENARIO_BYTES)
+            doc = parse_scenario(text, str(self.path))
+            if doc is None:
+                raise ValueError(f"{self.path}: empty (not written yet)")
+        except (OSError, ValueError) as exc:
             return exc
+        return doc
 
     def _apply(self, got: dict[str, Any] | Exception | None) -> bool:
         if got is None:
             return False
         if isinstance(got, Exception):
-            exc = got
-            if self.last_error != str(exc):
+            error = clip(str(got))
+            if self.last_error != error:
                 log.warning(
                     "scenario file ignored, last good state stays",
-                    extra={"path": str(self.path), "error": str(exc)},
+                    extra={"path": str(self.path), "error": error},
                 )
-            self.last_error = str(exc)
+            self.last_error = error
             return False
         doc = got
         self.last_error = None
-        if doc == self._doc and self.generation > 0:
+        if doc == self._doc and self.has_document:
             return False
         self._doc = doc
+        self.has_document = True
         self.generation += 1
         for listener in list(self._listeners):
             try:
@@ -140,7 +197,7 @@ class ScenarioFile:
         return True
 
     async def start(self) -> None:
-        await self.areload()
+        await self._reload_logged()
         interval = self.poll_interval_s
         if self.path is not None:
             # inotify on the file's folder (sees atomic renames) wakes the reload at once; the
@@ -162,15 +219,25 @@ class ScenarioFile:
         if self._task is None:
             self._task = asyncio.create_task(self._watch(interval), name="scenario-watch")
 
+    async def _reload_logged(self) -> None:
+        """``areload``, where an unexpected error is logged (bounded) and never stops watching."""
+        try:
+            await self.areload()
+        except Exception as exc:  # the watcher must survive any document
+            error = clip(f"{type(exc).__name__}: {exc}")
+            if self.last_error != error:
+                log.error(
+                    "scenario reload failed, last good state stays",
+                    extra={"path": str(self.path), "error": error},
+                )
+            self.last_error = error
+
     async def _watch(self, interval: float) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), interval)
             self._kick.clear()
-            try:
-                await self.areload()
-            except Exception:  # the watcher must survive anything a file does
-                log.exception("scenario reload failed")
+            await self._reload_logged()
 
     async def stop(self) -> None:
         if self._inotify is not None:

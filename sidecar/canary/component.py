@@ -62,6 +62,7 @@ from sidecar.model import (
     Severity,
     engine_service,
 )
+from sidecar.safeload import short_repr
 from sidecar.scenario import ScenarioFile
 
 log = logging.getLogger(__name__)
@@ -201,26 +202,32 @@ def parse_canary_config(sec: Section) -> CanaryConfig:
 
 
 def fault_from_scenario(doc: Mapping[str, Any]) -> FaultSpec:
-    """The scenario's top-level ``canary:`` key; anything malformed means ``ok`` (logged)."""
+    """The scenario's top-level ``canary:`` key; anything malformed means ``ok`` (logged).
+
+    Read on every canary: a value is never converted or logged whole (bounded ``short_repr``).
+    """
     raw = doc.get("canary")
     if raw is None:
         return FaultSpec()
     if not isinstance(raw, Mapping):
-        log.warning("scenario canary: must be a mapping; ignored", extra={"value": repr(raw)})
+        log.warning("scenario canary: must be a mapping; ignored", extra={"value": short_repr(raw)})
         return FaultSpec()
-    mode = str(raw.get("mode", "ok"))
-    gpu_fault = str(raw.get("gpu_fault", "none"))
-    try:
-        delay = float(raw.get("delay_ms", 0.0))
-        leak = float(raw.get("leak_mib", 16.0))
-    except (TypeError, ValueError):
+    mode = raw.get("mode", "ok")
+    gpu_fault = raw.get("gpu_fault", "none")
+    delay_raw, leak_raw = raw.get("delay_ms", 0.0), raw.get("leak_mib", 16.0)
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in (delay_raw, leak_raw)):
+        delay, leak = float(delay_raw), float(leak_raw)
+    else:
         log.warning("scenario canary: delay_ms / leak_mib must be numbers; ignored")
         delay, leak = 0.0, 16.0
-    if mode not in FAULT_MODES:
-        log.warning("scenario canary.mode unknown; using ok", extra={"mode": mode})
+    if not isinstance(mode, str) or mode not in FAULT_MODES:
+        log.warning("scenario canary.mode unknown; using ok", extra={"mode": short_repr(mode)})
         mode = "ok"
-    if gpu_fault not in GPU_FAULTS:
-        log.warning("scenario canary.gpu_fault unknown; using none", extra={"gpu_fault": gpu_fault})
+    if not isinstance(gpu_fault, str) or gpu_fault not in GPU_FAULTS:
+        log.warning(
+            "scenario canary.gpu_fault unknown; using none",
+            extra={"gpu_fault": short_repr(gpu_fault)},
+        )
         gpu_fault = "none"
     return FaultSpec(mode=mode, delay_ms=delay, leak_mib=leak, gpu_fault=gpu_fault)
 

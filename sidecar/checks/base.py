@@ -47,6 +47,17 @@ class ResultSink(Protocol):
         ...
 
 
+@runtime_checkable
+class ConditionRetirer(Protocol):
+    """A sink that can drop what a vanished source reported (a GPU that left the inventory).
+    Safe to call from any thread."""
+
+    def retire(self, prefixes: Sequence[str], services: Sequence[str]) -> None:
+        """Drop every condition whose name starts with one of ``prefixes`` (with its metric
+        series), then each of ``services`` that no remaining condition gates."""
+        ...
+
+
 class Component(Protocol):
     """A unit of background machinery with checks. Started after the servers are up;
     ``start`` must return quickly (load in the background) so ``startup`` never waits for it."""

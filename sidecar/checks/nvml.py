@@ -30,7 +30,7 @@ from sidecar.gpu.backend import (
     compute_mode_name,
     recovery_action_name,
 )
-from sidecar.gpu.latches import Latch
+from sidecar.gpu.latches import Latch, StoreProblem
 from sidecar.model import SERVICE_GPU, SERVICE_READINESS, CheckResult, Severity, gpu_service
 
 if TYPE_CHECKING:
@@ -553,14 +553,16 @@ def inventory_result(
     )
 
 
-def state_file_result(problem: str | None) -> CheckResult:
-    """``gpu/state``: the latch state file is readable and writable (WARNING otherwise)."""
-    if problem:
+def state_file_result(problem: StoreProblem | None) -> CheckResult:
+    """``gpu/state``: the latch store can be trusted. A corrupt, unreadable or unwritable store
+    gates readiness (CRITICAL): a fatal latch it held or should hold may be lost, and NVML does
+    not replay past events (see :mod:`sidecar.gpu.latches` for what clears each reason)."""
+    if problem is not None:
         return CheckResult.failed(
             STATE_CONDITION,
-            "StateFileProblem",
-            f"{problem}; fatal latches are re-derived from NVML state only",
-            severity=Severity.WARNING,
+            problem.reason,
+            f"{problem.message}; fatal GPU faults may be missing from the verdict",
+            severity=Severity.CRITICAL,
             labels={"signal": "state"},
             gates=GPU_GATES,
         )
@@ -568,7 +570,7 @@ def state_file_result(problem: str | None) -> CheckResult:
         STATE_CONDITION,
         message="latch state file usable",
         labels={"signal": "state"},
-        severity=Severity.WARNING,
+        severity=Severity.CRITICAL,
         gates=GPU_GATES,
     )
 

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from sidecar.configfields import ConfigError, Section
+from sidecar.safeload import MAX_MANIFEST_BYTES, UnsafeDocumentError, load_yaml_file
 
 FORMATS = ("onnx", "tensorrt-plan")
 HARDWARE_COMPAT = ("none", "ampere+", "same-compute-capability")
@@ -183,9 +184,9 @@ def parse_manifest(raw: Any, directory: Path, *, where: str = "manifest") -> Eng
 def load_manifest(path: Path) -> EngineManifest:
     """Read and parse a manifest file. Raises ``ConfigError`` (bad content) or ``OSError``."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+        raw = load_yaml_file(path, MAX_MANIFEST_BYTES)  # bounded: size, nesting, aliases
+    except UnsafeDocumentError as exc:
+        raise ConfigError([str(exc)]) from None
     return parse_manifest(raw, path.parent, where=str(path))
 
 

@@ -58,6 +58,13 @@ class DriverVersionMismatchError(NvmlUnavailableError):
     reason = "DriverVersionMismatch"
 
 
+class GpuGoneError(NvmlError):
+    """The GPU left the inventory between enumeration and this call (the simulated backend,
+    when the scenario drops it): not a fault; the next enumeration no longer lists it."""
+
+    reason = "GpuGone"
+
+
 class GpuLostError(NvmlError):
     """``GPU_IS_LOST``: the GPU fell off the bus or is otherwise inaccessible (node-fatal)."""
 
@@ -274,6 +281,13 @@ class GpuSample:
     utilization_gpu_pct: Reading[int] = UNSUPPORTED
     pcie_replay_count: Reading[int] = UNSUPPORTED
     processes: Reading[tuple[ProcessInfo, ...]] = UNSUPPORTED
+    # Throttling evidence for the trend detectors: cumulative time (seconds) the GPU was held
+    # below its clocks by the power / thermal policy (nvmlDeviceGetViolationStatus), and the
+    # current and maximum SM clocks.
+    power_violation_s: Reading[float] = UNSUPPORTED
+    thermal_violation_s: Reading[float] = UNSUPPORTED
+    sm_clock_mhz: Reading[int] = UNSUPPORTED
+    sm_clock_max_mhz: Reading[int] = UNSUPPORTED
     # Simulated backends only: a counter whose change means "the GPU was reset".
     reset_count: int | None = None
 
@@ -315,6 +329,10 @@ SIGNALS: Final = (
     "utilization_gpu_pct",
     "pcie_replay_count",
     "processes",
+    "power_violation_s",
+    "thermal_violation_s",
+    "sm_clock_mhz",
+    "sm_clock_max_mhz",
 )
 
 

@@ -17,7 +17,13 @@ Fault policy (``../shared/reference/gpu-health-anchors.md`` (b)): see the condit
 uncontained ECC, remap failure, lost GPU) are persisted in ``state_dir/<state_file>`` and clear
 only on evidence of a reset: the node's boot id changed, a volatile ECC counter went down, the
 recovery action went from a reset / reboot class back to none, or (simulated) the ``reset``
-counter changed.
+counter changed — and a reset clears only the latches set at or before the sample that showed
+the pre-reset baseline (order of evidence, kept across restarts). A latch store that cannot be
+trusted (corrupt, unreadable, unwritable) gates readiness as ``gpu/state``.
+
+A GPU that leaves the inventory takes its conditions, ``gpu/<uuid>`` service and metric series
+with it, unless it holds a fatal latch (then it stays reported from its latches); with real
+NVML a GPU that is no longer enumerated is latched lost.
 """
 
 from __future__ import annotations
@@ -35,8 +41,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.checks.base import Check, ResultSink
+from sidecar.checks.base import Check, ConditionRetirer, ResultSink
 from sidecar.checks.nvml import (
+    GPU_GATES,
     GpuPollCheck,
     GpuRef,
     InforomCheck,
@@ -62,12 +69,14 @@ from sidecar.gpu.backend import (
     MIG_ID_ANY,
     REBOOT_CLASS_ACTIONS,
     RESET_CLASS_ACTIONS,
+    UNSUPPORTED,
     ComputeMode,
     EccCounters,
     EventRegistration,
     EventType,
     GpuBackend,
     GpuEvent,
+    GpuGoneError,
     GpuInfo,
     GpuLostError,
     GpuSample,
@@ -81,7 +90,7 @@ from sidecar.gpu.backend import (
     value_or_none,
 )
 from sidecar.gpu.caller import NvmlCaller
-from sidecar.gpu.latches import Latch, LatchStore, read_boot_id
+from sidecar.gpu.latches import Latch, LatchStore, StoreProblem, read_boot_id
 from sidecar.gpu.listener import XidListener
 from sidecar.gpu.metrics import GpuMetrics
 from sidecar.gpu.real import RealNvmlBackend
@@ -95,7 +104,7 @@ from sidecar.gpu.xid import (
     parse_xid_class,
     xid_reason,
 )
-from sidecar.model import CheckResult, Severity
+from sidecar.model import SERVICE_GPU, CheckResult, Severity
 from sidecar.scenario import ScenarioFile
 
 log = logging.getLogger(__name__)
@@ -161,10 +170,14 @@ def parse_gpu_config(sec: Section) -> GpuConfig:
         state_file = d.state_file
     cfg = GpuConfig(
         enabled=sec.flag("enabled", d.enabled),
-        poll_interval_s=sec.duration("poll_interval", d.poll_interval_s, minimum=0.01),
-        nvml_call_timeout_s=sec.duration("nvml_call_timeout", d.nvml_call_timeout_s, minimum=0.001),
+        poll_interval_s=sec.duration(
+            "poll_interval", d.poll_interval_s, minimum=0.01, maximum=3600.0
+        ),
+        nvml_call_timeout_s=sec.duration(
+            "nvml_call_timeout", d.nvml_call_timeout_s, minimum=0.001, maximum=600.0
+        ),
         event_wait_timeout_s=sec.duration(
-            "event_wait_timeout", d.event_wait_timeout_s, minimum=0.001
+            "event_wait_timeout", d.event_wait_timeout_s, minimum=0.001, maximum=10.0
         ),
         events=sec.flag("events", d.events),
         expected_uuids=tuple(sec.text_list("expected_uuids")),
@@ -203,7 +216,6 @@ class _GpuState:
     info: GpuInfo
     ref: GpuRef
     last: GpuSample | None = None
-    last_wall: float | None = None  # wall time of the previous sample (pre-reset evidence)
     recent: deque[XidRecord] = field(default_factory=lambda: deque(maxlen=256))
     ecc_contained: bool = False
     corrected_hist: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=4096))
@@ -280,6 +292,7 @@ class GpuComponent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refresh_pending = False
         self._failing: dict[str, bool] = {}
+        self._absent_reported: set[str] = set()  # not enumerated, reported from their latches
         self._reset_generation = 0
         self._events_handled = 0
         self._stopped = False
@@ -402,6 +415,7 @@ class GpuComponent:
                 "NVML opened",
                 extra={"backend": backend.kind, "driver": self._system.driver_version},
             )
+        enumerated = time.time()
         try:
             infos: list[GpuInfo] = await self._call(backend.devices, "devices")
         except NvmlHungError as exc:
@@ -431,18 +445,25 @@ class GpuComponent:
 
         results: list[CheckResult] = []
         hung: NvmlHungError | None = None
+        gone: set[str] = set()
         for info in infos:
             if info.lost:
-                results.extend(self._fold_error(info, GpuLostError("GPU lost at enumeration")))
+                results.extend(
+                    self._fold_error(info, GpuLostError("GPU lost at enumeration"), enumerated)
+                )
                 continue
             uuid = info.uuid
+            taken = time.time()  # before the call: an Xid latched during it may be newer
             try:
                 sample: GpuSample = await self._call(lambda u=uuid: backend.sample(u), "sample")
             except NvmlHungError as exc:
                 hung = hung or NvmlHungError(exc.text, uuid=uuid)
                 continue
+            except GpuGoneError:
+                gone.add(uuid)  # removed from the (simulated) inventory meanwhile: not a fault
+                continue
             except (GpuLostError, ResetRequiredError) as exc:
-                results.extend(self._fold_error(info, exc))
+                results.extend(self._fold_error(info, exc, taken))
                 continue
             except NvmlUnavailableError as exc:
                 self._opened = False
@@ -451,7 +472,7 @@ class GpuComponent:
             except NvmlError as exc:
                 results.append(nvml_failed(exc.reason, f"{uuid}: {exc.text}", hung=True, uuid=uuid))
                 continue
-            results.extend(self._fold(sample))
+            results.extend(self._fold(sample, taken))
 
         if hung is not None:
             self.metrics.nvml_up.set(0)
@@ -460,12 +481,124 @@ class GpuComponent:
             self.metrics.nvml_up.set(1)
             driver = self._system.driver_version if self._system else ""
             results.append(nvml_ok(driver, backend.kind))
+        infos = [i for i in infos if i.uuid not in gone]
+        with self._lock:
+            self._current = [i.uuid for i in infos]
+        results.extend(self._absent({i.uuid for i in infos}, enumerated))
         results.append(
             inventory_result(infos, self.config.expected_uuids, self.config.expected_count)
         )
-        await asyncio.to_thread(self.latches.save)
-        results.append(state_file_result(self.latches.problem))
+        problem = await asyncio.to_thread(self._persist)
+        results.append(state_file_result(problem))
         return results
+
+    def _persist(self) -> StoreProblem | None:
+        """Save the latches and say whether the store can be trusted (worker thread)."""
+        self.latches.save()
+        return self.latches.health()
+
+    def _absent(self, present: set[str], enumerated: float) -> list[CheckResult]:
+        """GPUs no longer enumerated. With real NVML a container's GPUs are fixed, so one that
+        vanishes fell off the bus: it is latched lost. A simulated GPU removed from the
+        scenario without a latch leaves with its conditions, services and metric series (a
+        phantom or removed GPU: ``gpu/inventory`` reports it when it was expected). One holding
+        a fatal latch (an Xid 79, a lost GPU...) stays reported from its latches, gating, until
+        evidence of a reset or a node reboot: vanishing is no evidence."""
+        out: list[CheckResult] = []
+        with self._lock:
+            if not self.simulate:
+                for uuid in [u for u in self._gpus if u not in present]:
+                    if self.latches.add(
+                        uuid,
+                        Latch(
+                            kind="lost",
+                            reason="GpuLost",
+                            message=f"GPU {uuid} is no longer enumerated by NVML (fallen off "
+                            "the bus or inaccessible)",
+                            scope="node",
+                            since=enumerated,
+                        ),
+                    ):
+                        log.error("GPU lost: no longer enumerated", extra={"uuid": uuid})
+            latched = self.latches.all_latches()
+            for uuid in [u for u in self._gpus if u not in present and u not in latched]:
+                self._retire_gpu(self._gpus.pop(uuid))
+            for uuid, latches in latched.items():
+                if uuid in present:
+                    self._absent_reported.discard(uuid)
+                    continue
+                st = self._gpus.get(uuid)
+                if st is None:  # latched before a restart, not enumerated since
+                    info = GpuInfo(index=-1, uuid=uuid, name="(not enumerated)")
+                    st = self._gpus[uuid] = _GpuState(info=info, ref=GpuRef.of(info))
+                if uuid not in self._absent_reported:
+                    self._absent_reported.add(uuid)
+                    log.error(
+                        "GPU no longer enumerated while holding fatal latches; they stay reported",
+                        extra={"uuid": uuid, "reasons": [x.reason for x in latches]},
+                    )
+                    self._retire_conditions(st, keep=("lost", "xid", "ecc", "remap"))
+                out.extend(self._latched_results(st, latches))
+        return out
+
+    def _latched_results(self, st: _GpuState, latches: list[Latch]) -> list[CheckResult]:
+        """The conditions of a GPU that is not enumerated, from its latches alone."""
+        ref = st.ref
+        self.metrics.fatal_latches.labels(uuid=st.info.uuid).set(len(latches))
+        by_kind = {x.kind: x for x in latches}
+        lost = by_kind.get("lost")
+        out = [
+            lost_result(ref, latch=lost, reset_required=None)
+            if lost is not None
+            else ref.fail(
+                "lost",
+                "GpuNotEnumerated",
+                f"GPU {st.info.uuid} is no longer enumerated by NVML and holds fatal latches",
+                severity=Severity.CRITICAL,
+            ),
+            xid_result(
+                ref, latches, [], now=time.monotonic(), window_s=self.config.xid_report_window_s
+            ),
+        ]
+        if "ecc" in by_kind:
+            out.append(
+                ecc_result(
+                    ref,
+                    UNSUPPORTED,
+                    latch=by_kind["ecc"],
+                    contained=False,
+                    corrected_increase=0,
+                    corrected_warn=0,
+                    corrected_window_s=self.config.ecc_corrected_window_s,
+                )
+            )
+        if "remap" in by_kind:
+            out.append(remap_result(ref, UNSUPPORTED, UNSUPPORTED, latch=by_kind["remap"]))
+        return out
+
+    def _retire_gpu(self, st: _GpuState) -> None:
+        """A GPU without latches left the inventory: its conditions, services, metrics go."""
+        uuid = st.info.uuid
+        self._absent_reported.discard(uuid)
+        self.latches.forget(uuid)
+        self.metrics.remove_gpu(uuid)
+        self._retire_conditions(st, keep=())
+        log.info("GPU left the inventory; its conditions and service are removed", extra={"uuid": uuid})
+
+    def _retire_conditions(self, st: _GpuState, *, keep: Sequence[str]) -> None:
+        uuids = [st.info.uuid, *(i.uuid for i in st.info.instances)]
+        if keep:
+            signals = ("recovery_action", "thermal", "memory", "compute_mode", "pcie", "events",
+                       "inforom")
+            prefixes = [f"{SERVICE_GPU}/{u}/{sig}" for u in uuids for sig in signals if sig not in keep]
+        else:
+            prefixes = [f"{SERVICE_GPU}/{u}/" for u in uuids]
+        for name in [n for n in self._failing if n.startswith(tuple(prefixes))]:
+            del self._failing[name]
+        sink = self._sink
+        if isinstance(sink, ConditionRetirer):
+            services = [] if keep else sorted(st.ref.gates - GPU_GATES)
+            sink.retire(prefixes, services)
 
     def _nvml_error_result(self, exc: NvmlError) -> CheckResult:
         if isinstance(exc, NvmlUnavailableError):
@@ -496,7 +629,7 @@ class GpuComponent:
 
     # -- per-GPU folding (event loop thread, under self._lock) --------------------------------
 
-    def _fold_error(self, info: GpuInfo, exc: NvmlError) -> list[CheckResult]:
+    def _fold_error(self, info: GpuInfo, exc: NvmlError, taken: float) -> list[CheckResult]:
         with self._lock:
             st = self._gpus[info.uuid]
             if isinstance(exc, GpuLostError):
@@ -508,13 +641,14 @@ class GpuComponent:
                         message=f"GPU {info.uuid} is lost (fallen off the bus or inaccessible): "
                         f"{exc.text}",
                         scope="node",
-                        since=time.time(),
+                        since=taken,
                     ),
                 ):
                     log.error("GPU lost", extra={"uuid": info.uuid, "error": exc.text})
             else:
                 st.reset_required = f"GPU requires a reset: {exc.text}"
-            st.last_wall = time.time()  # a failing sample is a pre-reset observation too
+            # a failing sample is a pre-reset observation too: latches up to it may clear
+            self.latches.observe(info.uuid, at=taken)
             self.metrics.fatal_latches.labels(uuid=info.uuid).set(
                 len(self.latches.latches(info.uuid))
             )
@@ -558,7 +692,8 @@ class GpuComponent:
             return "recovery action went back to none"
         return None
 
-    def _fold(self, sample: GpuSample) -> list[CheckResult]:
+    def _fold(self, sample: GpuSample, taken: float) -> list[CheckResult]:
+        """Fold one sample, taken (its NVML calls started) at wall time ``taken``."""
         cfg = self.config
         now = time.monotonic()
         uuid = sample.info.uuid
@@ -568,11 +703,10 @@ class GpuComponent:
             first = not st.sampled
             st.sampled = True
             st.reset_required = None
-            prev_wall = st.last_wall
             known = self.latches.known(uuid)
             evidence = self._reset_evidence(uuid, sample) if known else None
             if evidence is not None:
-                self._on_reset(uuid, st, evidence, before=prev_wall)
+                self._on_reset(uuid, st, evidence)
 
             ecc = value_or_none(sample.ecc)
             obs = self.latches.gpu(uuid).observed
@@ -580,7 +714,7 @@ class GpuComponent:
                 cur = ecc.volatile_uncorrected
                 prev = obs.volatile_uncorrected
                 if (prev is None and cur > 0) or (prev is not None and cur > prev):
-                    self._classify_ecc_increase(st, prev, cur, now)
+                    self._classify_ecc_increase(st, prev, cur, now, taken)
                 elif first and prev is not None and cur == prev and cur > 0:
                     # seen before this restart and not latched then: it was contained
                     st.ecc_contained = not any(x.kind == "ecc" for x in self.latches.latches(uuid))
@@ -595,12 +729,13 @@ class GpuComponent:
                         reason="RemapFailure",
                         message="row remapping failed (RMA criterion); GPU unusable until "
                         "reset and replaced",
-                        since=time.time(),
+                        since=taken,
                     ),
                 )
             action = value_or_none(sample.recovery_action)
             self.latches.observe(
                 uuid,
+                at=taken,
                 volatile_uncorrected=ecc.volatile_uncorrected
                 if isinstance(ecc, EccCounters)
                 else obs.volatile_uncorrected,
@@ -627,7 +762,6 @@ class GpuComponent:
             else:
                 st.hw_slowdown_since = None
             st.last = sample
-            st.last_wall = time.time()  # latches derived from this sample are older
             self.metrics.sample(sample)
             latches = self.latches.latches(uuid)
             self.metrics.fatal_latches.labels(uuid=uuid).set(len(latches))
@@ -702,7 +836,9 @@ class GpuComponent:
                 )
             return results
 
-    def _classify_ecc_increase(self, st: _GpuState, prev: int | None, cur: int, now: float) -> None:
+    def _classify_ecc_increase(
+        self, st: _GpuState, prev: int | None, cur: int, now: float, taken: float
+    ) -> None:
         """An uncorrectable ECC increase: classify with the accompanying Xid, run the canary."""
         uuid = st.info.uuid
         window = self.config.ecc_xid_window_s
@@ -723,18 +859,18 @@ class GpuComponent:
                     reason="EccUncorrectable",
                     message=f"{rise}{why}; GPU unusable until a reset is observed",
                     code=code,
-                    since=time.time(),
+                    since=taken,
                 ),
             )
             log.error("uncorrectable ECC error", extra={"uuid": uuid, "count": cur, "xid": code})
         if self._sink is not None:
             self._sink.trigger(CANARY_CHECK)
 
-    def _on_reset(self, uuid: str, st: _GpuState, evidence: str, *, before: float | None) -> None:
-        # Only latches set before the previous sample (which still showed the pre-reset state)
-        # are cleared: a fatal Xid between that sample and this one may have come after the
-        # reset, so it stays (fail closed) until the next evidence.
-        cleared = self.latches.clear(uuid, before=before)
+    def _on_reset(self, uuid: str, st: _GpuState, evidence: str) -> None:
+        # Only latches set at or before the baseline sample (which still showed the pre-reset
+        # state, possibly before a restart) are cleared: a fatal Xid latched after it may have
+        # come after (or with) the reset, so it stays (fail closed) until the next evidence.
+        cleared = self.latches.clear_on_reset(uuid)
         st.ecc_contained = False
         st.recent.clear()
         st.corrected_hist.clear()
@@ -856,7 +992,8 @@ class GpuComponent:
                     message=f"Xid {code}: {self.table.describe(code)}",
                     scope=scope,
                     code=code,
-                    since=time.time(),
+                    # when the backend received it: a sample taken after that may clear it
+                    since=ev.wall_time or time.time(),
                 ),
             )
         if code == XID_ECC_CONTAINED:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from sidecar.gpu.backend import (
@@ -139,6 +141,22 @@ class GpuMetrics:
             ["op"],
             registry=r,
         )
+
+    def remove_gpu(self, uuid: str) -> None:
+        """Drop every series labelled with ``uuid`` (the GPU left the inventory)."""
+        for metric in (m for m in vars(self).values() if isinstance(m, Gauge | Counter)):
+            names: tuple[str, ...] = tuple(metric._labelnames)
+            if "uuid" not in names:
+                continue
+            keys = {
+                tuple(sample.labels[n] for n in names)
+                for family in metric.collect()
+                for sample in family.samples
+                if sample.labels.get("uuid") == uuid
+            }
+            for key in keys:
+                with contextlib.suppress(KeyError):
+                    metric.remove(*key)
 
     def observe_call(self, op: str, seconds: float) -> None:
         self.nvml_call_seconds.labels(op=op).observe(seconds)

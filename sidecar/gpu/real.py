@@ -305,9 +305,7 @@ class RealNvmlBackend:
             utilization_gpu_pct=self._map(
                 self._read(uuid, nvml.nvmlDeviceGetUtilizationRates, h), lambda u: int(u.gpu)
             ),
-            pcie_replay_count=self._map(
-                self._read(uuid, nvml.nvmlDeviceGetPcieReplayCounter, h), int
-            ),
+            pcie_replay_count=self._map(self._read(uuid, nvml.nvmlDeviceGetPcieReplayCounter, h), int),
             processes=self._map(
                 self._read(uuid, nvml.nvmlDeviceGetComputeRunningProcesses, h),
                 lambda procs: tuple(
@@ -320,7 +318,27 @@ class RealNvmlBackend:
                     for p in procs
                 ),
             ),
+            power_violation_s=self._violation(uuid, h, getattr(nvml, "NVML_PERF_POLICY_POWER", 0)),
+            thermal_violation_s=self._violation(uuid, h, getattr(nvml, "NVML_PERF_POLICY_THERMAL", 1)),
+            sm_clock_mhz=self._optional(uuid, "nvmlDeviceGetClockInfo", h, getattr(nvml, "NVML_CLOCK_SM", 1)),
+            sm_clock_max_mhz=self._optional(
+                uuid, "nvmlDeviceGetMaxClockInfo", h, getattr(nvml, "NVML_CLOCK_SM", 1)
+            ),
         )
+
+    def _optional(self, uuid: str, function: str, *args: Any) -> Reading[int]:
+        """A signal read through an NVML function that older bindings may lack (unsupported)."""
+        fn = getattr(self._nvml, function, None)
+        if fn is None:
+            return UNSUPPORTED
+        return self._map(self._read(uuid, fn, *args), int)
+
+    def _violation(self, uuid: str, h: Any, policy: int) -> Reading[float]:
+        """Cumulative throttled time of one perf policy, in seconds (``violationTime`` is ns)."""
+        fn = getattr(self._nvml, "nvmlDeviceGetViolationStatus", None)
+        if fn is None:
+            return UNSUPPORTED
+        return self._map(self._read(uuid, fn, h, policy), lambda v: float(v.violationTime) / 1e9)
 
     @staticmethod
     def _map(reading: Reading[Any], fn: Callable[[Any], T]) -> Reading[T]:
@@ -386,9 +404,7 @@ class RealNvmlBackend:
         r: Reading[Any] = UNSUPPORTED
         if version is not None:
             r = self._read(uuid, nvml.nvmlDeviceGetMemoryInfo, h, version)
-        if isinstance(r, Unsupported) or (
-            isinstance(r, SignalError) and "version" in r.message.lower()
-        ):
+        if isinstance(r, Unsupported) or (isinstance(r, SignalError) and "version" in r.message.lower()):
             r = self._read(uuid, nvml.nvmlDeviceGetMemoryInfo, h)
         if isinstance(r, Unsupported | SignalError):
             return r
@@ -418,9 +434,7 @@ class RealNvmlBackend:
         except Exception as exc:
             if not self._is_nvml_error(exc):
                 return SignalError("NvmlError", str(exc))
-            if int(getattr(exc, "value", -1)) == getattr(
-                self._nvml, "NVML_ERROR_CORRUPTED_INFOROM", 14
-            ):
+            if int(getattr(exc, "value", -1)) == getattr(self._nvml, "NVML_ERROR_CORRUPTED_INFOROM", 14):
                 return False
             err = self.translate(exc, uuid)
             if isinstance(err, Unsupported):

@@ -37,6 +37,7 @@ from sidecar.gpu.backend import (
     EventRegistration,
     EventType,
     GpuEvent,
+    GpuGoneError,
     GpuInfo,
     GpuLostError,
     GpuSample,
@@ -50,6 +51,7 @@ from sidecar.gpu.backend import (
     ResetRequiredError,
     SystemInfo,
 )
+from sidecar.safeload import short_repr
 from sidecar.scenario import ScenarioFile
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,13 @@ class SimState:
     unavailable: str | None = None  # reason class name, e.g. "DriverNotLoaded"
     hang: bool = False
     driver_version: str = "580.00 (simulated)"
+    note: str = ""  # why NVML is unavailable, when the scenario itself is the reason
+
+
+# Until the scenario file's first good document: no GPU, NVML unavailable (fail closed).
+NOT_WRITTEN_YET = SimState(
+    gpus=(), unavailable="NvmlUnavailable", note="scenario file not written yet"
+)
 
 
 def _default_gpu(index: int = 0) -> SimGpu:
@@ -157,7 +166,7 @@ def parse_sim_state(doc: Mapping[str, Any]) -> SimState:
         else:
             unavailable = unavailable_raw
     elif unavailable_raw not in (None, False):
-        nvml.error("unavailable", f"must be true or a reason name, got {unavailable_raw!r}")
+        nvml.error("unavailable", f"must be true or a reason name, got {short_repr(unavailable_raw)}")
     hang = nvml.flag("hang", False)
     driver = nvml.text("driver_version", "580.00 (simulated)")
     nvml.reject_unknown()
@@ -179,7 +188,12 @@ def _parse_gpu(sec: Section, position: int) -> SimGpu:
     index = sec.integer("index", position, minimum=0)
     uuid = sec.text("uuid", f"GPU-sim-{index}")
     xids: list[SimXid] = []
-    for j, item in enumerate(sec.raw.get("xid") or []):
+    raw_xids = sec.raw.get("xid") or []
+    if not isinstance(raw_xids, list):
+        # `xid: 79` is a typo for `xid: [79]`: name the key and the shape, inject nothing
+        sec.error("xid", f"must be a list of Xid codes (e.g. [79]), got {short_repr(raw_xids)}")
+        raw_xids = []
+    for j, item in enumerate(raw_xids):
         if isinstance(item, int) and not isinstance(item, bool):
             xids.append(SimXid(item))
         elif isinstance(item, Mapping):
@@ -193,10 +207,8 @@ def _parse_gpu(sec: Section, position: int) -> SimGpu:
             )
             x.reject_unknown()
         else:
-            sec.error("xid", f"items must be Xid codes or {{code, gi, ci}}, got {item!r}")
+            sec.error("xid", f"items must be Xid codes or {{code, gi, ci}}, got {short_repr(item)}")
     sec._known.add("xid")
-    if "xid" in sec.raw and not isinstance(sec.raw.get("xid") or [], list):
-        sec.error("xid", "must be a list")
     action = sec.text("recovery_action", "none", choices=RECOVERY_ACTION_NAMES)
     mode = sec.text("compute_mode", "default", choices=tuple(COMPUTE_MODE_NAMES))
     clocks = _clock_reasons(sec)
@@ -310,7 +322,10 @@ class SimulatedBackend:
         self.last_error: str | None = None
         self.generation = 0
         if scenario is not None:
-            self.apply(scenario.current())
+            if scenario.has_document:
+                self.apply(scenario.current())
+            else:
+                self._state = NOT_WRITTEN_YET
             scenario.subscribe(self._on_scenario)
         else:
             self.apply({})
@@ -399,7 +414,7 @@ class SimulatedBackend:
         for g in self._state.gpus:
             if g.uuid == uuid:
                 return self._effective(g)
-        raise GpuLostError(f"simulated GPU {uuid} is no longer present", uuid=uuid)
+        raise GpuGoneError(f"simulated GPU {uuid} is no longer present", uuid=uuid)
 
     def _wait_not_hung(self, uuid: str | None = None) -> None:
         """Block like a hung driver call while the scenario says so (released by close())."""
@@ -416,7 +431,7 @@ class SimulatedBackend:
         name = self._state.unavailable
         if name is not None:
             cls = UNAVAILABLE_KINDS.get(name.lower(), NvmlUnavailableError)
-            raise cls(f"simulated: {name}")
+            raise cls(f"simulated: {name}" + (f" ({self._state.note})" if self._state.note else ""))
 
     # -- protocol -----------------------------------------------------------------------------
 

@@ -10,9 +10,11 @@ service to be SERVING again.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
+import shutil
 import signal
 import threading
 import time
@@ -417,8 +419,41 @@ def inject(sc: Sidecar, row: Row) -> None:
         sc.endpoint.mode = "fail"
     elif action == "workload_slow":
         sc.endpoint.mode = "slow"
+    elif action in BAD_SCENARIOS:
+        text, refusal = BAD_SCENARIOS[action]
+        refused_before = len(scenario_refusals(sc, refusal))
+        tmp = sc.tmp / ".scenario.new"
+        tmp.write_text(text)
+        os.replace(tmp, sc.scenario_path)
+        # the witness: the document was read and refused in one short log line
+        wait_for(lambda: len(scenario_refusals(sc, refusal)) > refused_before, 5, sc, refusal)
+        assert all(len(json.dumps(r)) < 2000 for r in scenario_refusals(sc, refusal))
+        sc.scenario(row)  # a valid scenario after it is still seen
     else:
         raise AssertionError(f"no injector for action {action!r}")
+
+
+BOMB_LEVELS = "".join(
+    f"  {n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdef", "bcdefg", strict=True)
+)
+BAD_SCENARIOS = {
+    "scenario_bomb": (
+        'canary:\n  a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+        + BOMB_LEVELS
+        + "  mode: *g\n",
+        "expands to more than",
+    ),
+    "scenario_deep": ("gpus: " + "[" * 20000 + "]" * 20000 + "\n", "nested deeper than"),
+}
+
+
+def scenario_refusals(sc: Sidecar, fragment: str) -> list[dict[str, Any]]:
+    assert sc.proc is not None
+    return [
+        r
+        for r in sc.proc.log_records()
+        if r.get("msg") == "scenario file ignored, last good state stays" and fragment in str(r.get("error"))
+    ]
 
 
 def clear(sc: Sidecar, row: Row) -> None:
@@ -654,6 +689,8 @@ def test_config_reload_failed_rebuild_keeps_gpu_monitoring(own_sidecar: Sidecar,
     wait_for(lambda: matches(sc, row), row.detect_s, sc, "Xid 79 detected after the reload")
     assert sc.metric("trt_health_gpu_xid_events_total", {"code": "79"}) > xids
     assert_probes(sc, row)
+    for aside in (sc.tmp / "state").glob("gpu-latches.json.corrupt-*"):
+        aside.unlink()  # what the operator does for a corrupt latch file (latch-store-corrupt)
     evidence(sc)
     wait_for(lambda: recovered(sc, row), row.recover_s, sc, "recovery after the reset")
     assert sc.alive()
@@ -694,6 +731,98 @@ def test_restart_mid_fatal_stays_fatal(own_sidecar: Sidecar, row: Row) -> None:
     assert sc.alive()
 
 
+def _never_serving_until(sc: Sidecar, row: Row, what: str) -> None:
+    """Wait for the restarted sidecar's first canary and the row's state; readiness must not
+    be SERVING at any point in between."""
+    seen_serving = False
+
+    def settled() -> bool:
+        nonlocal seen_serving
+        services, conditions = sc.state()
+        seen_serving |= services.get("readiness") == "SERVING"
+        canary = conditions.get("canary")
+        return canary is not None and canary.reason == "CanaryPassed" and matches(sc, row)
+
+    wait_for(settled, 20, sc, what)
+    assert not seen_serving, f"readiness was SERVING after the restart ({row.id})"
+
+
+@pytest.mark.parametrize(
+    "row",
+    [pytest.param(_row("restart-xid-with-reset"), marks=_xfail_mark("restart-xid-with-reset"))],
+    ids=["restart-xid-with-reset"],
+)
+def test_restart_xid_with_reset_stays_fatal(own_sidecar: Sidecar, row: Row) -> None:
+    """Xid 79 and a reset in one scenario change, SIGKILL as soon as readiness drops, restart
+    with the Xid gone and the reset kept: still fatal (whatever was persisted before the kill);
+    only a later reset clears it."""
+    sc = own_sidecar
+    sc.reset += 1
+    sc.write_scenario({"gpus": [{"xid": [79], "reset": sc.reset}]})
+    wait_for(lambda: sc.check("readiness") == table.N, 3, sc, "readiness NOT_SERVING")
+    sc.kill()
+    sc.scenario()  # xid: [], the same reset counter
+    sc.start()
+    _never_serving_until(sc, row, "restarted sidecar settled")
+    assert sc.metric("trt_health_gpu_fatal_latches", {}) == 1
+    assert_probes(sc, row)
+    evidence(sc)
+    wait_for(lambda: recovered(sc, row), row.recover_s, sc, "recovery after a later reset")
+    assert sc.alive()
+
+
+@pytest.mark.parametrize(
+    "row",
+    [pytest.param(_row("latch-store-corrupt"), marks=_xfail_mark("latch-store-corrupt"))],
+    ids=["latch-store-corrupt"],
+)
+def test_latch_store_corrupt_gates_until_the_aside_file_is_removed(
+    own_sidecar: Sidecar, row: Row
+) -> None:
+    """A latch file that is not UTF-8 at start: the sidecar runs (no crash loop), readiness is
+    never SERVING, the bytes are kept aside; removing the aside file brings readiness back."""
+    sc = own_sidecar
+    assert sc.stop(signal.SIGTERM) == 0
+    state = sc.tmp / "state"
+    bad = b"\xff" + hashlib.sha256(b"corrupt").digest() * 9 + b"\x00" * 11
+    (state / "gpu-latches.json").write_bytes(bad)
+    sc.start()
+    _never_serving_until(sc, row, "corrupt latch store reported")
+    assert_metric(sc, row, 0.0)
+    [aside] = state.glob("gpu-latches.json.corrupt-*")
+    assert aside.read_bytes() == bad
+    assert_probes(sc, row)
+    aside.unlink()
+    wait_for(lambda: recovered(sc, row), row.recover_s, sc, "recovery after the aside file went")
+    assert sc.alive()
+
+
+@pytest.mark.parametrize(
+    "row",
+    [pytest.param(_row("latch-store-unwritable"), marks=_xfail_mark("latch-store-unwritable"))],
+    ids=["latch-store-unwritable"],
+)
+def test_latch_store_unwritable_gates_until_a_write_succeeds(own_sidecar: Sidecar, row: Row) -> None:
+    """The state dir becomes unusable (a regular file in its place: every write fails, as on a
+    full disk) and Xid 79 must be persisted: `gpu/state` LatchStoreUnwritable gates beside the
+    Xid; once writable, the latch is written; a reset then clears the Xid."""
+    sc = own_sidecar
+    state = sc.tmp / "state"
+    shutil.rmtree(state)
+    state.write_text("not a directory")
+    sc.scenario(_row("xid-79-node_fatal"))
+    wait_for(lambda: matches(sc, row), row.detect_s, sc, "unwritable latch store reported")
+    assert_metric(sc, row, 0.0)
+    assert_probes(sc, row)
+    state.unlink()
+    sc.scenario()
+    wait_for(lambda: sc.state()[1]["gpu/state"].status != FAIL, 5, sc, "latch store writable")
+    assert "XidFatal79" in (state / "gpu-latches.json").read_text()
+    evidence(sc)
+    wait_for(lambda: recovered(sc, row), row.recover_s, sc, "recovery after the reset")
+    assert sc.alive()
+
+
 def test_fault_matrix_doc_in_sync() -> None:
     """docs/fault-matrix.md is exactly what the table generates (regenerate it when it fails)."""
     doc = REPO / "docs" / "fault-matrix.md"
@@ -712,6 +841,9 @@ def test_every_group_has_a_runner() -> None:
         "config-reload-invalid",
         "config-reload-during-fatal",
         "restart-mid-fatal",
+        "restart-xid-with-reset",
+        "latch-store-corrupt",
+        "latch-store-unwritable",
         "config-reload-failed-rebuild",
     }
     for row in table.ROWS:

@@ -575,9 +575,8 @@ async def test_bad_scenario_keeps_last_good_state(h: Harness) -> None:
     h.write({"gpus": [gpu(0, temperature_c="hot")]})
     await asyncio.sleep(0.2)
     assert h.sink.latest[f"gpu/{U0}/thermal"].reason == "ThermalSlowdown"
-    assert h.component is not None
-    backend = h.component.backend
-    assert "temperature_c" in (getattr(backend, "last_error", "") or "")
+    # the whole document is rejected where it is read (the scenario file), naming the field
+    assert "temperature_c" in (h.scenario.last_error or "")
 
 
 async def test_unsupported_signals_are_unmonitored(h: Harness) -> None:
@@ -592,13 +591,14 @@ async def test_unsupported_signals_are_unmonitored(h: Harness) -> None:
 
 
 async def test_corrupt_state_file_is_reported_and_rederived(h: Harness) -> None:
-    """A state file that does not parse -> WARNING StateFileProblem; NVML state still rules."""
+    """A state file that does not parse -> gating LatchStoreCorrupt (its latches are unknown);
+    NVML state is still derived beside it."""
     h.state_dir.mkdir()
     (h.state_dir / "gpu-latches.json").write_text("{not json", encoding="utf-8")
     h.write({"gpus": [gpu(0, remap_failure=True)]})
     await h.start()
-    r = await h.reason("gpu/state", "StateFileProblem")
-    assert r.severity is Severity.WARNING
+    r = await h.reason("gpu/state", "LatchStoreCorrupt")
+    assert r.severity is Severity.CRITICAL and gating(r)
     await h.reason(f"gpu/{U0}/remap", "RemapFailure")
 
 

@@ -1,0 +1,55 @@
+"""A config file changed to bad bytes or a bomb on reload: rejected and counted, never an
+internal error (the reload path catches ConfigError only)."""
+
+from __future__ import annotations
+
+import logging
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import AppThread, core_config
+
+REJECTED = 'trt_health_config_reloads_total{result="rejected"}'
+
+
+def rejected_count(app: AppThread) -> float:
+    with urllib.request.urlopen(f"{app.http_base}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(REJECTED + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"gpu:\n  poll_interval: \xff5s\n", "not UTF-8"),
+        (b"canary: " + b"[" * 20000 + b"]" * 20000 + b"\n", "nested deeper than"),
+        (
+            b"a: &a [x, x, x, x, x, x, x, x, x]\n"
+            + b"".join(
+                f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n".encode()
+                for p, n in zip("abcdef", "bcdefg", strict=True)
+            ),
+            "expands to more than",
+        ),
+    ],
+)
+def test_bad_config_file_on_reload_is_rejected_and_counted(
+    make_app: object, tmp_path: Path, caplog: pytest.LogCaptureFixture, data: bytes, fragment: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("{}\n", encoding="utf-8")
+    app: AppThread = make_app(core_config(config_file=str(path)))  # type: ignore[operator]
+    before = rejected_count(app)
+    path.write_bytes(data)
+    with caplog.at_level(logging.ERROR):
+        assert app.call(app.app.reload_config({("state_dir",): str(tmp_path)})) is False
+    assert rejected_count(app) == before + 1
+    records = [r for r in caplog.records if r.getMessage() == "config reload rejected, old config stays"]
+    assert records, "the rejection is logged"
+    problems = " ".join(getattr(records[-1], "problems", []))
+    assert str(path) in problems and fragment in problems and len(problems) < 400
