@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -37,7 +38,15 @@ from sidecar.checks.base import Component, TransitionListener
 from sidecar.config import SidecarConfig, load_config
 from sidecar.configfields import ConfigError
 from sidecar.errors import BindError, TlsMaterialError
-from sidecar.model import SERVICE_OVERALL, CheckResult, CheckStatus, Transition
+from sidecar.model import (
+    SERVICE_LIVENESS,
+    SERVICE_OVERALL,
+    CheckResult,
+    CheckStatus,
+    ServiceVerdict,
+    Severity,
+    Transition,
+)
 from sidecar.policy import HealthPolicy
 from sidecar.proto import diagnostics_pb2_grpc
 from sidecar.publish.diagnostics import DiagnosticsService
@@ -53,6 +62,7 @@ from sidecar.publish.log import configure_logging
 from sidecar.publish.tls import TlsCredentialsWatcher
 from sidecar.scenario import ScenarioFile
 from sidecar.scheduler import Scheduler
+from sidecar.watchdog import LoopWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +222,97 @@ class CoreMetrics:
         self.build.labels(__version__).set(1)
 
 
+class _SlotSink:
+    """The ResultSink of one component. Live, it forwards to the app. *Staged* (a replacement
+    built by a reload, running beside the component it replaces), it keeps the latest result
+    of each condition instead, so the replacement's start-up results ("loading", "starting")
+    never reach the verdict; :meth:`go_live` hands them over at the swap. Always on the loop
+    thread except :meth:`submit` and :meth:`trigger` (thread-safe)."""
+
+    def __init__(self, app: SidecarApp, *, staged: bool) -> None:
+        self._app = app
+        self.staged = staged
+        self.held: dict[str, CheckResult] = {}
+        self.reported: set[str] = set()  # condition names this component ever reported
+        self.ran: set[str] = set()  # checks that completed (or timed out) a run
+        self.fatal = False  # a held result is a FATAL failure: swap at once
+        self.retired = False  # the component was replaced: what it still sends is dropped
+        self._retires: list[tuple[list[str], list[str]]] = []  # asked while staged
+        self.changed = asyncio.Event()
+
+    def submit(self, results: Iterable[CheckResult]) -> None:
+        batch = list(results)
+        loop = self._app._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._app._loop_thread:
+            self.take(batch)
+        else:
+            loop.call_soon_threadsafe(self.take, batch)
+
+    def trigger(self, check_name: str) -> None:
+        self._app.trigger(check_name)
+
+    def retire(self, prefixes: Sequence[str], services: Sequence[str]) -> None:
+        """Thread-safe (ConditionRetirer): a source of this component went away. Staged, the
+        request waits for the swap (the old component still reports those conditions)."""
+        loop = self._app._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._app._loop_thread:
+            self._retire_now(list(prefixes), list(services))
+        else:
+            loop.call_soon_threadsafe(self._retire_now, list(prefixes), list(services))
+
+    def _retire_now(self, prefixes: list[str], services: list[str]) -> None:
+        if self.retired:
+            return
+        starts = tuple(prefixes)
+        self.reported = {n for n in self.reported if not n.startswith(starts)}
+        for name in [n for n in self.held if n.startswith(starts)]:
+            del self.held[name]
+        if self.staged:
+            self._retires.append((prefixes, services))
+        else:
+            self._app._retire_now(prefixes, services)
+
+    def take(self, results: Sequence[CheckResult]) -> None:
+        """Scheduler and event results of this component (loop thread)."""
+        if self.retired:
+            return
+        self.reported.update(r.name for r in results)
+        if not self.staged:
+            self._app._submit_now(results)
+            return
+        for r in results:
+            self.held.pop(r.name, None)
+            self.held[r.name] = r
+            if r.status is CheckStatus.FAIL and r.severity >= Severity.FATAL:
+                self.fatal = True
+        self.changed.set()
+
+    def observe_run(self, check: str, outcome: str, seconds: float) -> None:
+        self.ran.add(check)
+        self._app._observe_run(check, outcome, seconds)
+        self.changed.set()
+
+    def settled(self, checks: Iterable[str]) -> bool:
+        """Every check ran once and no held result is still "no evidence yet" (UNKNOWN)."""
+        return set(checks) <= self.ran and all(
+            r.status is not CheckStatus.UNKNOWN for r in self.held.values()
+        )
+
+    def go_live(self) -> None:
+        self.staged = False
+        for prefixes, services in self._retires:
+            self._app._retire_now(prefixes, services)
+        self._retires.clear()
+        held = list(self.held.values())
+        self.held.clear()
+        if held:
+            self._app._submit_now(held)
+
+
 class SidecarApp:
     """The running sidecar. Implements ResultSink for components and the scheduler."""
 
@@ -239,9 +340,23 @@ class SidecarApp:
         self._components_registry = _DelegatingCollector()
         self.registry.register(self._components_registry)
         self.scheduler = Scheduler(
-            self._submit_now, jitter=config.jitter, clock=clock, observe_run=self._observe_run
+            self._submit_now,
+            jitter=config.jitter,
+            clock=clock,
+            observe_run=self._observe_run,
+            retire=self._drop_conditions,
         )
         self._slots: dict[str, Any] = {}
+        self._sinks: dict[str, _SlotSink] = {}
+        # reloads run one at a time; requests meanwhile collapse into one more (SIGHUP storm)
+        self._reload_lock = asyncio.Lock()
+        self._reload_again = False
+        self._reload_task: asyncio.Task[None] | None = None
+        # liveness judged from outside the loop: a blocked loop beats no heartbeat
+        live = config.liveness
+        self.watchdog = LoopWatchdog(
+            live.heartbeat_interval_s + live.max_loop_lag_s, self._loop_blocked, clock=clock
+        )
         self.gpu_state = GpuStateProxy()
         self.scenario: ScenarioFile | None = None
         self.server: grpc.Server | None = None
@@ -434,6 +549,8 @@ class SidecarApp:
         for section in ALL_SECTIONS:
             await self._start_slot(section)
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        beat = self.config.liveness.heartbeat_interval_s
+        self.watchdog.start(min(beat, self.config.liveness.max_loop_lag_s) / 2)
         if cfg.config_file:
             self._config_stamp = self._stat_config()
             self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
@@ -561,71 +678,152 @@ class SidecarApp:
         """Build one section's component on a fresh registry and put it in its slot."""
         registry = CollectorRegistry()
         obj = self._build_section(section, cfg, registry)
+        self._put(section, obj, registry, _SlotSink(self, staged=False))
+
+    def _put(self, section: str, obj: Any, registry: CollectorRegistry, sink: _SlotSink) -> None:
         self._slots[section] = obj
+        self._sinks[section] = sink
         self._components_registry.targets[section] = registry
         if section == "gpu":
             self.gpu_state.swap(obj)
 
-    async def _start_slot(self, section: str, *, known: frozenset[str] | None = None) -> None:
-        obj = self._slots.get(section)
-        if obj is None:
-            return
+    async def _start_component(
+        self, section: str, obj: Any, sink: _SlotSink, *, expect: bool
+    ) -> None:
         if section in COMPONENT_SECTIONS:
             checks = obj.checks()
-            # readiness waits for a check's first result, except across a reload for checks
-            # that already reported (their conditions stay until new results replace them)
-            self.policy.expect(c.name for c in checks if known is None or c.name not in known)
-            self.scheduler.add(checks)
-            await obj.start(self)
+            if expect:  # readiness waits for a check's first result
+                self.policy.expect(c.name for c in checks)
+            self.scheduler.add(
+                checks, submit=sink.take, observe_run=sink.observe_run, staged=sink.staged
+            )
+            await obj.start(sink)
         else:
             start = getattr(obj, "start", None)
             if start is not None:
                 await start()
 
-    async def _stop_slot(self, section: str) -> None:
+    async def _start_slot(self, section: str) -> None:
         obj = self._slots.get(section)
         if obj is None:
             return
+        await self._start_component(section, obj, self._sinks[section], expect=True)
+
+    def _unsubscribe(self, obj: Any) -> None:
+        """A retired component (and its GPU backend) hears no more scenario changes."""
+        if self.scenario is not None and obj is not None:
+            for owner in (obj, getattr(obj, "backend", None)):
+                if owner is not None:
+                    self.scenario.unsubscribe_owner(owner)
+
+    async def _stop_component(self, section: str, obj: Any, *, staged: bool = False) -> None:
+        self._unsubscribe(obj)
         try:
             if section in COMPONENT_SECTIONS:
-                await self.scheduler.remove(c.name for c in obj.checks())
+                await self.scheduler.remove((c.name for c in obj.checks()), staged=staged)
             stop = getattr(obj, "stop", None)
             if stop is not None:
                 await asyncio.wait_for(stop(), timeout=self.config.shutdown_grace_s)
         except Exception:
             log.exception("component stop failed", extra={"component": section})
 
-    async def _restart_sections(self, new: SidecarConfig, sections: list[str]) -> None:
-        """Replace the components of the changed sections, one by one.
+    async def _stop_slot(self, section: str) -> None:
+        obj = self._slots.get(section)
+        if obj is None:
+            return
+        await self._stop_component(section, obj)
 
-        The old component stops first (the GPU component persists its latches, which the new
-        one re-reads), then the new one is built on its own metrics registry and started.
-        If building fails, the old config's component is built and started again and the error
-        propagates (the reload is rejected). Conditions are kept across the swap, so a fatal
-        state stays fatal and a healthy one does not flap; conditions the new component no
-        longer reports are dropped once it had time to report them.
+    async def _restart_sections(self, new: SidecarConfig, sections: list[str]) -> None:
+        """Replace the components of the changed sections, make-before-break.
+
+        1. Every replacement is built (nothing starts; the GPU component first flushes its
+           latches so the replacement reads the current ones). A build that fails raises:
+           nothing was touched, the old components run on.
+        2. The replacements start *staged*: their checks run beside the old ones, their
+           results are held (:class:`_SlotSink`), the old components keep reporting. A start
+           that fails stops the replacements started so far and raises.
+        3. Once each replacement's checks ran and none of its results is still "no evidence
+           yet" (or one is FATAL, or the first timeouts passed), the swap: the old checks and
+           component stop, GPU latches the old one set meanwhile are handed over, the held
+           results are recorded. Conditions carry over (same names), so an unchanged verdict
+           does not blink; conditions no longer reported are dropped once every check had
+           time to report them.
         """
-        known = frozenset(self.scheduler.loops)
-        swap_at = self.clock()
+        built: list[tuple[str, Any, CollectorRegistry, _SlotSink]] = []
+        flushed_at = time.time()
         for section in sections:
-            await self._stop_slot(section)
+            old = self._slots.get(section)
+            old_latches = getattr(old, "latches", None) if section == "gpu" else None
+            if old_latches is not None:
+                flushed_at = time.time()
+                await asyncio.to_thread(old_latches.save)
+            registry = CollectorRegistry()
             try:
-                self._install(section, new)
-            except Exception:
-                self._install(section, self.config)
-                await self._start_slot(section, known=known)
+                # a build reads files (latches, manifests): on a thread
+                obj = await asyncio.to_thread(self._build_section, section, new, registry)
+            except BaseException:  # the reload is rejected: nothing was started or swapped
+                for _s, done, _r, _k in built:
+                    self._unsubscribe(done)
                 raise
-            await self._start_slot(section, known=known)
-        # every check runs at once when added; its first results come within its (first) timeout
-        grace = max(
-            (
-                getattr(c, "first_timeout_s", None) or c.timeout_s
-                for comp in self.components
-                for c in comp.checks()
-            ),
-            default=0.0,
-        )
-        asyncio.get_running_loop().call_later(grace + 1.0, self._forget_stale, swap_at)
+            built.append((section, obj, registry, _SlotSink(self, staged=True)))
+        started: list[tuple[str, Any, CollectorRegistry, _SlotSink]] = []
+        try:
+            for item in built:
+                section, obj, _registry, sink = item
+                if obj is not None:
+                    started.append(item)
+                    await self._start_component(section, obj, sink, expect=False)
+            # each staged check runs at once; its first results come within its (first) timeout
+            new_checks = {
+                section: [c.name for c in obj.checks()] if section in COMPONENT_SECTIONS else []
+                for section, obj, _r, _s in built
+                if obj is not None
+            }
+            grace = max(
+                (
+                    getattr(c, "first_timeout_s", None) or c.timeout_s
+                    for _section, obj, _r, _s in built
+                    if obj is not None and _section in COMPONENT_SECTIONS
+                    for c in obj.checks()
+                ),
+                default=0.0,
+            )
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace + 1.0
+            for section, obj, _registry, sink in built:
+                if obj is None:
+                    continue
+                while not (sink.fatal or sink.settled(new_checks[section])):
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        log.warning(
+                            "config reload: replacement component still without evidence; swapping",
+                            extra={"component": section},
+                        )
+                        break
+                    sink.changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(sink.changed.wait(), left)
+        except BaseException:  # a failed start, or the reload cancelled (shutdown)
+            for section, obj, _registry, _sink in started:
+                await self._stop_component(section, obj, staged=True)
+            raise
+        for section, obj, registry, sink in built:
+            old = self._slots.get(section)
+            if old is not None:
+                await self._stop_component(section, old)
+                # late words of a stopped component (an event thread) are not evidence any more
+                self._sinks[section].retired = True
+            if section == "gpu" and old is not None and obj is not None:
+                await asyncio.to_thread(_hand_over_latches, old, obj, flushed_at)
+            if obj is not None:
+                self.scheduler.promote(new_checks[section])
+                # a check without a first result yet: readiness waits for it (fail closed)
+                self.policy.expect(n for n in new_checks[section] if n not in sink.ran)
+            self._put(section, obj, registry, sink)
+            sink.go_live()
+        swap_at = self.clock()
+        loop.call_later(grace + 1.0, self._forget_stale, swap_at)
 
     async def _heartbeat(self) -> None:
         """Liveness: the loop wakes on time and every check loop keeps beating."""
@@ -634,6 +832,7 @@ class SidecarApp:
         while True:
             before = self.clock()
             await asyncio.sleep(interval)
+            republish = self.watchdog.beat()
             now = self.clock()
             lag = max(0.0, now - before - interval)
             self.metrics.loop_lag.set(lag)
@@ -648,6 +847,26 @@ class SidecarApp:
                 self._liveness = (alive, reason)
                 self.policy.set_liveness(alive, reason)
                 self._publish()
+            elif republish:  # the watchdog overrode liveness while the loop was blocked
+                self._publish()
+
+    def _loop_blocked(self, quiet_s: float) -> None:
+        """Watchdog thread: the loop missed its heartbeat. Liveness NOT_SERVING at once in
+        every publisher (the registry is thread-safe; snapshots are replaced whole); the
+        loop's next heartbeat publishes its own verdict again."""
+        reason = f"EventLoopBlocked: no heartbeat for {quiet_s:.1f}s"
+        self.health.set_statuses({SERVICE_LIVENESS: NOT_SERVING})
+        snap = self._http_snapshot
+        self._http_snapshot = dataclasses.replace(
+            snap, live=False, services={**snap.services, SERVICE_LIVENESS: False}
+        )
+        conditions, verdicts = self._diag_snapshot
+        self._diag_snapshot = (
+            conditions,
+            {**verdicts, SERVICE_LIVENESS: ServiceVerdict(SERVICE_LIVENESS, False, (reason,))},
+        )
+        self.metrics.service_serving.labels(SERVICE_LIVENESS).set(0)
+        log.error("event loop blocked: liveness NOT_SERVING", extra={"reason": reason})
 
     def _stat_config(self) -> tuple[int, int] | None:
         try:
@@ -667,12 +886,37 @@ class SidecarApp:
                 except Exception:  # the watcher must survive any reload bug
                     log.exception("config reload failed")
 
+    def request_reload(self) -> None:
+        """SIGHUP: reload soon. Reloads run one at a time; requests that arrive while one
+        runs collapse into one more reload after it (a SIGHUP storm is one or two reloads)."""
+        self._reload_again = True
+        if self._reload_task is None or self._reload_task.done():
+            self._reload_task = asyncio.ensure_future(self._reload_requested())
+
+    async def _reload_requested(self) -> None:
+        while self._reload_again and not self._stopped:
+            self._reload_again = False
+            try:
+                await self.reload_config()
+            except Exception:  # the next SIGHUP must still work
+                log.exception("config reload failed")
+
     async def reload_config(self, overrides: Mapping[tuple[str, ...], Any] | None = None) -> bool:
         """Re-read the config (SIGHUP / file change). A valid config applies; an invalid one is
-        reported and the old one stays. Ports and TLS need a restart (reported)."""
+        reported and the old one stays. Ports and TLS need a restart (reported). One reload
+        at a time (a second waits for the first)."""
+        async with self._reload_lock:
+            if self._stopped:
+                return False
+            return await self._reload_once(overrides)
+
+    async def _reload_once(self, overrides: Mapping[tuple[str, ...], Any] | None) -> bool:
         try:
-            new = load_config(
-                config_file=self.config.config_file or None, overrides=overrides or self.overrides
+            # reading and parsing a file never runs on the loop
+            new = await asyncio.to_thread(
+                load_config,
+                config_file=self.config.config_file or None,
+                overrides=overrides or self.overrides,
             )
         except ConfigError as exc:
             self.metrics.config_reloads.labels("rejected").inc()
@@ -705,12 +949,26 @@ class SidecarApp:
         return True
 
     def _forget_stale(self, since: float) -> None:
-        stale = [c.name for c in self.policy.conditions() if c.last_result_at < since]
+        """After a reload: drop conditions that no current component ever reported and that
+        got no result since the swap."""
+        keep: set[str] = set()
+        for sink in self._sinks.values():
+            keep |= sink.reported
+        stale = [
+            c.name for c in self.policy.conditions() if c.last_result_at < since and c.name not in keep
+        ]
         if stale:
             log.info("conditions no longer reported after reload", extra={"conditions": stale})
-            self.policy.forget(stale)
-            self._drop_condition_series(stale)  # their metric series go too
-            self._publish()
+            self._drop_conditions(stale)
+
+    def _drop_conditions(self, names: Sequence[str]) -> None:
+        """Conditions whose source went away leave the policy, with their metric series."""
+        names = [n for n in names if any(c.name == n for c in self.policy.conditions())]
+        if not names:
+            return
+        self.policy.forget(names)
+        self._drop_condition_series(names)
+        self._publish()
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -723,12 +981,15 @@ class SidecarApp:
         if self._stopped:
             return
         self._stopped = True
+        self.watchdog.stop()
         self.policy.set_shutting_down()
         self._publish()
         self.health.set_statuses({s: NOT_SERVING for s in self.health.snapshot()})
         self.health.close()  # every Watch stream: NOT_SERVING, then ended with OK
         grace = self.config.shutdown_grace_s
         await asyncio.to_thread(self.health_service.sender.shutdown, grace)
+        if self._reload_task is not None:
+            self._tasks.append(self._reload_task)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -737,6 +998,8 @@ class SidecarApp:
         if self.server is not None:
             stopped = self.server.stop(grace)
             await asyncio.to_thread(stopped.wait, grace + 1.0)
+        async with self._reload_lock:  # a reload called directly finishes (or cleans up) first
+            pass
         for section in reversed(ALL_SECTIONS):
             await self._stop_slot(section)
         await self.scheduler.stop()
@@ -745,6 +1008,27 @@ class SidecarApp:
         if self.http is not None:
             self.http.stop()
         log.info("sidecar stopped")
+
+
+def _hand_over_latches(old: Any, new: Any, flushed_at: float) -> None:
+    """GPU latches the old component set after its state was flushed for the replacement
+    (which read that file when it was built) move to the replacement, which then writes the
+    file whole: the old one may have rewritten it when it stopped, without a latch only the
+    replacement holds. Latches older than the flush were read by the replacement: one it no
+    longer holds was cleared on evidence, and stays cleared."""
+    old_store = getattr(old, "latches", None)
+    new_store = getattr(new, "latches", None)
+    if old_store is None or new_store is None:
+        return
+    for uuid, latches in old_store.all_latches().items():
+        for latch in latches:
+            if latch.since >= flushed_at and new_store.add(uuid, latch):
+                log.warning(
+                    "GPU latch handed over across the reload",
+                    extra={"uuid": uuid, "reason": latch.reason},
+                )
+    new_store._dirty = True  # write even when nothing was handed over (see above)
+    new_store.save()
 
 
 def default_engines_dir() -> Path:
@@ -762,7 +1046,7 @@ async def serve(config: SidecarConfig, overrides: Mapping[tuple[str, ...], Any])
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(app.reload_config()))
+    loop.add_signal_handler(signal.SIGHUP, app.request_reload)
     try:
         await app.start()
     except BindError as exc:

@@ -111,6 +111,7 @@ class ScenarioFile:
         self._stamp: tuple[int, int, int] | None = None
         self._task: asyncio.Task[None] | None = None
         self._inotify: InotifyWatcher | None = None
+        self._kick = asyncio.Event()  # inotify saw a change: read at once
         self.generation = 0  # how many good documents were applied
         self.last_error: str | None = None
 
@@ -119,6 +120,19 @@ class ScenarioFile:
 
     def subscribe(self, listener: ScenarioListener) -> None:
         self._listeners.append(listener)
+
+    def unsubscribe_owner(self, owner: object) -> int:
+        """Drop the listeners that are methods of ``owner`` (a component a reload retired).
+        Returns how many were dropped."""
+        keep = [fn for fn in self._listeners if getattr(fn, "__self__", None) is not owner]
+        dropped = len(self._listeners) - len(keep)
+        self._listeners = keep
+        return dropped
+
+    @property
+    def listeners(self) -> int:
+        """How many listeners are subscribed."""
+        return len(self._listeners)
 
     def _stat(self) -> tuple[int, int, int] | None:
         if self.path is None:
@@ -130,20 +144,37 @@ class ScenarioFile:
         return (st.st_size, st.st_mtime_ns, st.st_ino)
 
     def reload(self) -> bool:
-        """Read the file now if it changed. Returns True when a new good document applied."""
+        """Read the file now if it changed. Returns True when a new good document applied.
+        Blocking: the watcher uses :meth:`areload`, which reads and parses on a thread."""
+        return self._apply(self._read())
+
+    async def areload(self) -> bool:
+        """:meth:`reload` with the file read and the parse on a thread (a huge file never
+        blocks the event loop); the listeners still run on the loop."""
+        return self._apply(await asyncio.to_thread(self._read))
+
+    def _read(self) -> dict[str, Any] | Exception | None:
+        """The new document, the error that refused it, or None (unchanged or missing)."""
         stamp = self._stat()
         if stamp == self._stamp:
-            return False
+            return None
         self._stamp = stamp
         if stamp is None or self.path is None:
-            return False  # a missing file keeps the last good state
+            return None  # a missing file keeps the last good state
         try:
             text = read_bounded(self.path, MAX_SCENARIO_BYTES)
             doc = parse_scenario(text, str(self.path))
             if doc is None:
                 raise ValueError(f"{self.path}: empty (not written yet)")
         except (OSError, ValueError) as exc:
-            error = clip(str(exc))
+            return exc
+        return doc
+
+    def _apply(self, got: dict[str, Any] | Exception | None) -> bool:
+        if got is None:
+            return False
+        if isinstance(got, Exception):
+            error = clip(str(got))
             if self.last_error != error:
                 log.warning(
                     "scenario file ignored, last good state stays",
@@ -151,6 +182,7 @@ class ScenarioFile:
                 )
             self.last_error = error
             return False
+        doc = got
         self.last_error = None
         if doc == self._doc and self.has_document:
             return False
@@ -165,7 +197,7 @@ class ScenarioFile:
         return True
 
     async def start(self) -> None:
-        self._reload_logged()
+        await self._reload_logged()
         interval = self.poll_interval_s
         if self.path is not None:
             # inotify on the file's folder (sees atomic renames) wakes the reload at once; the
@@ -180,17 +212,17 @@ class ScenarioFile:
                 loop = asyncio.get_running_loop()
 
                 def wake(_path: Path) -> None:
-                    loop.call_soon_threadsafe(self._reload_logged)
+                    loop.call_soon_threadsafe(self._kick.set)
 
                 await self._inotify.start(wake)
                 interval = max(interval, 1.0)
         if self._task is None:
             self._task = asyncio.create_task(self._watch(interval), name="scenario-watch")
 
-    def _reload_logged(self) -> None:
-        """``reload``, where an unexpected error is logged (bounded) and never stops watching."""
+    async def _reload_logged(self) -> None:
+        """``areload``, where an unexpected error is logged (bounded) and never stops watching."""
         try:
-            self.reload()
+            await self.areload()
         except Exception as exc:  # the watcher must survive any document
             error = clip(f"{type(exc).__name__}: {exc}")
             if self.last_error != error:
@@ -202,8 +234,10 @@ class ScenarioFile:
 
     async def _watch(self, interval: float) -> None:
         while True:
-            await asyncio.sleep(interval)
-            self._reload_logged()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), interval)
+            self._kick.clear()
+            await self._reload_logged()
 
     async def stop(self) -> None:
         if self._inotify is not None:

@@ -23,20 +23,31 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from sidecar.checks.base import Check
-from sidecar.model import CheckResult, Severity
+from sidecar.model import (
+    SERVICE_LIVENESS,
+    SERVICE_READINESS,
+    SERVICE_WORKLOAD_LIVENESS,
+    CheckResult,
+    Severity,
+)
 
 log = logging.getLogger(__name__)
 
 Submit = Callable[[Sequence[CheckResult]], None]
 RunObserver = Callable[[str, str, float], None]  # check name, outcome, seconds
+Retire = Callable[[Sequence[str]], None]  # condition names no longer reported
+_NEVER_ON_ERROR = frozenset({SERVICE_LIVENESS, SERVICE_WORKLOAD_LIVENESS})
 
 
-def error_result(check: Check, exc: BaseException) -> CheckResult:
+def error_result(
+    check: Check, exc: BaseException, gates: frozenset[str] = frozenset({SERVICE_READINESS})
+) -> CheckResult:
     return CheckResult.unknown(
         check.name,
         "CheckError",
         f"{type(exc).__name__}: {exc}"[:300],
         severity=Severity.CRITICAL,
+        gates=gates | {SERVICE_READINESS},
     )
 
 
@@ -52,6 +63,7 @@ class CheckLoop:
         clock: Callable[[], float] = time.monotonic,
         observe_run: RunObserver | None = None,
         rng: random.Random | None = None,
+        retire: Retire | None = None,
     ) -> None:
         self.check = check
         self._submit = submit
@@ -65,6 +77,13 @@ class CheckLoop:
         self.runs = 0
         self.last_beat = clock()
         self.task: asyncio.Task[None] | None = None
+        # a raised run reports CheckError under the check's own name; when the check's results
+        # use other condition names, the next good run must clear that condition
+        self._error_reported = False
+        self._retire = retire
+        # the services the check's results gate: a raised run gates them too (a check that
+        # cannot run says nothing good about engine/<name>, say)
+        self._gates: frozenset[str] = frozenset({SERVICE_READINESS})
 
     def trigger(self) -> None:
         self._wake.set()
@@ -73,6 +92,29 @@ class CheckLoop:
         if self._observe_run is not None:
             self._observe_run(self.check.name, outcome, seconds)
 
+    def _submit_error(self, exc: BaseException) -> None:
+        self._error_reported = True
+        self._submit([error_result(self.check, exc, self._gates)])
+
+    def _submit_results(self, results: Sequence[CheckResult]) -> None:
+        """Record a completed run's results; a CheckError condition left by an earlier raised
+        run under a name these results do not use is retired (the check works again)."""
+        self._submit(results)
+        # never a liveness service: a sidecar bug must not restart a container
+        gates = frozenset(g for r in results for g in r.gates if g not in _NEVER_ON_ERROR)
+        if gates:
+            self._gates = gates
+        if self._error_reported:
+            self._error_reported = False
+            name = self.check.name
+            if all(r.name != name for r in results):
+                if self._retire is not None:
+                    self._retire([name])
+                else:  # no way to drop it: replace the error with a pass
+                    self._submit(
+                        [CheckResult.passed(name, reason="Recovered", message="the check runs again")]
+                    )
+
     def _finish_late(self, task: asyncio.Task[Sequence[CheckResult]]) -> None:
         """A run that outlived its timeout finally returned: record what it found."""
         if task.cancelled():
@@ -80,10 +122,10 @@ class CheckLoop:
         exc = task.exception()
         elapsed = self._clock() - self._inflight_started
         if exc is not None:
-            self._submit([error_result(self.check, exc)])
+            self._submit_error(exc)
             self._record("error", elapsed)
         else:
-            self._submit(task.result())
+            self._submit_results(task.result())
             self._record("late", elapsed)
 
     async def tick(self) -> None:
@@ -112,11 +154,11 @@ class CheckLoop:
             log.warning(
                 "check raised", extra={"check": check.name, "error": f"{type(exc).__name__}: {exc}"}
             )
-            self._submit([error_result(check, exc)])
+            self._submit_error(exc)
             self._record("error", elapsed)
             return
         results = task.result()
-        self._submit(results)
+        self._submit_results(results)
         self._record("ok" if all(r.ok for r in results) else "fail", elapsed)
 
     async def run_forever(self) -> None:
@@ -146,7 +188,11 @@ class CheckLoop:
 
 
 class Scheduler:
-    """All check loops."""
+    """All check loops.
+
+    A reload adds the checks of a replacement component *staged* (:meth:`add` with
+    ``staged=True``): they run beside the live loops of the same names, then :meth:`promote`
+    makes them the live ones once the old loops were removed (make-before-break)."""
 
     def __init__(
         self,
@@ -155,47 +201,76 @@ class Scheduler:
         jitter: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
         observe_run: RunObserver | None = None,
+        retire: Retire | None = None,
     ) -> None:
         self._submit = submit
         self._jitter = jitter
         self._clock = clock
         self._observe_run = observe_run
+        self._retire = retire
         self.loops: dict[str, CheckLoop] = {}
+        self.staged: dict[str, CheckLoop] = {}
 
-    def add(self, checks: Iterable[Check]) -> None:
+    def add(
+        self,
+        checks: Iterable[Check],
+        *,
+        submit: Submit | None = None,
+        observe_run: RunObserver | None = None,
+        staged: bool = False,
+    ) -> None:
+        target = self.staged if staged else self.loops
+        checks = list(checks)
         for check in checks:
-            if check.name in self.loops:
+            if check.name in target:
                 raise ValueError(f"duplicate check name {check.name!r}")
+        for check in checks:
             loop = CheckLoop(
                 check,
-                self._submit,
+                submit or self._submit,
                 jitter=self._jitter,
                 clock=self._clock,
-                observe_run=self._observe_run,
+                observe_run=observe_run or self._observe_run,
+                retire=self._retire,
             )
-            self.loops[check.name] = loop
+            target[check.name] = loop
             loop.task = asyncio.create_task(loop.run_forever(), name=f"check:{check.name}")
 
-    async def remove(self, names: Iterable[str]) -> None:
+    async def remove(self, names: Iterable[str], *, staged: bool = False) -> None:
+        target = self.staged if staged else self.loops
         for name in list(names):
-            loop = self.loops.pop(name, None)
+            loop = target.pop(name, None)
             if loop is not None:
                 await loop.stop()
 
+    def promote(self, names: Iterable[str]) -> None:
+        """Staged loops become the live ones (the live loops of those names were removed)."""
+        for name in list(names):
+            loop = self.staged.pop(name, None)
+            if loop is None:
+                continue
+            if name in self.loops:
+                self.staged[name] = loop
+                raise ValueError(f"duplicate check name {name!r}")
+            self.loops[name] = loop
+
     def trigger(self, name: str) -> None:
-        loop = self.loops.get(name)
-        if loop is not None:
-            loop.trigger()
+        for loops in (self.loops, self.staged):
+            loop = loops.get(name)
+            if loop is not None:
+                loop.trigger()
 
     def stalled(self, now: float, max_quiet_s: Callable[[Check], float]) -> list[str]:
         """Loops whose task died or that have not beaten for longer than allowed."""
         out = []
-        for name, loop in self.loops.items():
-            if loop.task is None or loop.task.done():
-                out.append(name)
-            elif now - loop.last_beat > max_quiet_s(loop.check):
-                out.append(name)
-        return out
+        for loops in (self.loops, self.staged):
+            for name, loop in loops.items():
+                if loop.task is None or loop.task.done():
+                    out.append(name)
+                elif now - loop.last_beat > max_quiet_s(loop.check):
+                    out.append(name)
+        return sorted(set(out))
 
     async def stop(self) -> None:
+        await self.remove(list(self.staged), staged=True)
         await self.remove(list(self.loops))

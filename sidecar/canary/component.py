@@ -597,8 +597,9 @@ class CanaryComponent:
     async def _judge(self, outcome: RunOutcome, generation: int) -> list[CheckResult]:
         sup = self.supervisor
         runner = outcome.runner
-        try:
-            golden = self._golden(runner)
+        try:  # the golden file is read and parsed once, on a thread (never on the loop)
+            cached = self._goldens.get(runner)
+            golden = cached if cached is not None else await asyncio.to_thread(self._golden, runner)
         except (OSError, ValueError) as exc:
             self.metrics.results.labels(outcome="error").inc()
             return [self._result(CheckStatus.FAIL, "GoldenFileUnreadable", str(exc))]
@@ -705,7 +706,7 @@ class CanaryComponent:
         prod = self.config.production_engine
         assert prod is not None
         try:
-            m: EngineManifest = load_manifest(prod.manifest)
+            m: EngineManifest = await asyncio.to_thread(load_manifest, prod.manifest)
         except Exception as exc:
             return [
                 CheckResult.failed(

@@ -183,6 +183,7 @@ class EngineComponent:
         self._sink: ResultSink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: FileWatcher | None = None
+        self._change_tasks: set[asyncio.Task[None]] = set()
         self.watch_mode: str | None = None
         self.watch_note: str | None = None
         labels = ["engine"]
@@ -252,13 +253,15 @@ class EngineComponent:
                 )
         if first:
             sink.submit(first)
-        paths = self._watch_paths()
+        paths = await asyncio.to_thread(self._watch_paths)  # parses manifests: off the loop
         if paths:
             await self._start_watcher(paths)
         for c in self._checks:
             sink.trigger(c.name)
 
     async def stop(self) -> None:
+        for task in list(self._change_tasks):
+            task.cancel()
         if self._watcher is not None:
             await self._watcher.stop()
             self._watcher = None
@@ -311,13 +314,32 @@ class EngineComponent:
             pass
 
     def _on_change(self, path: Path) -> None:
-        """A watched path may have changed: report what is obvious now, re-verify at once."""
+        """A watched path may have changed: report what is obvious now, re-verify at once.
+        A manifest not parsed yet is parsed on a thread first (never on the loop: a huge one
+        took seconds)."""
+        states = self._by_path.get(_abs(path), [])
+        if any(s.path is None and s.manifest is None and s.spec.manifest is not None for s in states):
+            task = asyncio.ensure_future(self._on_change_parsed(path, states))
+            self._change_tasks.add(task)
+            task.add_done_callback(self._change_tasks.discard)
+        else:
+            self._report_change(path, states, {})
+
+    async def _on_change_parsed(self, path: Path, states: list[_EngineState]) -> None:
+        paths: dict[int, Path | None] = {}
+        for s in states:
+            paths[id(s)] = s.path or await asyncio.to_thread(self._engine_path, s)
+        self._report_change(path, states, paths)
+
+    def _report_change(
+        self, path: Path, states: list[_EngineState], engine_paths: dict[int, Path | None]
+    ) -> None:
         sink = self._sink
         now = time.monotonic()
-        for s in self._by_path.get(_abs(path), []):
+        for s in states:
             s.event_at = now
             self.m_changes.labels(engine=s.spec.name).inc()
-            engine_path = s.path or self._engine_path(s)
+            engine_path = engine_paths.get(id(s)) or s.path or (s.manifest.path if s.manifest else None)
             # A stat here is cheap on the local volumes inotify serves; on polled (network)
             # volumes the triggered check finds a deletion itself, off the event loop.
             gone = (
@@ -434,7 +456,7 @@ class EngineComponent:
             self.m_reverify.labels(engine=name).set(time.monotonic() - s.event_at)
             s.event_at = None
         if ok:
-            results.append(self._after_success(s))
+            results.append(await self._after_success(s))
         elif s.verified_once:
             msg = (
                 "the engine file changed after verification and no longer verifies; "
@@ -458,19 +480,19 @@ class EngineComponent:
             )
         return results
 
-    def _after_success(self, s: _EngineState) -> CheckResult:
+    async def _after_success(self, s: _EngineState) -> CheckResult:
         sha = s.hash_result.sha256 if s.hash_result else None
         stamp = s.observed
         if not s.verified_once:
             s.verified_once = True
             s.baseline_sha, s.baseline_stamp = sha, stamp
             log.info("engine verified", extra={"engine": s.spec.name, "sha256": sha})
-            self._keep_last_good(s)
+            await asyncio.to_thread(self._keep_last_good, s)  # copies files: off the loop
             return self._ok(s, "change", "verified; baseline recorded")
         same = (sha is not None and sha == s.baseline_sha) or (sha is None and stamp == s.baseline_stamp)
         if same:
             return self._ok(s, "change", "the file is the one verified first")
-        self._keep_last_good(s)
+        await asyncio.to_thread(self._keep_last_good, s)
         return self.result(
             s,
             "change",

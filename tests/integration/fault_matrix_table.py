@@ -497,6 +497,19 @@ ROWS: tuple[Row, ...] = (
         recovery="sticky",
         evidence="a write succeeds again (`gpu/state`), then scenario `reset` changed (`xid`)",
     ),
+    Row(
+        id="config-reload-failed-rebuild",
+        fault="config reload while the latch file is corrupt (the GPU component could not be"
+        " rebuilt before the latch store failed closed), then Xid 79",
+        injection="300 random bytes over `gpu-latches.json`, `gpu.poll_interval` changed, then Xid 79",
+        group="reload",
+        action="config_reload_failed_rebuild",
+        expect=GPU_DOWN,
+        reasons={f"{GPU}/xid": "XidFatal79"},
+        metric='trt_health_gpu_xid_events_total{code="79",class="node_fatal"} += 1',
+        recovery="sticky",
+        evidence="scenario `reset` changed, and any kept-aside latch file removed",
+    ),
 )
 
 

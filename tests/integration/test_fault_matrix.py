@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -659,6 +660,44 @@ def test_config_reload_during_fatal_keeps_fatal(own_sidecar: Sidecar, row: Row) 
 
 @pytest.mark.parametrize(
     "row",
+    [
+        pytest.param(
+            _row("config-reload-failed-rebuild"), marks=_xfail_mark("config-reload-failed-rebuild")
+        )
+    ],
+    ids=["config-reload-failed-rebuild"],
+)
+def test_config_reload_failed_rebuild_keeps_gpu_monitoring(own_sidecar: Sidecar, row: Row) -> None:
+    """A reload whose new GPU component cannot be built (or comes up on a broken latch file)
+    never leaves the GPU unmonitored: a later Xid 79 still turns readiness NOT_SERVING."""
+    sc = own_sidecar
+    state = sc.tmp / "state" / "gpu-latches.json"
+    state.write_bytes(b"\xff\xfe" + random.Random(10).randbytes(298))  # not UTF-8, not JSON
+
+    def reloads() -> float:
+        return sum(
+            sc.metric("trt_health_config_reloads_total", {"result": r}) for r in ("applied", "rejected")
+        )
+
+    before = reloads()
+    xids = sc.metric("trt_health_gpu_xid_events_total", {"code": "79"})
+    cfg = dict(sc.config)
+    cfg["gpu"] = {**cfg["gpu"], "poll_interval": "0.25s"}
+    sc.write_config(cfg)
+    wait_for(lambda: reloads() > before, 10, sc, "reload attempted")  # witness: the reload ran
+    sc.scenario(_row("xid-79-node_fatal"))
+    wait_for(lambda: matches(sc, row), row.detect_s, sc, "Xid 79 detected after the reload")
+    assert sc.metric("trt_health_gpu_xid_events_total", {"code": "79"}) > xids
+    assert_probes(sc, row)
+    for aside in (sc.tmp / "state").glob("gpu-latches.json.corrupt-*"):
+        aside.unlink()  # what the operator does for a corrupt latch file (latch-store-corrupt)
+    evidence(sc)
+    wait_for(lambda: recovered(sc, row), row.recover_s, sc, "recovery after the reset")
+    assert sc.alive()
+
+
+@pytest.mark.parametrize(
+    "row",
     [pytest.param(_row("restart-mid-fatal"), marks=_xfail_mark("restart-mid-fatal"))],
     ids=["restart-mid-fatal"],
 )
@@ -805,6 +844,7 @@ def test_every_group_has_a_runner() -> None:
         "restart-xid-with-reset",
         "latch-store-corrupt",
         "latch-store-unwritable",
+        "config-reload-failed-rebuild",
     }
     for row in table.ROWS:
         assert row.group in ("main", "multi_gpu") or row.id in own, row.id
