@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sidecar import __version__
-from sidecar.checks.base import Component, TransitionListener
+from sidecar.checks.base import Component, ResultObserver, TransitionListener
 from sidecar.config import SidecarConfig, load_config
 from sidecar.configfields import ConfigError
 from sidecar.errors import BindError, TlsMaterialError
@@ -114,7 +114,7 @@ class _RpcCollector(Collector):
 
 
 # Config sections with a component, in start order (the GPU first: the others ask it).
-COMPONENT_SECTIONS = ("gpu", "canary", "engines", "workload")
+COMPONENT_SECTIONS = ("gpu", "canary", "engines", "workload", "trends")
 LISTENER_SECTIONS = ("events",)
 ALL_SECTIONS = COMPONENT_SECTIONS + LISTENER_SECTIONS
 
@@ -166,6 +166,10 @@ class GpuStateProxy:
     def free_memory_mib(self) -> float | None:
         fn = getattr(self.target, "free_memory_mib", None)
         return fn() if fn is not None else None
+
+    def latest_samples(self) -> Mapping[str, tuple[float, Any]]:
+        fn = getattr(self.target, "latest_samples", None)
+        return fn() if fn is not None else {}
 
 
 class CoreMetrics:
@@ -446,6 +450,9 @@ class SidecarApp:
         transitions = self.policy.observe(results, now)
         for t in transitions:
             self._on_transition(t)
+        for component in self.components:
+            if isinstance(component, ResultObserver):
+                component.observe(results)
         self._publish()
 
     def _observe_run(self, check: str, outcome: str, seconds: float) -> None:
@@ -660,6 +667,12 @@ class SidecarApp:
             from sidecar.workload.component import WorkloadComponent
 
             return WorkloadComponent(sec, registry=registry, gpu_state=gpu_state)
+        if section == "trends":
+            from sidecar.trends.component import TrendComponent
+
+            return TrendComponent(
+                sec, registry=registry, state_dir=Path(cfg.state_dir), gpu_samples=gpu_state
+            )
         if section == "events" and getattr(sec, "enabled", False):
             from sidecar.publish.events import KubeEventEmitter
 

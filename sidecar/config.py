@@ -105,6 +105,7 @@ _COMPONENT_PARSERS = {
     "canary": ("sidecar.canary.component", "parse_canary_config"),
     "engines": ("sidecar.engine.component", "parse_engines_config"),
     "workload": ("sidecar.workload.component", "parse_workload_config"),
+    "trends": ("sidecar.trends.component", "parse_trends_config"),
     "events": ("sidecar.publish.events", "parse_events_config"),
 }
 

@@ -100,3 +100,11 @@ class TransitionListener(Protocol):
     Must not block: queue and do I/O elsewhere (Kubernetes Events, logs)."""
 
     def on_transition(self, transition: Transition) -> None: ...
+
+
+@runtime_checkable
+class ResultObserver(Protocol):
+    """A component told every result the app records (after the policy folded them), on the
+    event loop thread: trend detectors read canary latencies this way. Must not block."""
+
+    def observe(self, results: Iterable[CheckResult]) -> None: ...

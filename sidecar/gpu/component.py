@@ -216,6 +216,7 @@ class _GpuState:
     info: GpuInfo
     ref: GpuRef
     last: GpuSample | None = None
+    last_taken: float = 0.0  # wall time the last sample's NVML calls started
     recent: deque[XidRecord] = field(default_factory=lambda: deque(maxlen=256))
     ecc_contained: bool = False
     corrected_hist: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=4096))
@@ -762,6 +763,7 @@ class GpuComponent:
             else:
                 st.hw_slowdown_since = None
             st.last = sample
+            st.last_taken = taken
             self.metrics.sample(sample)
             latches = self.latches.latches(uuid)
             self.metrics.fatal_latches.labels(uuid=uuid).set(len(latches))
@@ -1085,6 +1087,17 @@ class GpuComponent:
     def gpu_uuids(self) -> list[str]:
         with self._lock:
             return list(self._current)
+
+    def latest_samples(self) -> dict[str, tuple[float, GpuSample]]:
+        """uuid -> (wall time, sample) of the latest sample of each GPU in the inventory (no
+        driver call: the trends component folds these)."""
+        with self._lock:
+            out: dict[str, tuple[float, GpuSample]] = {}
+            for uuid in self._current:
+                st = self._gpus.get(uuid)
+                if st is not None and st.last is not None:
+                    out[uuid] = (st.last_taken, st.last)
+            return out
 
     def recent_xids(self) -> dict[str, list[XidRecord]]:
         """Xids seen per GPU since the last observed reset (wall time of receipt included)."""
