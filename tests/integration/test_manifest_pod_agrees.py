@@ -32,9 +32,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar import defaults
 from sidecar.errors import EXIT_OK
-from tests.integration.conftest import wait_until
-from tests.integration.test_events import FakeApiServer
-from tests.unit.test_manifests import (
+from sidecar.testing import wait_until
+from sidecar.testing.kube import FakeApiServer
+from sidecar.testing.manifests import (
     pod_specs,
     render,
     requires_kubectl,

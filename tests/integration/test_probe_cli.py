@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from sidecar import probe
-from tests.integration.conftest_probe_helpers import (
+from sidecar.testing.probe import (
     NOT_SERVING,
     SERVING,
     HealthServer,

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.config import TlsConfig
 from sidecar.model import CheckResult, Severity
-from tests.certs import TestCA
+from sidecar.testing.certs import TestCA
 
 from .conftest import SERVING, AppThread, check
 

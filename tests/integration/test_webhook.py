@@ -29,8 +29,8 @@ from sidecar import defaults, webhook
 from sidecar.errors import EXIT_CONFIG, EXIT_OK, EXIT_TLS
 from sidecar.model import SERVICE_WORKLOAD_LIVENESS
 from sidecar.testing import log_records, wait_until
-from tests.certs import CertFiles, TestCA
-from tests.unit.test_manifests import (
+from sidecar.testing.certs import CertFiles, TestCA
+from sidecar.testing.manifests import (
     check_pod_rules,
     env_of,
     load_example,
