@@ -4,8 +4,8 @@ own integration tests share one copy).
 - :func:`wait_until` / :func:`await_until`: wait on an observable condition instead of sleeping
   a fixed time. The timeout only guards against a hang; it is never the thing tested.
 - :func:`start_sidecar`: ``python -m sidecar serve`` on ports the kernel picks (port 0); the
-  ports it got are read back from its "sidecar started" log line, so two runs never collide on
-  a port chosen before the process bound it.
+  ports it got are read back from the ``--ports-file`` it writes once serving (or from its
+  "sidecar started" log line), so two runs never collide on a port chosen before it was bound.
 - :class:`RecordingSink`: a thread-safe result sink keeping the latest result of every condition.
 """
 
@@ -135,6 +135,7 @@ class SidecarProcess:
     grpc_port: int = 0
     http_port: int = 0
     started: float = 0.0  # monotonic time just before the exec
+    ports_file: Path | None = None  # what ``serve --ports-file`` writes; else the log line is read
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -163,7 +164,7 @@ class SidecarProcess:
         the process exits first."""
 
         def started() -> dict[str, int] | None:
-            ports = started_ports(self.log_path)
+            ports = read_ports_file(self.ports_file) if self.ports_file else started_ports(self.log_path)
             if ports is None and self.proc.poll() is not None:
                 raise AssertionError(f"sidecar exited {self.proc.returncode}: {self.log_text()[-4000:]}")
             return ports
@@ -185,10 +186,21 @@ class SidecarProcess:
             self.proc.wait(5)
 
 
-def sidecar_argv(*args: str, python: str = sys.executable) -> list[str]:
-    """``python -m sidecar serve --grpc-port 0 --http-port 0 ARGS`` (later flags win, so ARGS
-    may still name fixed ports)."""
-    return [python, "-m", "sidecar", "serve", "--grpc-port", "0", "--http-port", "0", *args]
+def read_ports_file(path: Path) -> dict[str, int] | None:
+    """The ports a ``serve --ports-file`` wrote; None until it is there (it is written
+    atomically, once serving)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return {k: int(v) for k, v in doc.items() if k.endswith("_port") and v is not None}
+
+
+def sidecar_argv(*args: str, ports_file: Path | None = None, python: str = sys.executable) -> list[str]:
+    """``python -m sidecar serve --grpc-port 0 --http-port 0 [--ports-file F] ARGS`` (later
+    flags win, so ARGS may still name fixed ports)."""
+    extra = ["--ports-file", str(ports_file)] if ports_file is not None else []
+    return [python, "-m", "sidecar", "serve", "--grpc-port", "0", "--http-port", "0", *extra, *args]
 
 
 def start_sidecar(
@@ -204,11 +216,13 @@ def start_sidecar(
     argv: Sequence[str] | None = None,
 ) -> SidecarProcess:
     """Start the sidecar on kernel-chosen ports, its stderr (the log) in ``log_path``; with
-    ``wait_started`` wait for its "sidecar started" line (which names the ports it bound).
-    ``argv`` replaces the whole command line (it must still log "sidecar started")."""
+    ``wait_started`` wait until it serves and take the ports it bound from its ports file
+    (``LOG_PATH.ports.json``). ``argv`` replaces the whole command line (then the "sidecar
+    started" log line, JSON or text at level info, names the ports)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    cmd = list(argv) if argv is not None else sidecar_argv(*args, python=python)
+    ports_file = None if argv is not None else log_path.with_name(log_path.name + ".ports.json")
+    cmd = list(argv) if argv is not None else sidecar_argv(*args, ports_file=ports_file, python=python)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     with open(log_path, "w") as err:
@@ -222,7 +236,7 @@ def start_sidecar(
             cwd=cwd,
             preexec_fn=preexec_fn,
         )
-    sp = SidecarProcess(proc, log_path, started=t0)
+    sp = SidecarProcess(proc, log_path, started=t0, ports_file=ports_file)
     if wait_started:
         sp.wait_started(timeout)
     return sp
