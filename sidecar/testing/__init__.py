@@ -6,6 +6,7 @@ own integration tests share one copy).
 - :func:`start_sidecar`: ``python -m sidecar serve`` on ports the kernel picks (port 0); the
   ports it got are read back from the ``--ports-file`` it writes once serving (or from its
   "sidecar started" log line), so two runs never collide on a port chosen before it was bound.
+- :func:`closed_port`: a port nobody listens on, held so that nobody can take it.
 - :class:`RecordingSink`: a thread-safe result sink keeping the latest result of every condition.
 """
 
@@ -16,11 +17,12 @@ import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -63,6 +65,25 @@ async def await_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition {what or getattr(cond, '__name__', '')} not met in {timeout}s")
         await asyncio.sleep(interval)
+
+
+@contextlib.contextmanager
+def closed_port(host: str = "127.0.0.1") -> Iterator[int]:
+    """A port on which nothing listens, held for the duration: the socket is bound but never
+    listens, so a connect is refused, and no other process can take the port meanwhile (a
+    port merely *picked* free can be taken by a parallel run before it is used)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        yield int(s.getsockname()[1])
+
+
+def pick_port(host: str = "127.0.0.1") -> int:
+    """A port free *now*, for a third-party server that cannot bind port 0 and report it: a
+    parallel run may take it before the server binds it, so the caller retries on a bind
+    failure. Prefer port 0 (and ``serve --ports-file``) wherever the server supports it."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 class RecordingSink:
