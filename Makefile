@@ -38,12 +38,12 @@ $(MLSERVER_VENV)/.installed:
 ## make test: set up .venv with test extras and run the whole suite (what CI runs)
 test: $(VENV)/.installed-test $(MLSERVER_VENV)/.installed
 	TRT_HEALTH_TEST_MLSERVER=$(CURDIR)/$(MLSERVER_VENV)/bin/mlserver $(BIN)/python -m pytest -q
-	$(BIN)/ruff check sidecar tests
+	$(BIN)/ruff check sidecar tests bench
 	$(BIN)/mypy
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check sidecar tests
-	$(BIN)/ruff format --check sidecar tests
+	$(BIN)/ruff check sidecar tests bench
+	$(BIN)/ruff format --check sidecar tests bench
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy

@@ -112,6 +112,22 @@ class RecordingSink:
             return sum(1 for r in self.history if pred(r))
 
 
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (scans /proc/*/stat; works without the children file)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
 def log_records(path: Path) -> list[dict[str, Any]]:
     """The JSON records of a JSON-format log file (other lines are skipped)."""
     out: list[dict[str, Any]] = []

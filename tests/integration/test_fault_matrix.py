@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar.engine.manifest import EngineManifest, TensorSpec, dump_manifest
 from sidecar.engine.plan import make_plan_header
 from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
+from sidecar.testing import child_pids
 
 from . import fault_matrix_table as table
 from .conftest import REPO, SidecarProcess, start_sidecar
@@ -406,9 +407,7 @@ def inject(sc: Sidecar, row: Row) -> None:
         sc.engine.write(plan_bytes(2, version=(10, 12, 0, 1)), version=(10, 12, 0, 1))
     elif action == "worker_kill":
         assert sc.proc is not None
-        from bench.soak import children
-
-        kids = children(sc.proc.proc.pid)
+        kids = child_pids(sc.proc.proc.pid)
         assert kids, "the serving process has no canary worker child"
         for pid in kids:
             os.kill(pid, signal.SIGKILL)
