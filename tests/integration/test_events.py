@@ -93,6 +93,10 @@ def recovery(**kw: Any) -> Transition:
     return fault(True, False, reason="", message="no Xid for 3 canary passes", **kw)
 
 
+def failed(registry: CollectorRegistry) -> float:
+    return registry.get_sample_value("trt_health_kube_events_total", {"outcome": "failed"}) or 0.0
+
+
 def verbs(calls: list[Call]) -> set[tuple[str, str, str]]:
     """(group, resource, verb) of each call, as RBAC sees it."""
     out = set()
@@ -253,8 +257,9 @@ async def test_only_critical_and_fatal_failures_and_their_recoveries_are_reporte
         emitter.on_transition(fault(condition="canary", reason="CanaryMismatch", severity=Severity.CRITICAL))
         emitter.on_transition(fault(False, None, reason="XidFatal79Latched"))
         await async_wait_until(lambda: len(api.snapshot()) == 2)
-        await asyncio.sleep(0.2)
     finally:
+        # stop() queues its marker behind every transition above and sends what is queued
+        # before it returns: the witness that each of them was handled
         await emitter.stop()
     assert sorted(c.body["reason"] for c in api.snapshot()) == ["CanaryMismatch", "XidFatal79Latched"]
 
@@ -272,10 +277,9 @@ async def test_flapping_condition_is_aggregated_and_rate_limited(
             emitter.on_transition(fault())
             emitter.on_transition(recovery())
         await async_wait_until(lambda: len(api.snapshot()) >= 4)
-        await asyncio.sleep(0.3)
         assert len(api.snapshot()) == 4
     finally:
-        await emitter.stop()
+        await emitter.stop()  # handles every queued transition first (FIFO stop marker)
     calls = api.snapshot()
     assert len(calls) == 4  # the final flush has no token either
     assert registry.get_sample_value("trt_health_kube_events_total", {"outcome": "aggregated"}) > 0
@@ -333,7 +337,8 @@ async def test_server_errors_are_retried_and_forbidden_is_not(
     """A 500 is retried after a short backoff and then succeeds; a 403 (no RBAC) is logged once
     with the fix and never retried."""
     api.fail_next = [500]
-    emitter = KubeEventEmitter(config(api, token_file, timeout_s=0.1))
+    registry = CollectorRegistry()
+    emitter = KubeEventEmitter(config(api, token_file, timeout_s=0.1), registry=registry)
     await emitter.start()
     try:
         emitter.on_transition(fault())
@@ -343,9 +348,10 @@ async def test_server_errors_are_retried_and_forbidden_is_not(
         emitter.on_transition(fault(condition="canary", reason="CanaryMismatch"))
         emitter.on_transition(fault(condition="gpu/x/ecc", reason="EccUncorrectable"))
         await async_wait_until(lambda: len(api.snapshot()) == 4)
-        await asyncio.sleep(0.5)
+        # witness: both 403s were answered and counted as failed (after the retried 500)
+        await async_wait_until(lambda: failed(registry) >= 3)
     finally:
-        await emitter.stop()
+        await emitter.stop()  # handles every queued transition first (FIFO stop marker)
     assert len(api.snapshot()) == 4
     rbac_logs = [r for r in caplog.records if "create and patch on events" in r.getMessage()]
     assert len(rbac_logs) == 1
@@ -382,11 +388,12 @@ async def test_https_with_the_cluster_ca(tmp_path: Path, token_file: Path) -> No
         finally:
             await emitter.stop()
         # an emitter that does not trust that CA sends nothing
-        untrusted = KubeEventEmitter(config(api, token_file, timeout_s=0.5))
+        registry = CollectorRegistry()
+        untrusted = KubeEventEmitter(config(api, token_file, timeout_s=0.5), registry=registry)
         await untrusted.start()
         try:
             untrusted.on_transition(fault(condition="canary", reason="CanaryMismatch"))
-            await asyncio.sleep(0.5)
+            await async_wait_until(lambda: failed(registry) >= 1)  # witness: it tried, and failed
         finally:
             await untrusted.stop()
         assert len(api.events) == 1
@@ -421,7 +428,6 @@ async def test_disabled_or_outside_a_pod_sends_nothing(api: FakeApiServer, token
         await emitter.start()
         emitter.on_transition(fault())
         await emitter.stop()
-    await asyncio.sleep(0.1)
     assert api.snapshot() == []
 
 
