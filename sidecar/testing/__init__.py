@@ -6,6 +6,7 @@ own integration tests share one copy).
 - :func:`start_sidecar`: ``python -m sidecar serve`` on ports the kernel picks (port 0); the
   ports it got are read back from the ``--ports-file`` it writes once serving (or from its
   "sidecar started" log line), so two runs never collide on a port chosen before it was bound.
+- :class:`SteppableClock`: a clock to inject into a component, moved forward by the test.
 - :func:`closed_port`: a port nobody listens on, held so that nobody can take it.
 - :class:`RecordingSink`: a thread-safe result sink keeping the latest result of every condition.
 """
@@ -65,6 +66,20 @@ async def await_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition {what or getattr(cond, '__name__', '')} not met in {timeout}s")
         await asyncio.sleep(interval)
+
+
+class SteppableClock:
+    """A monotonic clock a test moves forward: real time plus the offset given to
+    :meth:`advance` (components that also measure real intervals keep working)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
 
 
 @contextlib.contextmanager
