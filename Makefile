@@ -59,9 +59,12 @@ bench: $(VENV)/.installed-test
 soak: $(VENV)/.installed-test
 	$(BIN)/python -m bench.soak --minutes 10
 
-## on the GPU machine (see README "Development"): the real NVML / CUDA / TensorRT tests
+## on the GPU machine (see README "Development"): the real NVML / CUDA / TensorRT tests, with
+## the wheels ../shared/tools/device-wheels.sh put in .whl/ (pytest plugins included)
+GPU_SITE ?= /tmp/site
 gpu-test:
-	python3 -m pytest -q -m gpu -s tests/gpu
+	python3 -m pip install -q --no-index --no-deps --no-compile --target $(GPU_SITE) .whl/*.whl
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) python3 -m pytest -q -m gpu -s tests/gpu
 
 clean:
 	rm -rf $(VENV) $(MLSERVER_VENV) demo/state .pytest_cache .mypy_cache .ruff_cache
