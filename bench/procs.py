@@ -79,14 +79,11 @@ def health_check(addr: str, service: str, timeout: float = 1.0) -> int | None:
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, interval: float = 0.005) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout}s")
-        time.sleep(interval)
+    """:func:`sidecar.testing.wait_until`, raising TimeoutError (a benchmark records it)."""
+    try:
+        return testing.wait_until(cond, timeout=timeout, interval=interval)
+    except AssertionError as exc:
+        raise TimeoutError(str(exc)) from None
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from sidecar.configfields import Section
 from sidecar.model import Severity, Transition
 from sidecar.publish import events
 from sidecar.publish.events import EventsConfig, KubeEventEmitter, parse_events_config
+from sidecar.testing import await_until
 from sidecar.testing.certs import TestCA
 from sidecar.testing.kube import Call, FakeApiServer
 from sidecar.testing.manifests import validate
@@ -26,17 +27,6 @@ from sidecar.testing.manifests import validate
 REPO = Path(__file__).resolve().parents[2]
 GPU_UUID = "GPU-0f5d2a3c-1b2c-4d5e-8f90-1234567890ab"
 TOKEN = "token-one"
-
-
-async def async_wait_until(cond: Callable[[], Any], limit_s: float = 5.0) -> Any:
-    deadline = time.monotonic() + limit_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {limit_s}s")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -184,7 +174,7 @@ async def test_fatal_transition_posts_a_warning_event_on_the_pod(
     await emitter.start()
     try:
         emitter.on_transition(fault())
-        (call,) = await async_wait_until(api.snapshot)
+        (call,) = await await_until(api.snapshot)
     finally:
         await emitter.stop()
     assert call.method == "POST"
@@ -224,7 +214,7 @@ async def test_recovery_posts_a_normal_event_naming_the_earlier_reason(
     try:
         emitter.on_transition(fault())
         emitter.on_transition(recovery())
-        await async_wait_until(lambda: len(api.snapshot()) == 2)
+        await await_until(lambda: len(api.snapshot()) == 2)
     finally:
         await emitter.stop()
     warning, normal = (c.body for c in api.snapshot())
@@ -256,7 +246,7 @@ async def test_only_critical_and_fatal_failures_and_their_recoveries_are_reporte
         )
         emitter.on_transition(fault(condition="canary", reason="CanaryMismatch", severity=Severity.CRITICAL))
         emitter.on_transition(fault(False, None, reason="XidFatal79Latched"))
-        await async_wait_until(lambda: len(api.snapshot()) == 2)
+        await await_until(lambda: len(api.snapshot()) == 2)
     finally:
         # stop() queues its marker behind every transition above and sends what is queued
         # before it returns: the witness that each of them was handled
@@ -276,7 +266,7 @@ async def test_flapping_condition_is_aggregated_and_rate_limited(
         for _ in range(100):
             emitter.on_transition(fault())
             emitter.on_transition(recovery())
-        await async_wait_until(lambda: len(api.snapshot()) >= 4)
+        await await_until(lambda: len(api.snapshot()) >= 4)
         assert len(api.snapshot()) == 4
     finally:
         await emitter.stop()  # handles every queued transition first (FIFO stop marker)
@@ -301,7 +291,7 @@ async def test_aggregated_count_reaches_the_api_when_tokens_refill(
             with api.lock:
                 return sorted((e["type"], e["count"]) for e in api.events.values())
 
-        await async_wait_until(lambda: counts() == [("Normal", 30), ("Warning", 30)])
+        await await_until(lambda: counts() == [("Normal", 30), ("Warning", 30)])
     finally:
         await emitter.stop()
     with api.lock:
@@ -321,11 +311,11 @@ async def test_expired_event_is_recreated(api: FakeApiServer, token_file: Path) 
     try:
         emitter.on_transition(fault())
         emitter.on_transition(recovery())
-        await async_wait_until(lambda: len(api.events) == 2)
+        await await_until(lambda: len(api.events) == 2)
         with api.lock:
             api.events.clear()
         emitter.on_transition(fault())
-        await async_wait_until(lambda: [c.method for c in api.snapshot()][-2:] == ["PATCH", "POST"])
+        await await_until(lambda: [c.method for c in api.snapshot()][-2:] == ["PATCH", "POST"])
     finally:
         await emitter.stop()
     assert api.snapshot()[-1].body["count"] == 2
@@ -342,14 +332,14 @@ async def test_server_errors_are_retried_and_forbidden_is_not(
     await emitter.start()
     try:
         emitter.on_transition(fault())
-        await async_wait_until(lambda: len(api.events) == 1)
+        await await_until(lambda: len(api.events) == 1)
         assert [c.method for c in api.snapshot()] == ["POST", "POST"]
         api.fail_next = [403, 403]
         emitter.on_transition(fault(condition="canary", reason="CanaryMismatch"))
         emitter.on_transition(fault(condition="gpu/x/ecc", reason="EccUncorrectable"))
-        await async_wait_until(lambda: len(api.snapshot()) == 4)
+        await await_until(lambda: len(api.snapshot()) == 4)
         # witness: both 403s were answered and counted as failed (after the retried 500)
-        await async_wait_until(lambda: failed(registry) >= 3)
+        await await_until(lambda: failed(registry) >= 3)
     finally:
         await emitter.stop()  # handles every queued transition first (FIFO stop marker)
     assert len(api.snapshot()) == 4
@@ -363,10 +353,10 @@ async def test_rotated_token_is_used(api: FakeApiServer, token_file: Path) -> No
     await emitter.start()
     try:
         emitter.on_transition(fault())
-        await async_wait_until(lambda: len(api.snapshot()) == 1)
+        await await_until(lambda: len(api.snapshot()) == 1)
         await asyncio.to_thread(token_file.write_text, "token-two")
         emitter.on_transition(fault(condition="canary", reason="CanaryMismatch"))
-        await async_wait_until(lambda: len(api.snapshot()) == 2)
+        await await_until(lambda: len(api.snapshot()) == 2)
     finally:
         await emitter.stop()
     assert [c.headers["Authorization"] for c in api.snapshot()] == [
@@ -384,7 +374,7 @@ async def test_https_with_the_cluster_ca(tmp_path: Path, token_file: Path) -> No
         await emitter.start()
         try:
             emitter.on_transition(fault())
-            await async_wait_until(lambda: len(api.events) == 1)
+            await await_until(lambda: len(api.events) == 1)
         finally:
             await emitter.stop()
         # an emitter that does not trust that CA sends nothing
@@ -393,7 +383,7 @@ async def test_https_with_the_cluster_ca(tmp_path: Path, token_file: Path) -> No
         await untrusted.start()
         try:
             untrusted.on_transition(fault(condition="canary", reason="CanaryMismatch"))
-            await async_wait_until(lambda: failed(registry) >= 1)  # witness: it tried, and failed
+            await await_until(lambda: failed(registry) >= 1)  # witness: it tried, and failed
         finally:
             await untrusted.stop()
         assert len(api.events) == 1
@@ -439,7 +429,7 @@ async def test_namespace_falls_back_to_the_service_account_file(api: FakeApiServ
     await emitter.start()
     try:
         emitter.on_transition(fault())
-        (call,) = await async_wait_until(api.snapshot)
+        (call,) = await await_until(api.snapshot)
     finally:
         await emitter.stop()
     assert call.path == "/api/v1/namespaces/from-file/events"
@@ -480,7 +470,7 @@ async def test_rbac_grants_exactly_the_calls_the_emitter_makes(api: FakeApiServe
         emitter.on_transition(fault())
         emitter.on_transition(recovery())
         emitter.on_transition(fault())
-        await async_wait_until(lambda: any(c.method == "PATCH" for c in api.snapshot()))
+        await await_until(lambda: any(c.method == "PATCH" for c in api.snapshot()))
     finally:
         await emitter.stop()
     assert verbs(api.snapshot()) == set(events.API_CALLS)
