@@ -22,13 +22,17 @@ class Call:
 
 
 class FakeApiServer:
-    """Enough of the Kubernetes API for core/v1 Events: create and patch, with scripted errors."""
+    """Enough of the Kubernetes API for core/v1 Events: create and patch, with scripted errors,
+    a per-request delay and a gate (clear ``gate`` and the API hangs until it is set again)."""
 
     def __init__(self, *, tls: TestCA | None = None) -> None:
         self.calls: list[Call] = []
         self.events: dict[str, dict[str, Any]] = {}
         self.fail_next: list[int] = []  # statuses to answer the next calls with
         self.delay_s = 0.0
+        self.gate = threading.Event()  # cleared: every request waits (a hung API) until set
+        self.gate.set()
+        self.waiting = 0  # requests held at the gate now
         self.lock = threading.Lock()
         outer = self
 
@@ -51,6 +55,11 @@ class FakeApiServer:
                 raw = self.rfile.read(length)
                 body = json.loads(raw) if raw else {}
                 call = Call(self.command, self.path, dict(self.headers.items()), body)
+                with outer.lock:
+                    outer.waiting += 1
+                outer.gate.wait(60)
+                with outer.lock:
+                    outer.waiting -= 1
                 if outer.delay_s:
                     time.sleep(outer.delay_s)
                 with outer.lock:

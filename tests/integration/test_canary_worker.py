@@ -132,9 +132,8 @@ async def test_onnxruntime_canary_passes_and_reports_metrics(tmp_path: Path) -> 
     """The full path: start returns at once, Starting first, then CanaryPassed with metrics."""
     comp, _, reg = make(tmp_path)
     sink = Sink()
-    t0 = time.monotonic()
     await comp.start(sink)
-    assert time.monotonic() - t0 < 0.2
+    assert not comp.supervisor.ready  # start() returned before the worker had loaded
     first = main(await comp.run_canary())
     assert first.status is CheckStatus.UNKNOWN and first.reason in ("Starting", "LoadingEngine")
     assert first.gates == frozenset({"readiness", "canary"})
