@@ -38,7 +38,7 @@ $(MLSERVER_VENV)/.installed:
 ## make test: set up .venv with test extras and run the whole suite (what CI runs)
 test: $(VENV)/.installed-test $(MLSERVER_VENV)/.installed system-deps
 	TRT_HEALTH_TEST_MLSERVER=$(CURDIR)/$(MLSERVER_VENV)/bin/mlserver $(BIN)/python -m pytest -q
-	$(BIN)/ruff check sidecar tests
+	$(BIN)/ruff check sidecar tests bench
 	$(BIN)/mypy
 
 ## Debian tools the suite needs (podman/buildah/runc/mmdebstrap for tests/e2e, promtool for the
@@ -58,8 +58,8 @@ image: system-deps
 	image/build.sh
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check sidecar tests
-	$(BIN)/ruff format --check sidecar tests
+	$(BIN)/ruff check sidecar tests bench
+	$(BIN)/ruff format --check sidecar tests bench
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
@@ -75,9 +75,12 @@ bench: $(VENV)/.installed-test
 soak: $(VENV)/.installed-test
 	$(BIN)/python -m bench.soak --minutes 10
 
-## on the GPU machine (see README "Development"): the real NVML / CUDA / TensorRT tests
+## on the GPU machine (see README "Development"): the real NVML / CUDA / TensorRT tests, with
+## the wheels ../shared/tools/device-wheels.sh put in .whl/ (pytest plugins included)
+GPU_SITE ?= /tmp/site
 gpu-test:
-	python3 -m pytest -q -m gpu -s tests/gpu
+	python3 -m pip install -q --no-index --no-deps --no-compile --target $(GPU_SITE) .whl/*.whl
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) python3 -m pytest -q -m gpu -s tests/gpu
 
 clean:
 	rm -rf $(VENV) $(MLSERVER_VENV) demo/state .pytest_cache .mypy_cache .ruff_cache

@@ -112,11 +112,11 @@ def _start(work: Path, watch: str, cpus: set[int] | None) -> tuple[procs.Server,
 
 
 def _serving(addr: str, service: str) -> bool:
-    return procs.health_check(addr, service) == SERVING
+    return bool(procs.health_check(addr, service) == SERVING)
 
 
 def _not_serving(addr: str, service: str) -> bool:
-    return procs.health_check(addr, service) == NOT_SERVING
+    return bool(procs.health_check(addr, service) == NOT_SERVING)
 
 
 def run(*, quick: bool) -> dict[str, Any]:

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,12 +34,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
+from sidecar.testing import start_sidecar, xid31
 
 REPO = Path(__file__).resolve().parent.parent
-
-XID_CHILD = (
-    (REPO / "tests" / "gpu" / "test_xid31_real.py").read_text().split("CHILD = r'''", 1)[1].split("'''", 1)[0]
-)
 
 MATMUL_CHILD = r"""
 import json, sys, time, torch
@@ -63,39 +59,27 @@ print(json.dumps({"tflops": 2 * n**3 * iters / dt / 1e12, "iters": iters, "secon
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Sidecar:
     def __init__(self, config: str, workdir: Path) -> None:
-        self.grpc_port = free_port()
-        self.http_port = free_port()
-        cfg = workdir / f"config-{self.grpc_port}.yaml"
+        fd, name = tempfile.mkstemp(prefix="config-", suffix=".yaml", dir=workdir)
+        os.close(fd)
+        cfg = Path(name)
         cfg.write_text(config)
-        self.log = workdir / f"sidecar-{self.grpc_port}.log"
-        self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sidecar",
-                "serve",
-                "--config",
-                str(cfg),
-                "--grpc-port",
-                str(self.grpc_port),
-                "--http-port",
-                str(self.http_port),
-                "--state-dir",
-                str(workdir / f"state-{self.grpc_port}"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.log, "w"),
+        self.log = cfg.with_name(cfg.name.replace("config-", "sidecar-").replace(".yaml", ".log"))
+        # ports 0: the kernel picks free ones, read back from the "sidecar started" line
+        self.sp = start_sidecar(
+            "--config",
+            str(cfg),
+            "--state-dir",
+            str(cfg.with_name(cfg.stem.replace("config-", "state-"))),
+            log_path=self.log,
             cwd=REPO,
+            timeout=120,
         )
+        self.proc = self.sp.proc
+        self.t0 = self.sp.started
+        self.grpc_port = self.sp.grpc_port
+        self.http_port = self.sp.http_port
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.diag = diagnostics_pb2_grpc.DiagnosticsStub(self.channel)
@@ -254,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             # event changes it even when the reason stays XidProcess31
             diag_before = {c.name: c.message for c in sc.conditions("gpu/").conditions}
             child = subprocess.Popen(
-                [sys.executable, "-c", XID_CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                xid31.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
             seen_metric = seen_diag = None
             deadline = time.monotonic() + 30

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from bench.loadgen import pin
+from sidecar import testing
 
 REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -31,12 +31,6 @@ def cpus() -> tuple[set[int] | None, set[int] | None]:
     if len(avail) < 2:
         return None, None
     return {avail[0]}, set(avail[1:])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -85,14 +79,11 @@ def health_check(addr: str, service: str, timeout: float = 1.0) -> int | None:
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, interval: float = 0.005) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout}s")
-        time.sleep(interval)
+    """:func:`sidecar.testing.wait_until`, raising TimeoutError (a benchmark records it)."""
+    try:
+        return testing.wait_until(cond, timeout=timeout, interval=interval)
+    except AssertionError as exc:
+        raise TimeoutError(str(exc)) from None
 
 
 @dataclass
@@ -104,9 +95,15 @@ class Server:
     started: float
     log_path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    ports_file: Path | None = None  # a sidecar started on port 0 writes its ports there
 
     @property
     def addr(self) -> str:
+        if self.port == 0 and self.ports_file is not None:
+            ports = testing.read_ports_file(self.ports_file)
+            if ports:
+                self.port = ports["grpc_port"]
+                self.extra["http_port"] = ports.get("http_port")
         return f"127.0.0.1:{self.port}"
 
     def command(self, line: str) -> None:
@@ -162,45 +159,27 @@ def start_sidecar(
     state_dir: Path | None = None,
     wait: bool = True,
 ) -> Server:
-    """``python -m sidecar serve --simulate`` on free ports; waits for the 'sidecar started'
-    log line. ``started`` is the monotonic time just before the exec."""
+    """``python -m sidecar serve --simulate`` on ports 0 (the kernel picks; its ports file says
+    which); with ``wait``, waits until it serves. ``started`` is the monotonic time just before
+    the exec. Without ``wait``, ``addr`` names port 0 until the ports file is there."""
     state = state_dir or Path(tempfile.mkdtemp(prefix="bench-state-"))
-    grpc_port, http_port = free_port(), free_port()
     log_fd, log_name = tempfile.mkstemp(prefix="bench-sidecar-", suffix=".log")
-    argv = [
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
+    os.close(log_fd)
+    sp = testing.start_sidecar(
         "--simulate",
-        "--grpc-port",
-        str(grpc_port),
-        "--http-port",
-        str(http_port),
         "--state-dir",
         str(state),
         *args,
-    ]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=log_fd,
-        text=True,
+        log_path=Path(log_name),
         cwd=REPO,
+        wait_started=wait,
         preexec_fn=pin(cpus),
     )
-    os.close(log_fd)
-    srv = Server("ours", proc, grpc_port, proc.pid, t0, Path(log_name), {"http_port": http_port})
+    srv = Server(
+        "ours", sp.proc, sp.grpc_port, sp.proc.pid, sp.started, sp.log_path, ports_file=sp.ports_file
+    )
     if wait:
-
-        def started() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"sidecar exited {proc.returncode}: {Path(log_name).read_text()[-2000:]}")
-            return "sidecar started" in Path(log_name).read_text()
-
-        wait_for(started, 30, 0.01)
+        srv.extra["http_port"] = sp.http_port
     return srv
 
 

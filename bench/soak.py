@@ -35,9 +35,7 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -50,6 +48,8 @@ from typing import Any
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sidecar import testing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,26 +86,7 @@ def rss_mb(pid: int) -> float:
     return status_field(pid, "VmRSS") / 1024.0
 
 
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (scans /proc/*/stat; works without the children file)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            out.append(int(entry))
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+children = testing.child_pids
 
 
 # -- the engine on disk ----------------------------------------------------------------------
@@ -199,10 +180,10 @@ class Soak:
         self.lock = threading.Lock()
         self.engine_dir = tmp / "engines" / ENGINE
         self.scenario_path = tmp / "scenario.yaml"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.grpc_port = free_port()
-        self.http_port = free_port()
-        self.addr = f"127.0.0.1:{self.grpc_port}"
+        self.proc: subprocess.Popen[str] | None = None
+        self.grpc_port = 0  # ports 0: the kernel picks, the sidecar's ports file says which
+        self.http_port = 0
+        self.addr = ""
         self.stream_channels: list[grpc.Channel] = []
 
     # -- process ---------------------------------------------------------------------------
@@ -234,15 +215,17 @@ class Soak:
             "log": {"level": "warning"},
         }
         (self.tmp / "config.yaml").write_text(yaml.safe_dump(config))
-        cmd = [
-            sys.executable, "-m", "sidecar", "serve", "--simulate",
+        sp = testing.start_sidecar(
+            "--simulate",
             "--scenario", str(self.scenario_path),
             "--config", str(self.tmp / "config.yaml"),
-            "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
             "--state-dir", str(self.tmp / "state"),
-        ]  # fmt: skip
-        self.stderr = open(self.tmp / "sidecar.log", "wb")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr, cwd=REPO)
+            log_path=self.tmp / "sidecar.log",
+            cwd=REPO,
+        )  # fmt: skip
+        self.proc = sp.proc
+        self.grpc_port, self.http_port = sp.grpc_port, sp.http_port
+        self.addr = sp.addr
         self.wait(lambda: self.ready() is True, 30, "readiness SERVING after start")
 
     def close(self) -> None:
@@ -256,7 +239,6 @@ class Soak:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        self.stderr.close()
 
     @property
     def pid(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,11 +202,12 @@ def interleaved_rounds(
     duration = 2.0 if quick else 4.0
     servers: list[procs.Server] = []
     try:
-        for name, start in (
+        starters: list[tuple[str, Callable[[], procs.Server]]] = [
             ("ours", lambda: procs.start_sidecar(srv_cpus)),
             ("stock-sync", lambda: procs.start_stock("sync", srv_cpus)),
             ("stock-asyncio", lambda: procs.start_stock("asyncio", srv_cpus)),
-        ):
+        ]
+        for name, start in starters:
             srv = start()
             srv.name = name
             servers.append(srv)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -1050,8 +1051,30 @@ def default_engines_dir() -> Path:
     return here
 
 
-async def serve(config: SidecarConfig, overrides: Mapping[tuple[str, ...], Any]) -> int:
-    """Run until SIGTERM/SIGINT. Returns the process exit code."""
+def write_ports_file(path: str, app: SidecarApp) -> None:
+    """The ports the app bound, as JSON, written atomically (a reader never sees half a file)."""
+    doc = {
+        "grpc_port": app.grpc_port,
+        "grpc_tls_port": app.grpc_tls_port or None,
+        "http_port": app.http.port if app.http else None,
+        "pid": os.getpid(),
+    }
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("cannot write the ports file", extra={"path": path[:200], "error": str(exc)[:300]})
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+async def serve(
+    config: SidecarConfig, overrides: Mapping[tuple[str, ...], Any], *, ports_file: str | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT. Returns the process exit code. With ``ports_file``, the bound
+    ports are written there as JSON once serving (the way to learn what port 0 became)."""
     from sidecar.errors import EXIT_BIND, EXIT_OK, EXIT_TLS
 
     app = SidecarApp(config)
@@ -1070,6 +1093,8 @@ async def serve(config: SidecarConfig, overrides: Mapping[tuple[str, ...], Any])
         log.error("cannot load TLS material", extra={"error": str(exc)})
         await app.stop()
         return EXIT_TLS
+    if ports_file:
+        write_ports_file(ports_file, app)
     await app.wait_stopped()
     log.info("shutdown requested")
     await app.stop()

@@ -33,6 +33,11 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--engines-dir", metavar="DIR", help="where the canary model lives")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--log-format", choices=("json", "text"))
+    p.add_argument(
+        "--ports-file",
+        metavar="FILE",
+        help="once serving, write the bound ports as JSON to FILE (for --grpc-port 0 / --http-port 0)",
+    )
 
 
 def _status_parser(sub: Any) -> None:
@@ -106,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(config.log_level, config.log_format)
     import asyncio
 
-    return asyncio.run(serve(config, overrides))
+    return asyncio.run(serve(config, overrides, ports_file=args.ports_file))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,8 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.gpu.component import GpuComponent, GpuConfig
 from sidecar.model import Severity
-from tests.gpu.support import RecordingSink
-from tests.gpu.test_xid31_real import CHILD
+from sidecar.testing import RecordingSink, xid31
 
 pytestmark = pytest.mark.gpu
 pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py (pynvml) is not installed")
@@ -68,7 +66,7 @@ async def test_every_gpu_watched_and_xid_attributed_to_its_gpu(tmp_path: Path) -
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=target)
         child = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-c", CHILD],
+            xid31.command(),
             capture_output=True,
             text=True,
             timeout=120,

@@ -18,7 +18,7 @@ from sidecar.gpu.backend import SIGNALS, SignalError, Unsupported
 from sidecar.gpu.component import GpuComponent, GpuConfig
 from sidecar.gpu.real import RealNvmlBackend
 from sidecar.model import Severity
-from tests.gpu.support import RecordingSink
+from sidecar.testing import RecordingSink
 
 pytestmark = pytest.mark.gpu
 pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py (pynvml) is not installed")

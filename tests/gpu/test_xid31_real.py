@@ -1,10 +1,10 @@
 """A real Xid 31 reaches the real listener, is process-level, and shows in the metrics.
 
-A child process (never this one: the test process must not initialise CUDA) compiles a kernel
-with NVRTC that writes to address 0x10, launches it and synchronises (error 700,
-CUDA_ERROR_ILLEGAL_ADDRESS). The driver reports Xid 31 (MMU fault) through NVML to the
-sidecar's listener. Prints the latency from the child's failing sync to (a) the listener
-receiving the event and (b) the Xid counter changing in the metrics.
+A child process (never this one: the test process must not initialise CUDA; the program is
+``sidecar.testing.xid31``) compiles a kernel with NVRTC that writes to address 0x10, launches
+it and synchronises (error 700, CUDA_ERROR_ILLEGAL_ADDRESS). The driver reports Xid 31 (MMU
+fault) through NVML to the sidecar's listener. Prints the latency from the child's failing
+sync to (a) the listener receiving the event and (b) the Xid counter changing in the metrics.
 
 Run on the GPU machine: ``python3 -m pytest -m gpu -s tests/gpu/test_xid31_real.py``.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,63 +22,10 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.gpu.component import GpuComponent, GpuConfig
 from sidecar.model import Severity
-from tests.gpu.support import RecordingSink
+from sidecar.testing import RecordingSink, xid31
 
 pytestmark = pytest.mark.gpu
 pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py (pynvml) is not installed")
-
-
-CHILD = r"""
-import json, sys, time
-try:
-    import numpy as np
-    from cuda.bindings import driver, nvrtc
-except Exception as exc:  # report and let the parent skip
-    print(json.dumps({"skip": f"cuda-bindings not importable: {exc}"}), flush=True)
-    sys.exit(0)
-
-def ok(res, what):
-    err = res[0]
-    code = int(err)
-    if code != 0:
-        raise SystemExit(f"{what} failed: {err}")
-    return res[1] if len(res) == 2 else res[1:]
-
-SRC = b'extern "C" __global__ void bad(){ *((volatile int*)0x10) = 1; }'
-ok(driver.cuInit(0), "cuInit")
-dev = ok(driver.cuDeviceGet(0), "cuDeviceGet")
-major = ok(driver.cuDeviceGetAttribute(
-    driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cc major")
-minor = ok(driver.cuDeviceGetAttribute(
-    driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "cc minor")
-ctx = ok(driver.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
-ok(driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
-prog = ok(nvrtc.nvrtcCreateProgram(SRC, b"bad.cu", 0, [], []), "nvrtcCreateProgram")
-opts = [b"--gpu-architecture=compute_%d%d" % (major, minor)]
-res = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-if int(res[0]) != 0:
-    size = nvrtc.nvrtcGetProgramLogSize(prog)[1]
-    log = b" " * size
-    nvrtc.nvrtcGetProgramLog(prog, log)
-    raise SystemExit(f"nvrtc compile failed: {log.decode(errors='replace')}")
-size = ok(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
-ptx = b" " * size
-ok(nvrtc.nvrtcGetPTX(prog, ptx), "nvrtcGetPTX")
-ptx_arr = np.char.array(ptx)
-module = ok(driver.cuModuleLoadData(ptx_arr.ctypes.data), "cuModuleLoadData")
-kernel = ok(driver.cuModuleGetFunction(module, b"bad"), "cuModuleGetFunction")
-launch = time.time()
-launch_err = driver.cuLaunchKernel(kernel, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0)[0]
-(sync_err,) = driver.cuCtxSynchronize()
-sync_returned = time.time()
-print(json.dumps({
-    "launch": launch,
-    "sync_returned": sync_returned,
-    "launch_error": int(launch_err),
-    "sync_error": int(sync_err),
-    "cc": f"{major}.{minor}",
-}), flush=True)
-"""
 
 
 def _xid31_total(registry: CollectorRegistry, uuids: list[str]) -> float:
@@ -124,7 +70,7 @@ async def test_real_xid31_is_process_level_and_counted(tmp_path: Path) -> None:
         gating_before = {r.name for r in sink.latest.values() if not r.ok and r.severity >= Severity.CRITICAL}
 
         child = subprocess.Popen(  # noqa: ASYNC220 - started once, then polled without blocking
-            [sys.executable, "-c", CHILD],
+            xid31.command(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

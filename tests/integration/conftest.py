@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import socket
-import subprocess
-import sys
+import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +16,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sidecar import testing
 from sidecar.app import SidecarApp
 from sidecar.config import GrpcConfig, HttpConfig, SidecarConfig
 from sidecar.model import CheckResult
+from sidecar.testing import SidecarProcess, wait_until
+
+__all__ = ["REPO", "AppThread", "SidecarProcess", "check", "core_config", "health_stub", "wait_until"]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 class AppThread:
@@ -127,67 +109,25 @@ def check(addr: str, service: str, timeout: float = 2.0) -> int:
         return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status)
 
 
-@dataclass
-class SidecarProcess:
-    proc: subprocess.Popen[str]
-    grpc_port: int
-    http_port: int
-    lines: list[dict[str, Any]]
-    stderr_path: Path
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def log_records(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.stderr_path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
-
-    def stop(self, sig: int = 15, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
-
-
 def start_sidecar(
     tmp_path: Path,
     *args: str,
     env: dict[str, str] | None = None,
     wait_started: bool = True,
 ) -> SidecarProcess:
-    """Start `python -m sidecar serve ...` on free ports; waits for the 'sidecar started' log."""
-    grpc_port, http_port = free_port(), free_port()
-    stderr_path = tmp_path / f"sidecar-{grpc_port}.log"
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    cmd = [
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        "--grpc-port",
-        str(grpc_port),
-        "--http-port",
-        str(http_port),
+    """Start `python -m sidecar serve ...` on kernel-chosen ports; waits for the 'sidecar started'
+    log line, which names the ports it bound."""
+    log_path = Path(tempfile.mkstemp(prefix="sidecar-", suffix=".log", dir=tmp_path)[1])
+    return testing.start_sidecar(
         "--state-dir",
         str(tmp_path / "state"),
         *args,
-    ]
-    with open(stderr_path, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=full_env, cwd=REPO)
-    sp = SidecarProcess(proc, grpc_port, http_port, [], stderr_path)
-    if wait_started:
-
-        def started() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"sidecar exited {proc.returncode}: {stderr_path.read_text()}")
-            return any(r.get("msg") == "sidecar started" for r in sp.log_records())
-
-        wait_until(started, timeout=20)
-    return sp
+        log_path=log_path,
+        env=env,
+        cwd=REPO,
+        wait_started=wait_started,
+        timeout=30,
+    )
 
 
 @pytest.fixture
@@ -201,9 +141,7 @@ def sidecar_proc(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
 
     yield start
     for sp in procs:
-        if sp.proc.poll() is None:
-            sp.proc.kill()
-            sp.proc.wait(5)
+        sp.kill()
 
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -18,6 +18,7 @@ from sidecar.canary.protocol import LoadRequest
 from sidecar.canary.supervisor import CanaryMetrics, CanarySupervisor, SupervisorSettings
 from sidecar.model import CheckResult, CheckStatus, Severity
 from sidecar.scenario import ScenarioFile
+from sidecar.testing import SteppableClock, await_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINES = ROOT / "engines"
@@ -41,7 +42,10 @@ class GpuState:
         self.is_busy = False
         self.generation = 0
 
+        self.exclusive_calls = 0
+
     def exclusive_process(self) -> bool:
+        self.exclusive_calls += 1
         return self.exclusive
 
     def busy(self) -> bool:
@@ -71,6 +75,7 @@ def make(
     simulate: bool = False,
     scenario: dict[str, Any] | None = None,
     gpu: GpuState | None = None,
+    clock: Callable[[], float] = time.monotonic,
     **cfg: Any,
 ) -> tuple[CanaryComponent, ScenarioFile | None, CollectorRegistry]:
     sf: ScenarioFile | None = None
@@ -82,7 +87,13 @@ def make(
     reg = CollectorRegistry()
     config = CanaryConfig(**{**FAST, **cfg})
     comp = CanaryComponent(
-        config, simulate=simulate, scenario=sf, registry=reg, gpu_state=gpu, engines_dir=ENGINES
+        config,
+        simulate=simulate,
+        scenario=sf,
+        registry=reg,
+        gpu_state=gpu,
+        engines_dir=ENGINES,
+        clock=clock,
     )
     return comp, sf, reg
 
@@ -121,9 +132,8 @@ async def test_onnxruntime_canary_passes_and_reports_metrics(tmp_path: Path) -> 
     """The full path: start returns at once, Starting first, then CanaryPassed with metrics."""
     comp, _, reg = make(tmp_path)
     sink = Sink()
-    t0 = time.monotonic()
     await comp.start(sink)
-    assert time.monotonic() - t0 < 0.2
+    assert not comp.supervisor.ready  # start() returned before the worker had loaded
     first = main(await comp.run_canary())
     assert first.status is CheckStatus.UNKNOWN and first.reason in ("Starting", "LoadingEngine")
     assert first.gates == frozenset({"readiness", "canary"})
@@ -338,7 +348,10 @@ async def test_exclusive_process_creates_no_worker(tmp_path: Path) -> None:
     comp, _, _ = make(tmp_path, runner="auto", gpu=gpu)
     await comp.start(Sink())
     try:
-        await asyncio.sleep(0.3)
+        # witness: the worker keeper decided twice (it looks again every second) and started
+        # nothing in between
+        await await_until(lambda: gpu.exclusive_calls >= 2, timeout=10)
+        assert comp.supervisor.proc is None
         res = main(await comp.run_canary())
         assert res.ok and res.reason == "ExclusiveProcessMode" and res.severity is Severity.INFO
         assert comp.supervisor.proc is None
@@ -349,7 +362,8 @@ async def test_exclusive_process_creates_no_worker(tmp_path: Path) -> None:
 async def test_busy_gpu_skips_within_max_skip(tmp_path: Path) -> None:
     """While busy the canary is skipped (OK) for up to max_skip after the last pass."""
     gpu = GpuState()
-    comp, _, reg = make(tmp_path, gpu=gpu, max_skip_s=1.0)
+    clock = SteppableClock()
+    comp, _, reg = make(tmp_path, gpu=gpu, clock=clock, max_skip_s=1.0)
     await comp.start(Sink())
     try:
         await until(comp, reason("CanaryPassed"))
@@ -357,7 +371,7 @@ async def test_busy_gpu_skips_within_max_skip(tmp_path: Path) -> None:
         skipped = main(await comp.run_canary())
         assert skipped.ok and skipped.reason == "CanarySkipped"
         assert reg.get_sample_value("trt_health_canary_results_total", {"outcome": "skipped"})
-        await asyncio.sleep(1.05)
+        clock.advance(1.05)
         assert main(await comp.run_canary()).reason == "CanaryPassed"  # ran anyway
     finally:
         await comp.stop()

@@ -5,12 +5,9 @@ errors, token rotation, non-blocking listener, and RBAC == the calls the code ma
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,128 +19,14 @@ from sidecar.configfields import Section
 from sidecar.model import Severity, Transition
 from sidecar.publish import events
 from sidecar.publish.events import EventsConfig, KubeEventEmitter, parse_events_config
-from tests.certs import TestCA
-from tests.unit.test_manifests import validate
+from sidecar.testing import await_until
+from sidecar.testing.certs import TestCA
+from sidecar.testing.kube import Call, FakeApiServer
+from sidecar.testing.manifests import validate
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_UUID = "GPU-0f5d2a3c-1b2c-4d5e-8f90-1234567890ab"
 TOKEN = "token-one"
-
-
-@dataclass
-class Call:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
-class FakeApiServer:
-    """Enough of the Kubernetes API for core/v1 Events: create and patch, with scripted errors."""
-
-    def __init__(self, *, tls: TestCA | None = None) -> None:
-        self.calls: list[Call] = []
-        self.events: dict[str, dict[str, Any]] = {}
-        self.fail_next: list[int] = []  # statuses to answer the next calls with
-        self.delay_s = 0.0
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                body = json.loads(raw) if raw else {}
-                call = Call(self.command, self.path, dict(self.headers.items()), body)
-                if outer.delay_s:
-                    time.sleep(outer.delay_s)
-                with outer.lock:
-                    outer.calls.append(call)
-                    scripted = outer.fail_next.pop(0) if outer.fail_next else None
-                if scripted is not None:
-                    self._answer(scripted, {"kind": "Status", "code": scripted})
-                    return
-                parts = self.path.strip("/").split("/")
-                if self.headers.get("Authorization", "")[:7] != "Bearer ":
-                    self._answer(401, {"kind": "Status", "code": 401})
-                elif (
-                    self.command == "POST"
-                    and parts[:3] == ["api", "v1", "namespaces"]
-                    and (len(parts) == 5 and parts[4] == "events")
-                ):
-                    with outer.lock:
-                        outer.events[body["metadata"]["name"]] = body
-                    self._answer(201, body)
-                elif self.command == "PATCH" and len(parts) == 6 and parts[4] == "events":
-                    with outer.lock:
-                        existing = outer.events.get(parts[5])
-                        if existing is not None:
-                            existing.update(body)
-                    if existing is None:
-                        self._answer(404, {"kind": "Status", "code": 404})
-                    else:
-                        self._answer(200, existing)
-                else:
-                    self._answer(405, {"kind": "Status", "code": 405})
-
-            do_POST = _handle
-            do_PATCH = _handle
-            do_PUT = _handle
-            do_GET = _handle
-            do_DELETE = _handle
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.scheme = "http"
-        if tls is not None:
-            import ssl
-
-            files = tls.issue("apiserver", sans=("localhost",))
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(str(files.cert), str(files.key))
-            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-            self.scheme = "https"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        host = "localhost" if self.scheme == "https" else "127.0.0.1"
-        return f"{self.scheme}://{host}:{self.httpd.server_address[1]}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def snapshot(self) -> list[Call]:
-        with self.lock:
-            return list(self.calls)
-
-
-async def async_wait_until(cond: Callable[[], Any], limit_s: float = 5.0) -> Any:
-    deadline = time.monotonic() + limit_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {limit_s}s")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -198,6 +81,10 @@ def fault(
 
 def recovery(**kw: Any) -> Transition:
     return fault(True, False, reason="", message="no Xid for 3 canary passes", **kw)
+
+
+def failed(registry: CollectorRegistry) -> float:
+    return registry.get_sample_value("trt_health_kube_events_total", {"outcome": "failed"}) or 0.0
 
 
 def verbs(calls: list[Call]) -> set[tuple[str, str, str]]:
@@ -287,7 +174,7 @@ async def test_fatal_transition_posts_a_warning_event_on_the_pod(
     await emitter.start()
     try:
         emitter.on_transition(fault())
-        (call,) = await async_wait_until(api.snapshot)
+        (call,) = await await_until(api.snapshot)
     finally:
         await emitter.stop()
     assert call.method == "POST"
@@ -327,7 +214,7 @@ async def test_recovery_posts_a_normal_event_naming_the_earlier_reason(
     try:
         emitter.on_transition(fault())
         emitter.on_transition(recovery())
-        await async_wait_until(lambda: len(api.snapshot()) == 2)
+        await await_until(lambda: len(api.snapshot()) == 2)
     finally:
         await emitter.stop()
     warning, normal = (c.body for c in api.snapshot())
@@ -359,9 +246,10 @@ async def test_only_critical_and_fatal_failures_and_their_recoveries_are_reporte
         )
         emitter.on_transition(fault(condition="canary", reason="CanaryMismatch", severity=Severity.CRITICAL))
         emitter.on_transition(fault(False, None, reason="XidFatal79Latched"))
-        await async_wait_until(lambda: len(api.snapshot()) == 2)
-        await asyncio.sleep(0.2)
+        await await_until(lambda: len(api.snapshot()) == 2)
     finally:
+        # stop() queues its marker behind every transition above and sends what is queued
+        # before it returns: the witness that each of them was handled
         await emitter.stop()
     assert sorted(c.body["reason"] for c in api.snapshot()) == ["CanaryMismatch", "XidFatal79Latched"]
 
@@ -378,11 +266,10 @@ async def test_flapping_condition_is_aggregated_and_rate_limited(
         for _ in range(100):
             emitter.on_transition(fault())
             emitter.on_transition(recovery())
-        await async_wait_until(lambda: len(api.snapshot()) >= 4)
-        await asyncio.sleep(0.3)
+        await await_until(lambda: len(api.snapshot()) >= 4)
         assert len(api.snapshot()) == 4
     finally:
-        await emitter.stop()
+        await emitter.stop()  # handles every queued transition first (FIFO stop marker)
     calls = api.snapshot()
     assert len(calls) == 4  # the final flush has no token either
     assert registry.get_sample_value("trt_health_kube_events_total", {"outcome": "aggregated"}) > 0
@@ -404,7 +291,7 @@ async def test_aggregated_count_reaches_the_api_when_tokens_refill(
             with api.lock:
                 return sorted((e["type"], e["count"]) for e in api.events.values())
 
-        await async_wait_until(lambda: counts() == [("Normal", 30), ("Warning", 30)])
+        await await_until(lambda: counts() == [("Normal", 30), ("Warning", 30)])
     finally:
         await emitter.stop()
     with api.lock:
@@ -424,11 +311,11 @@ async def test_expired_event_is_recreated(api: FakeApiServer, token_file: Path) 
     try:
         emitter.on_transition(fault())
         emitter.on_transition(recovery())
-        await async_wait_until(lambda: len(api.events) == 2)
+        await await_until(lambda: len(api.events) == 2)
         with api.lock:
             api.events.clear()
         emitter.on_transition(fault())
-        await async_wait_until(lambda: [c.method for c in api.snapshot()][-2:] == ["PATCH", "POST"])
+        await await_until(lambda: [c.method for c in api.snapshot()][-2:] == ["PATCH", "POST"])
     finally:
         await emitter.stop()
     assert api.snapshot()[-1].body["count"] == 2
@@ -440,19 +327,21 @@ async def test_server_errors_are_retried_and_forbidden_is_not(
     """A 500 is retried after a short backoff and then succeeds; a 403 (no RBAC) is logged once
     with the fix and never retried."""
     api.fail_next = [500]
-    emitter = KubeEventEmitter(config(api, token_file, timeout_s=0.1))
+    registry = CollectorRegistry()
+    emitter = KubeEventEmitter(config(api, token_file, timeout_s=0.1), registry=registry)
     await emitter.start()
     try:
         emitter.on_transition(fault())
-        await async_wait_until(lambda: len(api.events) == 1)
+        await await_until(lambda: len(api.events) == 1)
         assert [c.method for c in api.snapshot()] == ["POST", "POST"]
         api.fail_next = [403, 403]
         emitter.on_transition(fault(condition="canary", reason="CanaryMismatch"))
         emitter.on_transition(fault(condition="gpu/x/ecc", reason="EccUncorrectable"))
-        await async_wait_until(lambda: len(api.snapshot()) == 4)
-        await asyncio.sleep(0.5)
+        await await_until(lambda: len(api.snapshot()) == 4)
+        # witness: both 403s were answered and counted as failed (after the retried 500)
+        await await_until(lambda: failed(registry) >= 3)
     finally:
-        await emitter.stop()
+        await emitter.stop()  # handles every queued transition first (FIFO stop marker)
     assert len(api.snapshot()) == 4
     rbac_logs = [r for r in caplog.records if "create and patch on events" in r.getMessage()]
     assert len(rbac_logs) == 1
@@ -464,10 +353,10 @@ async def test_rotated_token_is_used(api: FakeApiServer, token_file: Path) -> No
     await emitter.start()
     try:
         emitter.on_transition(fault())
-        await async_wait_until(lambda: len(api.snapshot()) == 1)
+        await await_until(lambda: len(api.snapshot()) == 1)
         await asyncio.to_thread(token_file.write_text, "token-two")
         emitter.on_transition(fault(condition="canary", reason="CanaryMismatch"))
-        await async_wait_until(lambda: len(api.snapshot()) == 2)
+        await await_until(lambda: len(api.snapshot()) == 2)
     finally:
         await emitter.stop()
     assert [c.headers["Authorization"] for c in api.snapshot()] == [
@@ -485,15 +374,16 @@ async def test_https_with_the_cluster_ca(tmp_path: Path, token_file: Path) -> No
         await emitter.start()
         try:
             emitter.on_transition(fault())
-            await async_wait_until(lambda: len(api.events) == 1)
+            await await_until(lambda: len(api.events) == 1)
         finally:
             await emitter.stop()
         # an emitter that does not trust that CA sends nothing
-        untrusted = KubeEventEmitter(config(api, token_file, timeout_s=0.5))
+        registry = CollectorRegistry()
+        untrusted = KubeEventEmitter(config(api, token_file, timeout_s=0.5), registry=registry)
         await untrusted.start()
         try:
             untrusted.on_transition(fault(condition="canary", reason="CanaryMismatch"))
-            await asyncio.sleep(0.5)
+            await await_until(lambda: failed(registry) >= 1)  # witness: it tried, and failed
         finally:
             await untrusted.stop()
         assert len(api.events) == 1
@@ -502,23 +392,24 @@ async def test_https_with_the_cluster_ca(tmp_path: Path, token_file: Path) -> No
 
 
 async def test_listener_never_blocks_even_when_the_api_hangs(api: FakeApiServer, token_file: Path) -> None:
-    """on_transition only enqueues: 2000 calls while the API takes 1 s per request finish in
-    well under a second; what does not fit the queue is counted as dropped."""
-    api.delay_s = 1.0
+    """on_transition only enqueues: 2000 calls return while the API hangs (no request of the
+    emitter has been answered yet); what does not fit the queue is counted as dropped."""
+    api.gate.clear()  # the API hangs until the gate opens
     registry = CollectorRegistry()
     emitter = KubeEventEmitter(config(api, token_file, queue_size=16, timeout_s=2.0), registry=registry)
     await emitter.start()
     try:
-        started = time.monotonic()
+        emitter.on_transition(fault(condition="c-first"))
+        # witness: the sender is inside its first request, which the hung API holds
+        await await_until(lambda: api.waiting >= 1)
         for i in range(1000):
             emitter.on_transition(fault(condition=f"c{i}"))
             emitter.on_transition(recovery(condition=f"c{i}"))
-        elapsed = time.monotonic() - started
+        assert api.snapshot() == []  # all 2000 returned while that request was still hung
+        assert registry.get_sample_value("trt_health_kube_events_total", {"outcome": "dropped"}) > 0
     finally:
-        api.delay_s = 0.0
+        api.gate.set()
         await emitter.stop()
-    assert elapsed < 0.5
-    assert registry.get_sample_value("trt_health_kube_events_total", {"outcome": "dropped"}) > 0
 
 
 async def test_disabled_or_outside_a_pod_sends_nothing(api: FakeApiServer, token_file: Path) -> None:
@@ -528,7 +419,6 @@ async def test_disabled_or_outside_a_pod_sends_nothing(api: FakeApiServer, token
         await emitter.start()
         emitter.on_transition(fault())
         await emitter.stop()
-    await asyncio.sleep(0.1)
     assert api.snapshot() == []
 
 
@@ -540,7 +430,7 @@ async def test_namespace_falls_back_to_the_service_account_file(api: FakeApiServ
     await emitter.start()
     try:
         emitter.on_transition(fault())
-        (call,) = await async_wait_until(api.snapshot)
+        (call,) = await await_until(api.snapshot)
     finally:
         await emitter.stop()
     assert call.path == "/api/v1/namespaces/from-file/events"
@@ -581,7 +471,7 @@ async def test_rbac_grants_exactly_the_calls_the_emitter_makes(api: FakeApiServe
         emitter.on_transition(fault())
         emitter.on_transition(recovery())
         emitter.on_transition(fault())
-        await async_wait_until(lambda: any(c.method == "PATCH" for c in api.snapshot()))
+        await await_until(lambda: any(c.method == "PATCH" for c in api.snapshot()))
     finally:
         await emitter.stop()
     assert verbs(api.snapshot()) == set(events.API_CALLS)

@@ -10,7 +10,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +21,10 @@ from prometheus_client import CollectorRegistry
 from sidecar.gpu.component import GpuComponent, GpuConfig
 from sidecar.model import CheckResult, CheckStatus, Severity
 from sidecar.scenario import ScenarioFile
+from sidecar.testing import RecordingSink, await_until
 
 U0 = "GPU-sim-0"
 U1 = "GPU-sim-1"
-
-
-class RecordingSink:
-    """A thread-safe ResultSink that keeps the latest result of every condition."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.latest: dict[str, CheckResult] = {}
-        self.history: list[CheckResult] = []
-        self.triggers: list[str] = []
-
-    def submit(self, results: Iterable[CheckResult]) -> None:
-        with self._lock:
-            for r in results:
-                self.latest[r.name] = r
-                self.history.append(r)
-
-    def trigger(self, check_name: str) -> None:
-        with self._lock:
-            self.triggers.append(check_name)
 
 
 class Harness:
@@ -61,6 +42,20 @@ class Harness:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(doc), encoding="utf-8")
         tmp.replace(self.path)
+
+    async def apply(self, doc: dict[str, Any]) -> None:
+        """Write the scenario and wait until the backend applied it (the generation counts
+        documents applied, after every listener ran)."""
+        before = self.scenario.generation
+        self.write(doc)
+        await await_until(lambda: self.scenario.generation > before, what="scenario applied")
+
+    async def poll(self) -> None:
+        """Run the GPU poll once and submit its results, as the app's scheduler does (it saves
+        the state file): the witness that a full sample of the current state was taken."""
+        assert self.component is not None
+        poll = next(c for c in self.component.checks() if c.name == "gpu")
+        self.sink.submit(await poll.run())
 
     async def start(self, boot_id: str = "boot-1") -> GpuComponent:
         await self.scenario.start()
@@ -209,8 +204,9 @@ async def test_latch_never_clears_by_time_and_reboot_clears(h: Harness) -> None:
     await h.start()
     h.write({"gpus": [gpu(0, xid=[48])]})
     await h.reason(f"gpu/{U0}/xid", "XidGpuReset48")
-    h.write({"gpus": [gpu(0, xid=[])]})
-    await asyncio.sleep(0.3)  # several polls at 50 ms
+    await h.apply({"gpus": [gpu(0, xid=[])]})
+    for _ in range(3):  # several polls without evidence
+        await h.poll()
     assert h.sink.latest[f"gpu/{U0}/xid"].reason == "XidGpuReset48"
     await h.restart(boot_id="boot-2")
     await h.healthy(f"gpu/{U0}/xid")
@@ -223,15 +219,20 @@ async def test_process_level_xid31_is_reported_not_gating(h: Harness) -> None:
     r = await h.reason(f"gpu/{U0}/xid", "XidProcess31")
     assert r.status is CheckStatus.FAIL and r.severity is Severity.WARNING and not gating(r)
     assert h.metric("trt_health_gpu_xid_events_total", uuid=U0, code="31", **{"class": "process"}) == 1
-    assert not (h.state_dir / "gpu-latches.json").read_text().count("XidProcess31")
+    # witness: a full poll ran after the Xid was handled (it saves what changed), and the event
+    # path saves a latch before it submits its result; a file never written (nothing changed
+    # that needs persisting) holds no latch either
+    await h.poll()
+    state_file = h.state_dir / "gpu-latches.json"
+    persisted = state_file.read_text() if state_file.exists() else ""
+    assert not persisted.count("XidProcess31")
+    assert h.metric("trt_health_gpu_fatal_latches", uuid=U0) == 0
     # removing and adding the code again delivers it again
-    h.write({"gpus": [gpu(0, xid=[])]})
-    await asyncio.sleep(0.05)
-    h.write({"gpus": [gpu(0, xid=[31])]})
-    deadline = time.monotonic() + 2
-    while h.metric("trt_health_gpu_xid_events_total", uuid=U0, code="31", **{"class": "process"}) != 2:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.005)
+    await h.apply({"gpus": [gpu(0, xid=[])]})
+    await h.apply({"gpus": [gpu(0, xid=[31])]})
+    await await_until(
+        lambda: h.metric("trt_health_gpu_xid_events_total", uuid=U0, code="31", **{"class": "process"}) == 2
+    )
 
 
 async def test_unknown_xid_warns_and_triggers_canary(h: Harness) -> None:
@@ -315,7 +316,7 @@ async def test_contained_ecc_with_xid94_is_a_warning(h: Harness) -> None:
     r = await h.reason(f"gpu/{U0}/ecc", "EccContained")
     assert r.severity is Severity.WARNING
     await h.reason(f"gpu/{U0}/xid", "XidProcess94")
-    await asyncio.sleep(0.15)
+    await h.poll()
     assert not any(gating(x) for x in h.sink.latest.values())
 
 
@@ -354,8 +355,8 @@ async def test_remap_pending_warns_and_failure_is_sticky(h: Harness) -> None:
     r = await h.reason(f"gpu/{U0}/remap", "RemapFailure")
     assert r.severity is Severity.FATAL
     assert h.metric("trt_health_gpu_remap_failure", uuid=U0) == 1
-    h.write({"gpus": [gpu(0, remap_failure=False)]})
-    await asyncio.sleep(0.2)
+    await h.apply({"gpus": [gpu(0, remap_failure=False)]})
+    await h.poll()
     assert h.sink.latest[f"gpu/{U0}/remap"].reason == "RemapFailure"
     h.write({"gpus": [gpu(0, remap_failure=False, reset=1)]})
     await h.healthy(f"gpu/{U0}/remap")
@@ -367,8 +368,8 @@ async def test_gpu_lost_is_node_fatal_and_sticky(h: Harness) -> None:
     h.write({"gpus": [gpu(0, lost=True)]})
     r = await h.reason(f"gpu/{U0}/lost", "GpuLost")
     assert r.severity is Severity.FATAL and r.labels["scope"] == "node"
-    h.write({"gpus": [gpu(0, lost=False)]})
-    await asyncio.sleep(0.2)
+    await h.apply({"gpus": [gpu(0, lost=False)]})
+    await h.poll()
     assert h.sink.latest[f"gpu/{U0}/lost"].reason == "GpuLost"
     h.write({"gpus": [gpu(0, lost=False, reset=1)]})
     await h.healthy(f"gpu/{U0}/lost")
@@ -452,9 +453,8 @@ async def test_inforom_check(h: Harness) -> None:
     inforom = next(c for c in comp.checks() if c.name == "gpu/inforom")
     [r] = await inforom.run()
     assert r.ok and r.name == f"gpu/{U0}/inforom"
-    h.write({"gpus": [gpu(0, inforom_valid=False)]})
+    await h.apply({"gpus": [gpu(0, inforom_valid=False)]})
     await h.healthy("nvml")
-    await asyncio.sleep(0.05)
     [r] = await inforom.run()
     assert r.reason == "InforomInvalid" and r.severity is Severity.WARNING
 
@@ -572,8 +572,8 @@ async def test_bad_scenario_keeps_last_good_state(h: Harness) -> None:
     await h.start()
     h.write({"gpus": [gpu(0, temperature_c=88)]})
     await h.reason(f"gpu/{U0}/thermal", "ThermalSlowdown")
-    h.write({"gpus": [gpu(0, temperature_c="hot")]})
-    await asyncio.sleep(0.2)
+    await h.apply({"gpus": [gpu(0, temperature_c="hot")]})
+    await h.poll()
     assert h.sink.latest[f"gpu/{U0}/thermal"].reason == "ThermalSlowdown"
     # the whole document is rejected where it is read (the scenario file), naming the field
     assert "temperature_c" in (h.scenario.last_error or "")
@@ -609,11 +609,11 @@ async def test_fatal_xid_with_the_reset_stays_latched(h: Harness) -> None:
     await h.healthy(f"gpu/{U0}/xid")
     h.write({"gpus": [gpu(0, xid=[79])]})
     await h.reason(f"gpu/{U0}/xid", "XidFatal79")
-    await asyncio.sleep(0.3)  # at least one sample sees the pre-reset state
+    await h.poll()  # at least one sample sees the pre-reset state
     h.write({"gpus": [gpu(0, xid=[48], reset=1)]})
     r = await h.reason(f"gpu/{U0}/xid", "XidGpuReset48")
     assert r.severity is Severity.FATAL and gating(r)
-    await asyncio.sleep(0.3)
+    await h.poll()
     assert h.sink.latest[f"gpu/{U0}/xid"].reason == "XidGpuReset48"
     h.write({"gpus": [gpu(0, xid=[48], reset=2)]})
     await h.healthy(f"gpu/{U0}/xid")

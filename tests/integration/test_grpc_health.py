@@ -109,8 +109,11 @@ def test_watch_current_then_changes_without_duplicates(app: AppThread) -> None:
     for _ in range(3):
         app.submit(ok())  # fatal recovery needs 3 passes
     assert w.next() == SERVING
-    time.sleep(0.2)
-    assert w.q.empty(), "duplicate statuses were sent"
+    app.submit(ok())
+    app.submit(ok())
+    # witness: the stream is ordered, so a duplicate SERVING would arrive before this change
+    app.submit(fatal())
+    assert w.next() == NOT_SERVING, "duplicate statuses were sent"
     w.cancel()
 
 

@@ -21,6 +21,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sidecar.testing import wait_until
+
 from .conftest import REPO, SERVING, SidecarProcess
 
 MAX_WATCHERS = 1000
@@ -157,10 +159,14 @@ def test_hostile_clients_never_starve_the_probe(hostile_sidecar: SidecarProcess)
                 with pytest.raises(grpc.RpcError) as garbage:
                     ch.unary_unary("/grpc.health.v1.Health/Check")(b"\xff\xff\xff\xff", timeout=5)
                 assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            # keep the hostile state a little longer under the probe
+            # keep the hostile state a little longer (3 s at least) under >= 40 probes
             deadline = time.monotonic() + 3
-            while time.monotonic() < deadline or len(prober.results) < 40:
-                time.sleep(0.1)
+            wait_until(
+                lambda: time.monotonic() >= deadline and len(prober.results) >= 40,
+                timeout=60,
+                interval=0.1,
+                what="40 probes under attack",
+            )
         finally:
             for s in socks:
                 s.close()
@@ -179,7 +185,9 @@ def test_hostile_clients_never_starve_the_probe(hostile_sidecar: SidecarProcess)
     assert len(prober.results) >= 40
     assert p99 < 1000
     # after the flood is gone the cap is free again
-    time_limit = time.monotonic() + 10
-    while metric(sp.http_port, "trt_health_watch_streams") != 0:
-        assert time.monotonic() < time_limit, "Watch streams not released"
-        time.sleep(0.1)
+    wait_until(
+        lambda: metric(sp.http_port, "trt_health_watch_streams") == 0,
+        timeout=10,
+        interval=0.1,
+        what="Watch streams released",
+    )

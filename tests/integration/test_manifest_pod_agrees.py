@@ -32,9 +32,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar import defaults
 from sidecar.errors import EXIT_OK
-from tests.integration.conftest import wait_until
-from tests.integration.test_events import FakeApiServer
-from tests.unit.test_manifests import (
+from sidecar.testing import read_ports_file, wait_until
+from sidecar.testing.kube import FakeApiServer
+from sidecar.testing.manifests import (
     pod_specs,
     render,
     requires_kubectl,
@@ -44,18 +44,13 @@ from tests.unit.test_manifests import (
 
 REPO = Path(__file__).resolve().parents[2]
 SERVING = health_pb2.HealthCheckResponse.SERVING
+SIM_UUID = "GPU-00000000-0000-0000-0000-000000000000"
 FIELD_VALUES = {
     "metadata.name": "llm-inference-7d9c5b8f6d-x2x9q",
     "metadata.namespace": "inference",
     "metadata.uid": "3f0e2a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b",
     "spec.nodeName": "gpu-node-17",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class MainServer:
@@ -178,12 +173,15 @@ def test_rendered_pod_answers_its_own_probes(
 
     # command line exactly as the container says, with the substitutions above
     assert side["command"][0] == "trt-health-sidecar"
-    grpc_port, http_port = free_port(), free_port()
+    # ports 0 (the kernel picks), read back from --ports-file; a scenario file to inject a fault
+    ports_file = tmp_path / "ports.json"
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(yaml.safe_dump({"gpus": [{"index": 0, "uuid": SIM_UUID}]}))
     argv = [sys.executable, "-m", "sidecar", *side["command"][1:], *remap(side.get("args", []), mounts)]
-    argv += ["--simulate", "--grpc-port", str(grpc_port), "--http-port", str(http_port)]
-    port_map = {defaults.GRPC_PORT: grpc_port, defaults.HTTP_PORT: http_port}
+    argv += ["--simulate", "--scenario", str(scenario), "--grpc-port", "0", "--http-port", "0"]
+    argv += ["--ports-file", str(ports_file)]
     declared = {p["containerPort"] for p in side["ports"]}
-    assert declared == set(port_map), "the sidecar declares exactly the gRPC and HTTP ports"
+    assert declared == {defaults.GRPC_PORT, defaults.HTTP_PORT}, "exactly the gRPC and HTTP ports"
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(defaults.ENV_PREFIX)}
     env.pop("KUBERNETES_SERVICE_HOST", None)
@@ -205,11 +203,17 @@ def test_rendered_pod_answers_its_own_probes(
             argv, cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True
         )
         try:
-            _probe_like_the_kubelet(proc, side, main, port_map, http_port, log_path)
-            time.sleep(0.3)  # let any event the start produced reach the fake API server
+            _probe_like_the_kubelet(proc, side, main, ports_file, log_path)
             assert "Kubernetes Events enabled" in log_path.read_text()  # the check below is real
-            warnings = [c.body for c in api.snapshot() if c.body.get("type") == "Warning"]
-            assert warnings == [], warnings
+            # witness: a fatal fault injected now is sent as a Warning Event; the emitter sends
+            # in order from one queue, so any Warning the start produced came before it
+            scenario.write_text(yaml.safe_dump({"gpus": [{"index": 0, "uuid": SIM_UUID, "xid": [79]}]}))
+
+            def warnings() -> list[dict[str, Any]]:
+                return [c.body for c in api.snapshot() if c.body.get("type") == "Warning"]
+
+            wait_until(lambda: any(w.get("reason") == "XidFatal79" for w in warnings()), timeout=20)
+            assert [w.get("reason") for w in warnings()] == ["XidFatal79"], warnings()
             assert main_server.paths, "the workload probe never reached the main container"
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(timeout=20)
@@ -224,13 +228,25 @@ def _probe_like_the_kubelet(
     proc: subprocess.Popen[str],
     side: dict[str, Any],
     main: dict[str, Any],
-    port_map: dict[int, int],
-    http_port: int,
+    ports_file: Path,
     log_path: Path,
 ) -> None:
     def alive() -> None:
         if proc.poll() is not None:
             raise AssertionError(f"sidecar exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+
+    startup = side["startupProbe"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    started = time.monotonic()
+
+    def bound() -> dict[str, int] | None:
+        alive()
+        return read_ports_file(ports_file)
+
+    # until the ports file is there the kubelet's probes would fail: part of the startup budget
+    ports = wait_until(bound, timeout=budget, what="ports file")
+    port_map = {defaults.GRPC_PORT: ports["grpc_port"], defaults.HTTP_PORT: ports["http_port"]}
+    http_port = ports["http_port"]
 
     def serving(probe: dict[str, Any]) -> bool:
         alive()
@@ -241,10 +257,8 @@ def _probe_like_the_kubelet(
             return True
         return False
 
-    startup = side["startupProbe"]
-    budget = startup["periodSeconds"] * startup["failureThreshold"]
-    started = time.monotonic()
-    wait_until(lambda: serving(startup), timeout=budget, interval=startup["periodSeconds"] / 4)
+    left = budget - (time.monotonic() - started)
+    wait_until(lambda: serving(startup), timeout=left, interval=startup["periodSeconds"] / 4)
     startup_s = time.monotonic() - started
     print(f"startup SERVING after {startup_s:.2f}s (budget {budget}s)")
     # liveness: SERVING as soon as the sidecar has started (its own loops only)

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from sidecar import probe
-from tests.integration.conftest_probe_helpers import (
+from sidecar.testing import closed_port, wait_until
+from sidecar.testing.probe import (
     NOT_SERVING,
     SERVING,
     HealthServer,
@@ -87,12 +88,6 @@ def mtls_server(tls_files: TlsFiles) -> Iterator[HealthServer]:
     server.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # --------------------------------------------------------------------------- exit codes
 
 
@@ -126,10 +121,11 @@ def test_port_only_address_means_localhost(health: HealthServer) -> None:
 
 def test_nothing_listening_exits_2_within_connect_timeout() -> None:
     """No listener → exit 2 with the timeout message, after about -connect-timeout."""
-    addr = f"127.0.0.1:{_free_port()}"
-    start = time.monotonic()
-    code, err = run("-addr", addr, "-connect-timeout", "200ms")
-    elapsed = time.monotonic() - start
+    with closed_port() as port:
+        addr = f"127.0.0.1:{port}"
+        start = time.monotonic()
+        code, err = run("-addr", addr, "-connect-timeout", "200ms")
+        elapsed = time.monotonic() - start
     assert (code, err) == (2, f'timeout: failed to connect service "{addr}" within 200ms\n')
     assert elapsed < 5
 
@@ -233,10 +229,11 @@ def test_gzip_really_compresses_the_request() -> None:
 
 def test_http_proxy_environment_is_ignored(health: HealthServer) -> None:
     """A dead https_proxy/http_proxy in the environment does not break `-addr=:PORT`."""
-    dead = f"http://127.0.0.1:{_free_port()}"
-    env = dict(os.environ, http_proxy=dead, https_proxy=dead, grpc_proxy=dead, no_proxy="")
-    env.update(HTTP_PROXY=dead, HTTPS_PROXY=dead)
-    code, err = run(f"-addr=:{health.port}", "-connect-timeout", "2s", env=env)
+    with closed_port() as port:
+        dead = f"http://127.0.0.1:{port}"
+        env = dict(os.environ, http_proxy=dead, https_proxy=dead, grpc_proxy=dead, no_proxy="")
+        env.update(HTTP_PROXY=dead, HTTPS_PROXY=dead)
+        code, err = run(f"-addr=:{health.port}", "-connect-timeout", "2s", env=env)
     assert (code, err) == (0, "status: SERVING\n")
 
 
@@ -374,8 +371,9 @@ def test_tls_no_verify_with_client_certificate(mtls_server: HealthServer, tls_fi
 
 def test_tls_no_verify_nothing_listening_exits_2() -> None:
     """-tls-no-verify with no listener fails the connect phase within the timeout, exit 2."""
-    addr = f"127.0.0.1:{_free_port()}"
-    code, err = run("-addr", addr, "-tls", "-tls-no-verify", "-connect-timeout=200ms")
+    with closed_port() as port:
+        addr = f"127.0.0.1:{port}"
+        code, err = run("-addr", addr, "-tls", "-tls-no-verify", "-connect-timeout=200ms")
     assert (code, err) == (2, f'timeout: failed to connect service "{addr}" within 200ms\n')
 
 
@@ -434,10 +432,7 @@ def test_sigterm_during_rpc_exits_3() -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not server.recorder.calls and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert server.recorder.calls, "the Check never reached the server"
+        wait_until(lambda: server.recorder.calls, timeout=RUN_TIMEOUT_S, what="the Check reached the server")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=5)
     finally:

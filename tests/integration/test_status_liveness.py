@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sidecar.model import CheckResult, Severity
+from sidecar.testing import await_until
 
 from .conftest import NOT_SERVING, REPO, SERVING, AppThread, check, wait_until
 
@@ -82,8 +82,8 @@ def test_liveness_fails_when_a_check_loop_dies(make_app: Any) -> None:
 
     async def add_and_kill() -> None:
         app.app.scheduler.add([OneShot()])
-        await asyncio.sleep(0.15)
         loop = app.app.scheduler.loops["oneshot"]
+        await await_until(lambda: loop.runs >= 2)  # the loop ran (and beat) before it dies
         assert loop.task is not None
         loop.task.cancel()
 

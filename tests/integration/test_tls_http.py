@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.config import TlsConfig
 from sidecar.model import CheckResult, Severity
-from tests.certs import TestCA
+from sidecar.testing.certs import TestCA
 
 from .conftest import SERVING, AppThread, check
 
@@ -44,9 +44,11 @@ def test_tls_on_separate_port_and_reload(make_app: Any, tmp_path: Path) -> None:
     # rotate: a certificate from a new CA replaces the old files in place
     ca2 = TestCA(tmp_path, cn="second CA")
     new = ca2.issue("server2")
-    time.sleep(0.01)
+    stamps = {f: f.stat().st_mtime_ns for f in (server.cert, server.key)}
     server.cert.write_bytes(new.cert.read_bytes())
     server.key.write_bytes(new.key.read_bytes())
+    for f, ns in stamps.items():  # a new mtime even within the clock's granularity
+        os.utime(f, ns=(ns + 10**9, ns + 10**9))
     assert tls_check(app.app.grpc_tls_port, ca2.ca_path) == SERVING
     with pytest.raises(grpc.RpcError):
         tls_check(app.app.grpc_tls_port, ca.ca_path)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -13,8 +13,7 @@ import h2.settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.publish.grpc_health import NOT_SERVING, SERVING, HealthRegistry, HealthService
-
-from .conftest import wait_until
+from sidecar.testing import wait_until
 
 
 def open_non_reading_watch(port: int, service: str) -> socket.socket:
@@ -54,10 +53,15 @@ def test_stuck_reader_is_cancelled_and_others_keep_receiving() -> None:
     sock = open_non_reading_watch(port, "svc")
     try:
         wait_until(lambda: service.stats.watchers_open == 1)
-        for status in (NOT_SERVING, SERVING, NOT_SERVING):  # more than its window holds
-            registry.set_statuses({"svc": status})
-            time.sleep(0.05)
-        wait_until(lambda: service.stats.watch_stuck_cancelled == 1, timeout=10)
+        flips = itertools.cycle((NOT_SERVING, SERVING))
+
+        def reaped() -> bool:
+            # keep changing the status (more than its window holds) until the reaper acted
+            registry.set_statuses({"svc": next(flips)})
+            return service.stats.watch_stuck_cancelled == 1
+
+        wait_until(reaped, timeout=10, interval=0.05)
+        registry.set_statuses({"svc": NOT_SERVING})
         wait_until(lambda: service.stats.watchers_open == 0, timeout=5)
         # the single sender thread is free again: a new watcher gets its status and a change
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:

@@ -11,13 +11,13 @@ import copy
 import hashlib
 import http.client
 import json
+import logging
 import os
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +28,9 @@ import pytest
 from sidecar import defaults, webhook
 from sidecar.errors import EXIT_CONFIG, EXIT_OK, EXIT_TLS
 from sidecar.model import SERVICE_WORKLOAD_LIVENESS
-from tests.certs import CertFiles, TestCA
-from tests.integration.conftest import free_port, wait_until
-from tests.unit.test_manifests import (
+from sidecar.testing import log_records, wait_until
+from sidecar.testing.certs import CertFiles, TestCA
+from sidecar.testing.manifests import (
     check_pod_rules,
     env_of,
     load_example,
@@ -515,7 +515,12 @@ def test_plaintext_and_abrupt_clients_do_not_break_the_server(
 
 
 def test_certificate_is_reloaded_when_its_files_change(
-    server: webhook.WebhookServer, client: Client, ca: TestCA, certs: CertFiles, tmp_path: Path
+    server: webhook.WebhookServer,
+    client: Client,
+    ca: TestCA,
+    certs: CertFiles,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """New cert files (atomic renames, as the kubelet's secret update) are served without a
     restart; a half-written pair (key not matching yet) keeps the old certificate."""
@@ -525,8 +530,10 @@ def test_certificate_is_reloaded_when_its_files_change(
     # 1. cert renewed, key still the old one: does not load, old cert keeps being served
     tmp = tmp_path / "half.crt"
     tmp.write_bytes(fresh.cert.read_bytes())
+    caplog.set_level(logging.WARNING, logger="sidecar.webhook")
     os.replace(tmp, certs.cert)
-    time.sleep(0.3)
+    # witness: the reloader saw the new files and refused them
+    wait_until(lambda: logged(caplog, "new certificate does not load yet"))
     assert client.peer_fingerprint() == before
     assert client.request("GET", "/healthz")[0] == 200
     # 2. key follows: the new certificate is served
@@ -539,9 +546,13 @@ def test_certificate_is_reloaded_when_its_files_change(
     assert server.certs.reloads == 1
     # 3. files removed: the last good certificate stays
     certs.cert.unlink()
-    time.sleep(0.2)
+    wait_until(lambda: logged(caplog, "certificate files unreadable"))
     assert client.peer_fingerprint() == after
     del other
+
+
+def logged(caplog: pytest.LogCaptureFixture, msg: str) -> bool:
+    return any(r.getMessage() == msg for r in caplog.records)
 
 
 # -- the real command line ---------------------------------------------------------------------
@@ -550,58 +561,52 @@ def test_certificate_is_reloaded_when_its_files_change(
 def run_cli(args: list[str], **kw: Any) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop(webhook.DEFAULT_IMAGE_ENV, None)
+    opts: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kw}
     return subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "webhook", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
+        [sys.executable, "-m", "sidecar", "webhook", *args], cwd=REPO, env=env, text=True, **opts
     )
 
 
-def test_cli_serves_logs_json_decisions_and_exits_cleanly_on_sigterm(certs: CertFiles) -> None:
+def test_cli_serves_logs_json_decisions_and_exits_cleanly_on_sigterm(
+    certs: CertFiles, tmp_path: Path
+) -> None:
     """`python -m sidecar webhook` serves HTTPS, logs each decision as one JSON line with the
-    uid and outcome, and exits 0 on SIGTERM."""
-    port = free_port()
-    proc = run_cli(
-        [
-            f"--tls-cert={certs.cert}",
-            f"--tls-key={certs.key}",
-            f"--port={port}",
-            "--bind=127.0.0.1",
-            f"--sidecar-image={IMAGE}",
-        ]
-    )
+    uid and outcome, and exits 0 on SIGTERM. It binds port 0 and logs the port it got."""
+    log_path = tmp_path / "webhook.log"
+    with open(log_path, "w") as log_file:
+        proc = run_cli(
+            [
+                f"--tls-cert={certs.cert}",
+                f"--tls-key={certs.key}",
+                "--port=0",
+                "--bind=127.0.0.1",
+                f"--sidecar-image={IMAGE}",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        client = Client(port, certs.ca)
 
-        def up() -> bool:
-            try:
-                return client.request("GET", "/healthz")[0] == 200
-            except OSError:
-                return False
+        def listening() -> int | None:
+            if proc.poll() is not None:
+                raise AssertionError(f"webhook exited {proc.returncode}: {log_path.read_text()}")
+            rec = next((r for r in log_records(log_path) if r.get("msg") == "webhook listening"), None)
+            return int(rec["port"]) if rec else None
 
-        wait_until(up, timeout=15)
+        client = Client(wait_until(listening, timeout=15), certs.ca)
+        assert client.request("GET", "/healthz")[0] == 200
         req = review(pod(dict(OPT_IN), volumes=[models_volume()]))
         resp = client.review(req)
         assert "patch" in resp
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)
+        proc.wait(timeout=15)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
-    assert proc.returncode == EXIT_OK, err
-    records = []
-    for line in (out + err).splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
+            proc.wait()
+    out, err = log_path.read_text(), ""
+    assert proc.returncode == EXIT_OK, out
+    records = log_records(log_path)
     decisions = [r for r in records if r.get("uid") == req["request"]["uid"]]
     assert len(decisions) == 1, out + err
     assert decisions[0]["decision"] == "injected"

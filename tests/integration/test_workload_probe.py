@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -30,6 +29,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.configfields import Section
+from sidecar.testing import closed_port, pick_port, wait_until
 from sidecar.workload.component import WorkloadComponent
 from sidecar.workload.config import Tensor, WorkloadConfig, parse_workload_config
 from sidecar.workload.probes import make_probe
@@ -61,12 +61,6 @@ class CanaryOnnx(MLModel):
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def mlserver_exe() -> str | None:
     return os.environ.get("TRT_HEALTH_TEST_MLSERVER") or shutil.which("mlserver")
 
@@ -92,37 +86,54 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
         ),
         encoding="utf-8",
     )
-    http_port, grpc_port = free_port(), free_port()
-    (root / "settings.json").write_text(
-        json.dumps(
-            {
-                "http_port": http_port,
-                "grpc_port": grpc_port,
-                "metrics_port": free_port(),
-                "parallel_workers": 0,
-                "host": "127.0.0.1",
-            }
-        ),
-        encoding="utf-8",
-    )
-    log = (root / "mlserver.log").open("wb")
-    proc = subprocess.Popen([exe, "start", str(root)], cwd=root, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        import httpx
+    import httpx
 
-        deadline = time.monotonic() + 60
-        while True:
+    # MLServer cannot bind port 0 and say which port it got: pick ports, and start again with
+    # new ones when a parallel run took one first (a bounded number of times)
+    for attempt in range(5):
+        http_port, grpc_port, metrics_port = pick_port(), pick_port(), pick_port()
+        (root / "settings.json").write_text(
+            json.dumps(
+                {
+                    "http_port": http_port,
+                    "grpc_port": grpc_port,
+                    "metrics_port": metrics_port,
+                    "parallel_workers": 0,
+                    "host": "127.0.0.1",
+                }
+            ),
+            encoding="utf-8",
+        )
+        log_path = root / f"mlserver-{attempt}.log"
+        log = log_path.open("wb")
+        proc = subprocess.Popen([exe, "start", str(root)], cwd=root, stdout=log, stderr=log)
+        url = f"http://127.0.0.1:{http_port}"
+
+        def ready(proc: subprocess.Popen[bytes] = proc, url: str = url) -> str | None:
             if proc.poll() is not None:
-                pytest.fail("MLServer exited: " + (root / "mlserver.log").read_text()[-2000:])
+                return "exited"
             try:
                 if httpx.get(f"{url}/v2/models/canary/ready", timeout=1).status_code == 200:
-                    break
+                    return "ready"
             except httpx.HTTPError:
                 pass
-            if time.monotonic() > deadline:
-                pytest.fail("MLServer not ready in 60 s: " + (root / "mlserver.log").read_text())
-            time.sleep(0.1)
+            return None
+
+        try:
+            state = wait_until(ready, timeout=60, interval=0.1, what="MLServer ready")
+        except AssertionError:
+            proc.kill()
+            log.close()
+            pytest.fail("MLServer not ready in 60 s: " + log_path.read_text()[-4000:])
+        if state == "ready":
+            break
+        log.close()
+        text = log_path.read_text()
+        if "address already in use" not in text.lower():
+            pytest.fail("MLServer exited: " + text[-2000:])
+    else:
+        pytest.fail("MLServer: every port chosen was taken")
+    try:
         yield url, f"127.0.0.1:{grpc_port}"
     finally:
         proc.terminate()
@@ -192,15 +203,15 @@ async def test_mlserver_unknown_model_not_ready(mlserver: tuple[str, str], kind:
 @pytest.mark.parametrize("kind", ["kserve-http", "kserve-grpc", "openai", "http-ready"])
 async def test_connection_refused(kind: str) -> None:
     """A port nobody listens on is WorkloadUnreachable, quickly."""
-    port = free_port()
-    cfg = canary_cfg(kind, url=f"http://127.0.0.1:{port}", target=f"127.0.0.1:{port}")
-    probe = make_probe(cfg)
-    try:
-        out = await probe.probe()
-        assert out.reason == "WorkloadUnreachable", out
-        assert out.latency_s < 2.0
-    finally:
-        await probe.close()
+    with closed_port() as port:
+        cfg = canary_cfg(kind, url=f"http://127.0.0.1:{port}", target=f"127.0.0.1:{port}")
+        probe = make_probe(cfg)
+        try:
+            out = await probe.probe()
+            assert out.reason == "WorkloadUnreachable", out
+            assert out.latency_s < 2.0
+        finally:
+            await probe.close()
 
 
 class FakeServer:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from sidecar.model import CheckResult
 from sidecar.scheduler import Scheduler
+from sidecar.testing import await_until
 
 
 class FakeCheck:
@@ -45,13 +46,15 @@ async def test_timeout_is_a_finding_and_single_flight_holds() -> None:
     check.block = asyncio.Event()
     sched = Scheduler(got.extend, jitter=0.0)
     sched.add([check])
-    await asyncio.sleep(0.4)
+    # witness: the loop ticked again while the run was stuck (a timeout, then >= 2 in-flight
+    # reports), and still never started a second run
+    await await_until(lambda: len(got) >= 3)
     assert check.calls == 1 and check.max_running == 1
     reasons = {r.reason for r in got}
     assert reasons == {"NvmlHung"}
     check.block.set()
-    await asyncio.sleep(0.1)
-    assert any(r.ok for r in got)
+    await await_until(lambda: any(r.ok for r in got))
+    assert check.max_running == 1
     await sched.stop()
 
 
@@ -61,10 +64,11 @@ async def test_trigger_runs_at_once() -> None:
     check = FakeCheck(interval_s=60)
     sched = Scheduler(got.extend, jitter=0.0)
     sched.add([check])
-    await asyncio.sleep(0.05)
+    await await_until(lambda: len(got) == 1)
     assert check.calls == 1
     sched.trigger("c")
-    await asyncio.sleep(0.05)
+    # the interval is 60 s: a second run within the hang guard can only come from the trigger
+    await await_until(lambda: len(got) == 2)
     assert check.calls == 2
     await sched.stop()
 
@@ -76,7 +80,7 @@ async def test_exception_becomes_unknown_result_and_loop_survives() -> None:
     check.raise_exc = RuntimeError("boom")
     sched = Scheduler(got.extend, jitter=0.0)
     sched.add([check])
-    await asyncio.sleep(0.2)
+    await await_until(lambda: len(got) >= 3)
     assert check.calls >= 3
     assert got and all(r.reason == "CheckError" and "boom" in r.message for r in got)
     assert sched.stalled(asyncio.get_running_loop().time(), lambda c: 10.0) == []
@@ -98,7 +102,9 @@ async def test_thread_stuck_check_does_not_stall_loop() -> None:
     other = FakeCheck("other", interval_s=0.02)
     sched = Scheduler(got.extend, jitter=0.0)
     sched.add([stuck, other])
-    await asyncio.sleep(0.3)
+    # witness: the stuck check timed out and was reported in flight again, and the other check
+    # kept running meanwhile
+    await await_until(lambda: sum(1 for r in got if r.name == "stuck") >= 2 and other.calls >= 5)
     assert stuck.calls == 1
     assert other.calls >= 5
     release.set()

@@ -1,4 +1,5 @@
-"""Test certificate authority: a CA, server and client certificates written as PEM files."""
+"""Test certificate authority: a CA, server and client certificates written as PEM files (needs
+the `test` extra: cryptography)."""
 
 from __future__ import annotations
 
