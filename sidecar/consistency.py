@@ -1,11 +1,12 @@
 """Replica consistency: a digest of the canary's exact output, and its comparison with peers.
 
-Pure: no I/O. Two replicas are comparable only when everything that changes the exact bits of
-the output is equal: the runner, the engine file (sha256), the GPU model, the driver, CUDA and
-TensorRT versions, and the input (the golden input's sha256). That tuple is the
-:class:`DigestKey`; it is exported as the labels of ``trt_health_canary_digest_info`` so that
-Prometheus compares digests only within one key (manifests/monitoring/trt-health.rules.yaml),
-and the Diagnostics ``ComparePeers`` call compares only peers with an equal key.
+No I/O (:class:`DigestGauge` is the metric). Two replicas are comparable only when everything
+that changes the exact bits of the output is equal: the runner, the engine file (sha256), the
+GPU model, the driver, CUDA and TensorRT versions, and the input (the golden input's sha256).
+That tuple is the :class:`DigestKey`. It is exported as the labels of
+``trt_health_canary_digest_info``, so that Prometheus compares digests only within one key
+(manifests/monitoring/trt-health.rules.yaml), and a direct peer comparison
+(:func:`compare_with_peers`) compares only peers with an equal key.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from prometheus_client import CollectorRegistry, Gauge
 
 DIGEST_HEX = 16  # 64 bits of sha256: plenty to tell outputs apart, short as a label value
 
@@ -104,3 +106,32 @@ def compare_with_peers(
     majority, _ = max(counts.items(), key=lambda kv: (kv[1], kv[0] == digest))
     outlier = comparable >= min_peers and (agreeing + 1) * 2 < comparable + 1
     return PeerVerdict(comparable, agreeing, majority, outlier, tuple(skipped))
+
+
+class DigestGauge:
+    """``trt_health_canary_digest_info``: one series per pod (the key's labels and the digest,
+    value 1); a new digest or key replaces the old series, so the cardinality stays one."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.gauge = Gauge(
+            "trt_health_canary_digest_info",
+            "Digest of the canary's exact output (value 1), labelled with what must be equal for "
+            "two replicas to agree; compared across pods by the rule pack (CanaryDigestOutlier)",
+            [*LABELS, "digest"],
+            registry=registry,
+        )
+        self.current: tuple[str, ...] | None = None
+
+    def publish(self, key: DigestKey, digest: str) -> None:
+        values = (*(key.labels()[name] for name in LABELS), digest)
+        if values == self.current:
+            return
+        if self.current is not None:
+            self.gauge.remove(*self.current)
+        self.gauge.labels(*values).set(1)
+        self.current = values
+
+    def clear(self) -> None:
+        if self.current is not None:
+            self.gauge.remove(*self.current)
+            self.current = None

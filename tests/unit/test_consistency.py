@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
-from sidecar.consistency import DigestKey, PeerReport, compare_with_peers, output_digest
+from sidecar.consistency import DigestGauge, DigestKey, PeerReport, compare_with_peers, output_digest
 
 KEY = DigestKey("tensorrt", "ab12", "NVIDIA H200", "580.159.04", "13.0", "11.4.0", "c0ffee")
 
@@ -52,3 +53,17 @@ def test_unreachable_peers_are_reported_not_counted() -> None:
 
 def test_a_tie_is_not_an_outlier() -> None:
     assert not compare_with_peers(KEY, "d2", peers("d1", "d1", "d2")).outlier
+
+
+def test_digest_gauge_keeps_one_series_per_pod() -> None:
+    """A new digest replaces the old series: never two digests for one pod."""
+    reg = CollectorRegistry()
+    g = DigestGauge(reg)
+    g.publish(KEY, "d1")
+    g.publish(KEY, "d1")
+    g.publish(KEY, "d2")
+    samples = [s for m in reg.collect() for s in m.samples if s.name == "trt_health_canary_digest_info"]
+    assert [(s.labels["digest"], s.value) for s in samples] == [("d2", 1.0)]
+    assert samples[0].labels["engine_sha256"] == "ab12" and samples[0].labels["runner"] == "tensorrt"
+    g.clear()
+    assert not [s for m in reg.collect() for s in m.samples if s.name == "trt_health_canary_digest_info"]
