@@ -168,6 +168,10 @@ class GpuStateProxy:
         fn = getattr(self.target, "free_memory_mib", None)
         return fn() if fn is not None else None
 
+    def identity(self) -> Mapping[str, str]:
+        fn = getattr(self.target, "identity", None)
+        return fn() if fn is not None else {}
+
     def latest_samples(self) -> Mapping[str, tuple[float, Any]]:
         fn = getattr(self.target, "latest_samples", None)
         return fn() if fn is not None else {}

@@ -1088,6 +1088,19 @@ class GpuComponent:
         with self._lock:
             return list(self._current)
 
+    def identity(self) -> dict[str, str]:
+        """GPU model and driver / CUDA driver versions (the replica-consistency key); empty
+        strings until NVML answered."""
+        with self._lock:
+            names = sorted({self._gpus[u].info.name for u in self._current if u in self._gpus})
+        system = self._system
+        cuda = system.cuda_driver_version if system is not None else 0
+        return {
+            "gpu_model": "+".join(names),
+            "driver_version": system.driver_version if system is not None else "",
+            "cuda_version": f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else "",
+        }
+
     def latest_samples(self) -> dict[str, tuple[float, GpuSample]]:
         """uuid -> (wall time, sample) of the latest sample of each GPU in the inventory (no
         driver call: the trends component folds these)."""

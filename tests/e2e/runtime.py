@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.unit.test_manifests import parse_bytes
+from sidecar.testing.manifests import parse_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "image" / "build.sh"

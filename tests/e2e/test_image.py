@@ -38,11 +38,12 @@ import yaml
 from grpc_health.v1 import health_pb2
 
 from sidecar import defaults
-from tests.certs import TestCA
+from sidecar.testing import wait_until
+from sidecar.testing.certs import TestCA
+from sidecar.testing.manifests import one, pod_specs, render, sidecar_of
+from sidecar.testing.webhook import OPT_IN, decode_patch, models_volume, pod, review
 from tests.e2e import runtime
 from tests.e2e.runtime import SERVING, Prober, grpc_probe, podman
-from tests.integration.conftest import wait_until
-from tests.unit.test_manifests import one, pod_specs, render, sidecar_of
 
 FIELD_VALUES = {
     "metadata.name": "llm-inference-7d9c5b8f6d-x2x9q",
@@ -363,8 +364,6 @@ def test_webhook_image_command_answers_an_admission_review(
     """The webhook Deployment's container (command, args, env, security context as rendered),
     its TLS Secret on a tmpfs: /healthz over HTTPS on the probe's port, an AdmissionReview for
     an opted-in pod answered with a patch that injects the sidecar image, SIGTERM -> exit 0."""
-    from tests.integration.test_webhook import OPT_IN, decode_patch, models_volume, pod, review
-
     objs = render("overlays/webhook")
     deploy = one(objs, "Deployment", "trt-health-webhook")
     spec = deploy["spec"]["template"]["spec"]

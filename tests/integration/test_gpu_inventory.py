@@ -22,9 +22,10 @@ from sidecar.gpu.simulated import SimulatedBackend
 from sidecar.model import Severity
 from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
 from sidecar.scenario import ScenarioFile
+from sidecar.testing import RecordingSink
+from sidecar.testing.gpu import fast_config, gating
 
 from .conftest import SidecarProcess, start_sidecar, wait_until
-from .test_gpu_component import RecordingSink, fast_config, gating
 
 A, B = "GPU-sim-0", "GPU-sim-1"
 

@@ -18,8 +18,7 @@ import pytest
 from sidecar.gpu.backend import EventType, GpuEvent, GpuSample
 from sidecar.gpu.component import GpuComponent
 from sidecar.gpu.simulated import SimulatedBackend
-
-from .test_gpu_component import U0, Harness, fast_config, gating, gpu
+from sidecar.testing.gpu import U0, Harness, fast_config, gating, gpu
 
 STATE = "gpu-latches.json"
 

@@ -17,7 +17,7 @@ import pytest
 
 from sidecar.engine import watch
 from sidecar.model import Severity
-from tests.integration.test_gpu_component import U0, Harness, fast_config, gpu
+from sidecar.testing.gpu import U0, Harness, fast_config, gpu
 
 BOMB = """\
 gpus: [{index: 0}]

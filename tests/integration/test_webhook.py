@@ -6,7 +6,6 @@ cleanly."""
 
 from __future__ import annotations
 
-import base64
 import copy
 import hashlib
 import http.client
@@ -18,7 +17,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,14 @@ from sidecar.testing.manifests import (
     load_example,
     sidecar_of,
     validate,
+)
+from sidecar.testing.webhook import (
+    OPT_IN,
+    app_container,
+    decode_patch,
+    models_volume,
+    pod,
+    review,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,75 +173,6 @@ def client(server: webhook.WebhookServer, certs: CertFiles) -> Client:
 
 # -- AdmissionReview and pods ------------------------------------------------------------------
 
-SECURE = {
-    "runAsNonRoot": True,
-    "runAsUser": 1000,
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-
-
-def app_container(name: str, **extra: Any) -> dict[str, Any]:
-    c: dict[str, Any] = {"name": name, "image": f"example/{name}:1", "securityContext": dict(SECURE)}
-    c.update(extra)
-    return c
-
-
-def pod(annotations: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
-    """A pod as the ReplicaSet controller submits it (generateName, no name yet)."""
-    body: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "generateName": "llm-inference-7d9c5b8f6d-",
-            "namespace": "inference",
-            "labels": {"app.kubernetes.io/name": "llm-inference"},
-        },
-        "spec": {"containers": [app_container("inference")]},
-    }
-    if annotations is not None:
-        body["metadata"]["annotations"] = annotations
-    body["spec"].update(spec)
-    return body
-
-
-def review(
-    obj: dict[str, Any] | None, *, operation: str = "CREATE", uid: str | None = None
-) -> dict[str, Any]:
-    """An AdmissionReview v1 request as the API server sends it."""
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid or str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": "",
-            "namespace": "inference",
-            "operation": operation,
-            "userInfo": {
-                "username": "system:serviceaccount:kube-system:replicaset-controller",
-                "uid": "7d0b7f5e-0000-4000-8000-000000000001",
-                "groups": ["system:serviceaccounts", "system:authenticated"],
-            },
-            "object": obj,
-            "oldObject": None,
-            "dryRun": False,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-        },
-    }
-
-
-def decode_patch(response: dict[str, Any]) -> list[dict[str, Any]]:
-    assert response["patchType"] == "JSONPatch"
-    ops = json.loads(base64.b64decode(response["patch"]))
-    assert isinstance(ops, list) and ops
-    return ops
-
 
 def inject(client: Client, obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Send a pod through the webhook; return (patched pod, response)."""
@@ -246,16 +183,6 @@ def inject(client: Client, obj: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     validate(patched)
     check_pod_rules("patched pod", patched["spec"])
     return patched, resp
-
-
-OPT_IN = {
-    webhook.ANNOTATION_INJECT: "true",
-    webhook.ANNOTATION_ENGINE_VOLUME: "models",
-}
-
-
-def models_volume() -> dict[str, Any]:
-    return {"name": "models", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}
 
 
 # -- behaviour ---------------------------------------------------------------------------------
