@@ -459,11 +459,11 @@ async def test_bad_scenario_keeps_last_good_state(h: Harness) -> None:
     await h.start()
     h.write({"gpus": [gpu(0, temperature_c=88)]})
     await h.reason(f"gpu/{U0}/thermal", "ThermalSlowdown")
-    await h.apply({"gpus": [gpu(0, temperature_c="hot")]})
+    h.write({"gpus": [gpu(0, temperature_c="hot")]})
+    # witness: the whole document is rejected where it is read (the scenario file), naming the field
+    await await_until(lambda: "temperature_c" in (h.scenario.last_error or ""), what="rejection")
     await h.poll()
     assert h.sink.latest[f"gpu/{U0}/thermal"].reason == "ThermalSlowdown"
-    # the whole document is rejected where it is read (the scenario file), naming the field
-    assert "temperature_c" in (h.scenario.last_error or "")
 
 
 async def test_unsupported_signals_are_unmonitored(h: Harness) -> None:
