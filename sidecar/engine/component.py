@@ -110,6 +110,22 @@ class _EngineState:
     kept_stamp: FileStamp | None = None
 
 
+def _load_manifest(path: Path) -> EngineManifest:
+    """``load_manifest`` whose every content fault is a ``ConfigError`` with a short message:
+    a non-UTF-8 byte, a nest too deep for the parser or any other parse bug is a finding for
+    that engine, never an exception that escapes into the component (or the event loop)."""
+    try:
+        return load_manifest(path)
+    except (ConfigError, OSError):
+        raise
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply"]) from None
+    except Exception as exc:
+        raise ConfigError([f"{path}: cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}"]) from None
+
+
 class EngineFileCheck:
     """The polled (and event-triggered) verification of one engine."""
 
@@ -283,7 +299,7 @@ class EngineComponent:
             return s.spec.file
         if s.manifest is None and s.spec.manifest is not None:
             with contextlib.suppress(ConfigError, OSError):
-                s.manifest = load_manifest(s.spec.manifest)
+                s.manifest = _load_manifest(s.spec.manifest)
         return s.manifest.path if s.manifest is not None else None
 
     async def _start_watcher(self, paths: list[Path]) -> None:
@@ -507,7 +523,7 @@ class EngineComponent:
                     s.kept_stamp = stat_stamp(target)
             if s.manifest is not None and s.spec.manifest is not None:
                 # Point the kept manifest at the kept file (same basename next to it).
-                kept = load_manifest(dest / s.spec.manifest.name)
+                kept = _load_manifest(dest / s.spec.manifest.name)
                 if Path(kept.file).name != s.path.name:
                     from dataclasses import replace
 
@@ -527,7 +543,7 @@ class EngineComponent:
         if spec.manifest is not None:
             manifest_conds = ("checksum", "arch", "memory")
             try:
-                m = await asyncio.to_thread(load_manifest, spec.manifest)
+                m = await asyncio.to_thread(_load_manifest, spec.manifest)
             except FileNotFoundError:
                 out.append(
                     self.result(
