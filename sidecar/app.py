@@ -37,10 +37,10 @@ from sidecar.checks.base import Component, TransitionListener
 from sidecar.config import SidecarConfig, load_config
 from sidecar.configfields import ConfigError
 from sidecar.errors import BindError, TlsMaterialError
-from sidecar.model import SERVICE_OVERALL, CheckResult, CheckStatus, Transition
+from sidecar.model import SERVICE_OVERALL, CheckResult, Transition
 from sidecar.policy import HealthPolicy
 from sidecar.proto import diagnostics_pb2_grpc
-from sidecar.publish.diagnostics import DiagnosticsService
+from sidecar.publish.diagnostics import DiagnosticsService, check_entry, service_entry
 from sidecar.publish.grpc_health import (
     NOT_SERVING,
     SERVICE_NAME,
@@ -353,24 +353,17 @@ class SidecarApp:
                 -1 if c.healthy is None else (1 if c.healthy else 0)
             )
             self.metrics.condition_gating.labels(c.name).set(1 if c.gating else 0)
-            entry: dict[str, Any] = {
-                "ok": c.last.status is CheckStatus.OK,
-                "status": c.last.status.value,
-                "established": None if c.healthy is None else c.healthy,
-                "gating": c.gating,
-                "severity": c.last.severity.name.lower(),
-                "reason": c.last.reason,
-                "message": c.last.message,
-            }
-            if c.last.labels:
-                entry["labels"] = dict(c.last.labels)
-            if c.last.value is not None:
-                entry["value"] = c.last.value
-            checks[c.name] = entry
-        services = {
-            name: {"status": "SERVING" if v.serving else "NOT_SERVING", "reasons": list(v.reasons)}
-            for name, v in sorted(verdicts.items())
-        }
+            checks[c.name] = check_entry(
+                status=c.last.status,
+                established=c.healthy,
+                gating=c.gating,
+                severity=severity,
+                reason=c.last.reason,
+                message=c.last.message,
+                labels=c.last.labels,
+                value=c.last.value,
+            )
+        services = {name: service_entry(v.serving, v.reasons) for name, v in sorted(verdicts.items())}
         ready = serving.get(SERVICE_OVERALL, False)
         self._diag_snapshot = (conditions, verdicts)
         self._http_snapshot = HttpSnapshot(
@@ -409,6 +402,8 @@ class SidecarApp:
         if cfg.config_file:
             self._config_stamp = self._stat_config()
             self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
+        for task in self._tasks:
+            task.add_done_callback(_report_task_end)
         self.policy.set_started(True)
         self._publish()
         log.info(
@@ -708,7 +703,8 @@ class SidecarApp:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            # a task that raised was reported by _report_task_end; it must not block the stop
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.server is not None:
             stopped = self.server.stop(grace)
@@ -723,6 +719,16 @@ class SidecarApp:
         log.info("sidecar stopped")
 
 
+def _report_task_end(task: asyncio.Task[Any]) -> None:
+    """A loop of the app must run until stop: one that ended with an exception says so."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "background task failed",
+            extra={"task": task.get_name()},
+            exc_info=task.exception(),
+        )
+
+
 def default_engines_dir() -> Path:
     """engines/ of the source tree (demo canary model), or of the installed image."""
     here = Path(__file__).resolve().parent.parent / "engines"
@@ -731,13 +737,18 @@ def default_engines_dir() -> Path:
 
 async def serve(config: SidecarConfig, overrides: Mapping[tuple[str, ...], Any]) -> int:
     """Run until SIGTERM/SIGINT. Returns the process exit code."""
-    from sidecar.errors import EXIT_BIND, EXIT_OK, EXIT_TLS
+    from sidecar import stopsignals
+    from sidecar.errors import EXIT_BIND, EXIT_INTERNAL, EXIT_OK, EXIT_TLS
 
     app = SidecarApp(config)
     app.overrides = overrides
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, app.request_stop)
+    # SIGTERM/SIGINT: handlers installed first thing in main (sidecar/stopsignals.py), kept
+    # past the loop's close; from here on they stop the app gracefully
+    stopsignals.install()
+    stopsignals.on_stop(lambda: loop.call_soon_threadsafe(app.request_stop))
+    if stopsignals.requested():
+        app.request_stop()
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(app.reload_config()))
     try:
         await app.start()
@@ -749,6 +760,11 @@ async def serve(config: SidecarConfig, overrides: Mapping[tuple[str, ...], Any])
         log.error("cannot load TLS material", extra={"error": str(exc)})
         await app.stop()
         return EXIT_TLS
+    except Exception:  # a bug: reported, and it must not leave threads that block the exit
+        log.exception("start failed")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(app.stop(), timeout=config.shutdown_grace_s + 5.0)
+        return EXIT_INTERNAL
     await app.wait_stopped()
     log.info("shutdown requested")
     await app.stop()

@@ -100,9 +100,7 @@ def bounded_value(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {
-        k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
-    }
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
 
 
 def _message(record: logging.LogRecord) -> str:
@@ -114,10 +112,7 @@ def _message(record: logging.LogRecord) -> str:
 
 
 def _rfc3339(record: logging.LogRecord) -> str:
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        + f".{int(record.msecs):03d}Z"
-    )
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
 
 
 def _fit(build: Any, extras: dict[str, Any], line_limit: int) -> str:
