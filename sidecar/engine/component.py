@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -32,10 +33,13 @@ from sidecar.checks.base import Check, ResultSink
 from sidecar.configfields import ConfigError
 from sidecar.engine.config import EnginesConfig, EngineSpec, parse_engines_config
 from sidecar.engine.files import (
+    DANGLING,
+    MISSING,
     FileStamp,
     HashResult,
     HashTimeout,
     observe_stability,
+    path_problem,
     sha256_file,
     stat_stamp,
 )
@@ -114,6 +118,11 @@ def _load_manifest(path: Path) -> EngineManifest:
     """``load_manifest`` whose every content fault is a ``ConfigError`` with a short message:
     a non-UTF-8 byte, a nest too deep for the parser or any other parse bug is a finding for
     that engine, never an exception that escapes into the component (or the event loop)."""
+    problem = path_problem(path)
+    if problem == MISSING:
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
+    if problem is not None:  # a FIFO would block the reader for ever; a folder is no manifest
+        raise ConfigError([f"{path}: is {problem}, not a regular file"])
     try:
         return load_manifest(path)
     except (ConfigError, OSError):
@@ -609,7 +618,14 @@ class EngineComponent:
         stab = await observe_stability(path, cfg.stable_window_s, previous=previous)
         if stab.stamp is None:
             s.observed = None
+            problem = path_problem(path)
+            if problem not in (None, MISSING, DANGLING):  # there, but no engine can be
+                msg = f"{path} is {problem}, not a regular file"
+                out.append(self.result(s, "file", CheckStatus.FAIL, "EngineNotAFile", msg))
+                return out + self._blocked(s, dependent, "EngineNotAFile", msg)
             msg = f"{path} does not exist" if stab.previous is None else f"{path} disappeared"
+            if problem == DANGLING:
+                msg = f"{path} is a dangling symlink (its target does not exist)"
             out.append(self.result(s, "file", CheckStatus.FAIL, "EngineMissing", msg))
             return out + self._blocked(s, dependent, "EngineMissing", msg)
         if not stab.stable:
