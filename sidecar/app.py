@@ -451,8 +451,7 @@ class SidecarApp:
         if self.grpc_port == 0:
             raise BindError(f"grpc {address}: cannot bind")
         if cfg.unix_socket:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(cfg.unix_socket)
+            remove_stale_socket(cfg.unix_socket)  # raises BindError for anything else there
             try:
                 server.add_insecure_port(f"unix:{cfg.unix_socket}")
             except RuntimeError as exc:
@@ -717,6 +716,40 @@ class SidecarApp:
         if self.http is not None:
             self.http.stop()
         log.info("sidecar stopped")
+
+
+def remove_stale_socket(path: str) -> None:
+    """Make room for our Unix socket at ``path``: remove only a *stale* socket (a socket
+    file nobody listens on: connect() is refused). A live socket or anything else (a regular
+    file, a folder...) is left alone and is a ``BindError`` naming the path."""
+    import socket
+    import stat
+
+    from sidecar.engine.files import mode_kind
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BindError(f"grpc unix:{path}: cannot examine it: {exc.strerror or exc}") from exc
+    if not stat.S_ISSOCK(st.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else mode_kind(st.st_mode)
+        raise BindError(f"grpc unix:{path}: exists and is {kind}, not a socket; not removed")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        pass  # stale: left by a process that died
+    except OSError as exc:
+        raise BindError(f"grpc unix:{path}: cannot tell whether it is in use: {exc}") from exc
+    else:
+        raise BindError(f"grpc unix:{path}: another process is listening on it")
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _report_task_end(task: asyncio.Task[Any]) -> None:

@@ -172,3 +172,63 @@ def test_unknown_flag_shows_the_subcommands_usage() -> None:
     assert helped.returncode == 0
     addr_help = helped.stdout.split("--addr HOST:PORT", 2)[-1]
     assert "gRPC address of the sidecar" in addr_help
+
+
+def _serve_on_socket(tmp_path: Path, sock: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sidecar",
+            "serve",
+            "--simulate",
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--unix-socket",
+            str(sock),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def test_unix_socket_path_holding_a_regular_file_is_left_alone(tmp_path: Path) -> None:
+    """--unix-socket naming a regular file: exit 3 naming the path; the file keeps its data."""
+    victim = tmp_path / "important.txt"
+    victim.write_text("keep me")
+    res = _serve_on_socket(tmp_path, victim)
+    assert res.returncode == 3, res.stderr
+    assert str(victim) in res.stderr and "not a socket" in res.stderr
+    assert victim.read_text() == "keep me"
+
+
+def test_unix_socket_in_use_is_left_alone(tmp_path: Path) -> None:
+    """--unix-socket naming a socket another process listens on: exit 3, that socket stays."""
+    import socket
+
+    path = tmp_path / "busy.sock"
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(str(path))
+        other.listen()
+        res = _serve_on_socket(tmp_path, path)
+        assert res.returncode == 3, res.stderr
+        assert "another process is listening" in res.stderr
+        assert path.is_socket()
+
+
+def test_stale_unix_socket_is_replaced(sidecar_proc: Any, tmp_path: Path) -> None:
+    """A socket left by a dead process (nobody listening) is removed and served on."""
+    import socket
+
+    path = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(path))  # bound, never listening, closed: connect() is refused
+    sp = sidecar_proc("--simulate", "--unix-socket", str(path))
+    assert check(f"unix:{path}", "startup") == SERVING
+    sp.stop()
