@@ -437,12 +437,7 @@ class SidecarApp:
             server,
         )
         if cfg.reflection:
-            from grpc_reflection.v1alpha import reflection
-
-            reflection.enable_server_reflection(
-                (SERVICE_NAME, "trt_health.diagnostics.v1.Diagnostics", reflection.SERVICE_NAME),
-                server,
-            )
+            _enable_reflection(server, (SERVICE_NAME, "trt_health.diagnostics.v1.Diagnostics"))
         address = f"{cfg.host}:{cfg.port}"
         try:
             self.grpc_port = server.add_insecure_port(address)
@@ -716,6 +711,30 @@ class SidecarApp:
         if self.http is not None:
             self.http.stop()
         log.info("sidecar stopped")
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(server: grpc.Server, services: Sequence[str]) -> None:
+    """Server reflection as grpc-go serves it: ``grpc.reflection.v1`` and ``v1alpha``.
+
+    grpcio-reflection ships only v1alpha; v1's messages are wire-identical (the same
+    fields and numbers), so its servicer answers under both service names."""
+    from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+    servicer = reflection.ReflectionServicer((*services, reflection.SERVICE_NAME, REFLECTION_V1))
+    method = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        tuple(
+            grpc.method_handlers_generic_handler(name, {"ServerReflectionInfo": method})
+            for name in (REFLECTION_V1, reflection.SERVICE_NAME)
+        )
+    )
 
 
 def remove_stale_socket(path: str) -> None:
