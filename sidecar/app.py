@@ -261,6 +261,7 @@ class SidecarApp:
         self._stopping = asyncio.Event()
         self._stopped = False
         self._config_stamp: tuple[int, int] | None = None
+        self._served: dict[str, bool] = {}  # service -> SERVING, as last logged
         # every service starts NOT_SERVING (the stock servicers start "" as SERVING)
         self._publish()
 
@@ -336,6 +337,7 @@ class SidecarApp:
 
     def _publish(self) -> None:
         verdicts = self.policy.verdicts()
+        self._log_service_changes(verdicts)
         serving = {name: v.serving for name, v in verdicts.items()}
         self.health.set_statuses(to_wire_statuses(serving))
         for name, ok in serving.items():
@@ -372,6 +374,25 @@ class SidecarApp:
             body=healthz_document("trt-health-sidecar", ready, services, checks),
             services=serving,
         )
+
+    def _log_service_changes(self, verdicts: Mapping[str, Any]) -> None:
+        """One line per service whose status changed (every service starts NOT_SERVING)."""
+        previous = self._served
+        now = {name: bool(v.serving) for name, v in verdicts.items()}
+        for name, v in sorted(verdicts.items()):
+            if now[name] == previous.get(name, False):
+                continue
+            log.log(
+                logging.INFO if v.serving else logging.WARNING,
+                "service changed",
+                extra={
+                    "service": name,
+                    "to": "SERVING" if v.serving else "NOT_SERVING",
+                    "from": "SERVING" if previous.get(name, False) else "NOT_SERVING",
+                    "reasons": list(v.reasons),
+                },
+            )
+        self._served = now
 
     def snapshot(self) -> tuple[list[Any], dict[str, Any]]:
         """The latest conditions and verdicts; safe to read from RPC threads (published whole
