@@ -232,3 +232,40 @@ def test_stale_unix_socket_is_replaced(sidecar_proc: Any, tmp_path: Path) -> Non
     sp = sidecar_proc("--simulate", "--unix-socket", str(path))
     assert check(f"unix:{path}", "startup") == SERVING
     sp.stop()
+
+
+START_FAILS = """
+import asyncio, sys
+from sidecar import app as appmod
+from sidecar.config import load_config
+from sidecar.publish.log import configure_logging
+
+started = appmod.SidecarApp.start
+
+async def start_then_fail(self):  # a bug after every component started
+    await started(self)
+    raise RuntimeError("injected start bug")
+
+appmod.SidecarApp.start = start_then_fail
+cfg = load_config(config_file=None, overrides={
+    ("simulate",): True, ("grpc", "port"): 0, ("http", "port"): 0, ("state_dir",): sys.argv[1]})
+configure_logging("info", "json")
+sys.exit(asyncio.run(appmod.serve(cfg, {})))
+"""
+
+
+def test_a_start_failure_is_logged_and_exits_1_without_hanging(tmp_path: Path) -> None:
+    """A bug that raises while starting (components already running): the error is logged,
+    everything is stopped, the process exits 1 (it used to hang in asyncio.run's clean-up)."""
+    res = subprocess.run(
+        [sys.executable, "-c", START_FAILS, str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert res.returncode == 1, res.stderr[-2000:]
+    records = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+    (failed,) = [r for r in records if r["msg"] == "start failed"]
+    assert "injected start bug" in failed["exc"]
+    assert records[-1]["msg"] == "sidecar stopped"
