@@ -366,8 +366,13 @@ def _has_gpu() -> bool:
 
 def manifest_command(args: argparse.Namespace) -> int:
     file: Path = args.file
-    if not file.is_file():
-        raise UsageError(f"FILE: {file} does not exist")
+    problem = path_problem(file)
+    if problem is not None:
+        raise UsageError(
+            f"FILE: {file} does not exist"
+            if problem == MISSING
+            else f"FILE: {file} is {problem}, not a regular file"
+        )
     out: Path = args.out or file.with_name(file.name + ".manifest.yaml")
     folder = out.parent
     fmt = args.format or ("onnx" if file.suffix.lower() == ".onnx" else "tensorrt-plan")

@@ -142,3 +142,16 @@ def test_engine_inspect_manifest_flag_that_is_a_fifo_is_a_usage_error(tmp_path: 
     )
     assert res.returncode == 2
     assert "--manifest" in res.stderr and "FIFO" in res.stderr
+
+
+def test_engine_manifest_of_a_directory_says_what_it_is(tmp_path: Path) -> None:
+    """`engine manifest FOLDER`: exit 2 saying it is a directory (not "does not exist")."""
+    res = subprocess.run(
+        [sys.executable, "-m", "sidecar", "engine", "manifest", str(tmp_path), "--name", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert res.returncode == 2
+    assert "is a directory" in res.stderr and "does not exist" not in res.stderr
