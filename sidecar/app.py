@@ -382,8 +382,9 @@ class SidecarApp:
         for name, v in sorted(verdicts.items()):
             if now[name] == previous.get(name, False):
                 continue
+            planned = tuple(v.reasons) == ("ShuttingDown",)  # a stop we were asked for
             log.log(
-                logging.INFO if v.serving else logging.WARNING,
+                logging.INFO if v.serving or planned else logging.WARNING,
                 "service changed",
                 extra={
                     "service": name,

@@ -151,6 +151,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def _text_value(value: Any) -> str:
+    if value == "":
+        return '""'  # service="" (the overall service) must not read as a missing value
     text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
     # one record, one line: a value cannot start a line of its own
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")

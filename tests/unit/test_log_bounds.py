@@ -105,3 +105,18 @@ def test_text_format_has_an_rfc3339_utc_timestamp_and_one_line_per_record() -> N
     out = stream.getvalue()
     assert len(out.splitlines()) == 1
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z info +test\.log-bounds\.text: hello ", out)
+
+
+def test_text_format_shows_an_empty_value_as_empty_quotes() -> None:
+    """The overall service "" reads `service=""` in the text format, not `service=`."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    logger = logging.getLogger("test.log-bounds.empty")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        logger.info("service changed", extra={"service": "", "to": "SERVING"})
+    finally:
+        logger.removeHandler(handler)
+    assert 'service="" to=SERVING' in stream.getvalue()
