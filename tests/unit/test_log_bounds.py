@@ -114,6 +114,7 @@ def test_text_format_shows_an_empty_value_as_empty_quotes() -> None:
     handler.setFormatter(TextFormatter())
     logger = logging.getLogger("test.log-bounds.empty")
     logger.propagate = False
+    logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:
         logger.info("service changed", extra={"service": "", "to": "SERVING"})
