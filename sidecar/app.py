@@ -50,7 +50,7 @@ from sidecar.model import (
 )
 from sidecar.policy import HealthPolicy
 from sidecar.proto import diagnostics_pb2_grpc
-from sidecar.publish.diagnostics import DiagnosticsService
+from sidecar.publish.diagnostics import DiagnosticsService, check_entry, service_entry
 from sidecar.publish.grpc_health import (
     NOT_SERVING,
     SERVICE_NAME,
@@ -385,6 +385,7 @@ class SidecarApp:
         self._stopping = asyncio.Event()
         self._stopped = False
         self._config_stamp: tuple[int, int] | None = None
+        self._served: dict[str, bool] = {}  # service -> SERVING, as last logged
         # every service starts NOT_SERVING (the stock servicers start "" as SERVING)
         self._publish()
 
@@ -491,6 +492,7 @@ class SidecarApp:
 
     def _publish(self) -> None:
         verdicts = self.policy.verdicts()
+        self._log_service_changes(verdicts)
         serving = {name: v.serving for name, v in verdicts.items()}
         self.health.set_statuses(to_wire_statuses(serving))
         for name, ok in serving.items():
@@ -508,24 +510,17 @@ class SidecarApp:
                 -1 if c.healthy is None else (1 if c.healthy else 0)
             )
             self.metrics.condition_gating.labels(c.name).set(1 if c.gating else 0)
-            entry: dict[str, Any] = {
-                "ok": c.last.status is CheckStatus.OK,
-                "status": c.last.status.value,
-                "established": None if c.healthy is None else c.healthy,
-                "gating": c.gating,
-                "severity": c.last.severity.name.lower(),
-                "reason": c.last.reason,
-                "message": c.last.message,
-            }
-            if c.last.labels:
-                entry["labels"] = dict(c.last.labels)
-            if c.last.value is not None:
-                entry["value"] = c.last.value
-            checks[c.name] = entry
-        services = {
-            name: {"status": "SERVING" if v.serving else "NOT_SERVING", "reasons": list(v.reasons)}
-            for name, v in sorted(verdicts.items())
-        }
+            checks[c.name] = check_entry(
+                status=c.last.status,
+                established=c.healthy,
+                gating=c.gating,
+                severity=severity,
+                reason=c.last.reason,
+                message=c.last.message,
+                labels=c.last.labels,
+                value=c.last.value,
+            )
+        services = {name: service_entry(v.serving, v.reasons) for name, v in sorted(verdicts.items())}
         ready = serving.get(SERVICE_OVERALL, False)
         self._diag_snapshot = (conditions, verdicts)
         self._http_snapshot = HttpSnapshot(
@@ -534,6 +529,26 @@ class SidecarApp:
             body=healthz_document("trt-health-sidecar", ready, services, checks),
             services=serving,
         )
+
+    def _log_service_changes(self, verdicts: Mapping[str, Any]) -> None:
+        """One line per service whose status changed (every service starts NOT_SERVING)."""
+        previous = self._served
+        now = {name: bool(v.serving) for name, v in verdicts.items()}
+        for name, v in sorted(verdicts.items()):
+            if now[name] == previous.get(name, False):
+                continue
+            planned = tuple(v.reasons) == ("ShuttingDown",)  # a stop we were asked for
+            log.log(
+                logging.INFO if v.serving or planned else logging.WARNING,
+                "service changed",
+                extra={
+                    "service": name,
+                    "to": "SERVING" if v.serving else "NOT_SERVING",
+                    "from": "SERVING" if previous.get(name, False) else "NOT_SERVING",
+                    "reasons": list(v.reasons),
+                },
+            )
+        self._served = now
 
     def snapshot(self) -> tuple[list[Any], dict[str, Any]]:
         """The latest conditions and verdicts; safe to read from RPC threads (published whole
@@ -566,6 +581,8 @@ class SidecarApp:
         if cfg.config_file:
             self._config_stamp = self._stat_config()
             self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
+        for task in self._tasks:
+            task.add_done_callback(_report_task_end)
         self.policy.set_started(True)
         self._publish()
         log.info(
@@ -599,12 +616,7 @@ class SidecarApp:
             server,
         )
         if cfg.reflection:
-            from grpc_reflection.v1alpha import reflection
-
-            reflection.enable_server_reflection(
-                (SERVICE_NAME, "trt_health.diagnostics.v1.Diagnostics", reflection.SERVICE_NAME),
-                server,
-            )
+            _enable_reflection(server, (SERVICE_NAME, "trt_health.diagnostics.v1.Diagnostics"))
         address = f"{cfg.host}:{cfg.port}"
         try:
             self.grpc_port = server.add_insecure_port(address)
@@ -613,8 +625,7 @@ class SidecarApp:
         if self.grpc_port == 0:
             raise BindError(f"grpc {address}: cannot bind")
         if cfg.unix_socket:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(cfg.unix_socket)
+            remove_stale_socket(cfg.unix_socket)  # raises BindError for anything else there
             try:
                 server.add_insecure_port(f"unix:{cfg.unix_socket}")
             except RuntimeError as exc:
@@ -1011,7 +1022,8 @@ class SidecarApp:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            # a task that raised was reported by _report_task_end; it must not block the stop
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.server is not None:
             stopped = self.server.stop(grace)
@@ -1045,8 +1057,76 @@ def _hand_over_latches(old: Any, new: Any, flushed_at: float) -> None:
                     "GPU latch handed over across the reload",
                     extra={"uuid": uuid, "reason": latch.reason},
                 )
-    new_store._dirty = True  # write even when nothing was handed over (see above)
+    new_store.mark_dirty()  # write even when nothing was handed over (see above)
     new_store.save()
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(server: grpc.Server, services: Sequence[str]) -> None:
+    """Server reflection as grpc-go serves it: ``grpc.reflection.v1`` and ``v1alpha``.
+
+    grpcio-reflection ships only v1alpha; v1's messages are wire-identical (the same
+    fields and numbers), so its servicer answers under both service names."""
+    from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+    servicer = reflection.ReflectionServicer((*services, reflection.SERVICE_NAME, REFLECTION_V1))
+    method = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        tuple(
+            grpc.method_handlers_generic_handler(name, {"ServerReflectionInfo": method})
+            for name in (REFLECTION_V1, reflection.SERVICE_NAME)
+        )
+    )
+
+
+def remove_stale_socket(path: str) -> None:
+    """Make room for our Unix socket at ``path``: remove only a *stale* socket (a socket
+    file nobody listens on: connect() is refused). A live socket or anything else (a regular
+    file, a folder...) is left alone and is a ``BindError`` naming the path."""
+    import socket
+    import stat
+
+    from sidecar.engine.files import mode_kind
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BindError(f"grpc unix:{path}: cannot examine it: {exc.strerror or exc}") from exc
+    if not stat.S_ISSOCK(st.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else mode_kind(st.st_mode)
+        raise BindError(f"grpc unix:{path}: exists and is {kind}, not a socket; not removed")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        pass  # stale: left by a process that died
+    except OSError as exc:
+        raise BindError(f"grpc unix:{path}: cannot tell whether it is in use: {exc}") from exc
+    else:
+        raise BindError(f"grpc unix:{path}: another process is listening on it")
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _report_task_end(task: asyncio.Task[Any]) -> None:
+    """A loop of the app must run until stop: one that ended with an exception says so."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "background task failed",
+            extra={"task": task.get_name()},
+            exc_info=task.exception(),
+        )
 
 
 def default_engines_dir() -> Path:
@@ -1079,13 +1159,18 @@ async def serve(
 ) -> int:
     """Run until SIGTERM/SIGINT. Returns the process exit code. With ``ports_file``, the bound
     ports are written there as JSON once serving (the way to learn what port 0 became)."""
-    from sidecar.errors import EXIT_BIND, EXIT_OK, EXIT_TLS
+    from sidecar import stopsignals
+    from sidecar.errors import EXIT_BIND, EXIT_INTERNAL, EXIT_OK, EXIT_TLS
 
     app = SidecarApp(config)
     app.overrides = overrides
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, app.request_stop)
+    # SIGTERM/SIGINT: handlers installed first thing in main (sidecar/stopsignals.py), kept
+    # past the loop's close; from here on they stop the app gracefully
+    stopsignals.install()
+    stopsignals.on_stop(lambda: loop.call_soon_threadsafe(app.request_stop))
+    if stopsignals.requested():
+        app.request_stop()
     loop.add_signal_handler(signal.SIGHUP, app.request_reload)
     try:
         await app.start()
@@ -1097,6 +1182,11 @@ async def serve(
         log.error("cannot load TLS material", extra={"error": str(exc)})
         await app.stop()
         return EXIT_TLS
+    except Exception:  # a bug: reported, and it must not leave threads that block the exit
+        log.exception("start failed")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(app.stop(), timeout=config.shutdown_grace_s + 5.0)
+        return EXIT_INTERNAL
     if ports_file:
         write_ports_file(ports_file, app)
     await app.wait_stopped()

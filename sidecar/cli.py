@@ -42,10 +42,15 @@ def _serve_parser(sub: Any) -> None:
 
 def _status_parser(sub: Any) -> None:
     p = sub.add_parser("status", help="table of every service and check (diagnostics RPC)")
-    p.add_argument("--addr", default=f"localhost:{defaults.GRPC_PORT}")
+    p.add_argument(
+        "--addr",
+        default=f"localhost:{defaults.GRPC_PORT}",
+        metavar="HOST:PORT",
+        help=f"gRPC address of the sidecar (localhost:{defaults.GRPC_PORT}; ':PORT' is localhost)",
+    )
     p.add_argument("--timeout", type=float, default=2.0, help="seconds")
     p.add_argument("--prefix", default="", help="only conditions starting with this")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="the /healthz JSON document")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,11 +144,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
             return PROBE_RPC_FAILURE
     if args.json:
-        import json
+        from sidecar.publish.diagnostics import document_parts
+        from sidecar.publish.http import healthz_document
 
-        from google.protobuf.json_format import MessageToDict
-
-        print(json.dumps(MessageToDict(resp, preserving_proto_field_name=True), indent=1))
+        # the /healthz document, built by the same functions
+        ready, services, checks = document_parts(resp)
+        print(healthz_document("trt-health-sidecar", ready, services, checks).decode())
         return 0
     print(render_status(resp))
     return 0
@@ -181,27 +187,27 @@ def _ago(seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "serve":
+        # before anything slow: a SIGTERM/SIGINT during start-up exits 0, not 143 / 130
+        from sidecar import stopsignals
+
+        stopsignals.install()
     if argv and argv[0] == "probe":
         from sidecar.probe import main as probe_main
 
         return probe_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the (sub)command that got them, with its usage
+        _innermost(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        if args.command == "serve":
-            return cmd_serve(args)
-        if args.command == "status":
-            return cmd_status(args)
-        if args.command == "engine":
-            from sidecar.engine.commands import run_engine_command
-
-            return int(run_engine_command(args))
-        if args.command == "webhook":
-            from sidecar.webhook import run_webhook
-
-            return int(run_webhook(args))
-        parser.print_help(sys.stderr)
-        return EXIT_CONFIG
+        code = _dispatch(parser, args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # `status | head`: the reader had enough. Exit quietly, as Unix tools do.
+        _silence_stdout()
+        return 0
     except KeyboardInterrupt:
         return 0
     except Exception as exc:  # the documented code for a bug, with the reason
@@ -210,3 +216,46 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"trt-health-sidecar: internal error: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return cmd_serve(args)
+    if args.command == "status":
+        return cmd_status(args)
+    if args.command == "engine":
+        from sidecar.engine.commands import run_engine_command
+
+        return int(run_engine_command(args))
+    if args.command == "webhook":
+        from sidecar.webhook import run_webhook
+
+        return int(run_webhook(args))
+    parser.print_help(sys.stderr)
+    return EXIT_CONFIG
+
+
+def _innermost(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that ``args`` selected, e.g. ``engine inspect``'s."""
+    current = parser
+    while True:
+        actions = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions:
+            return current
+        chosen = getattr(args, actions[0].dest or "", None)
+        nested = actions[0].choices.get(chosen) if chosen is not None else None
+        if not isinstance(nested, argparse.ArgumentParser):
+            return current
+        current = nested
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

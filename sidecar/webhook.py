@@ -475,6 +475,8 @@ def admission_response(body: bytes, options: WebhookOptions) -> tuple[dict[str, 
         review = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return invalid("MalformedJSON", "request body is not JSON")
+    except RecursionError:  # deeper than the parser goes: no Kubernetes object is
+        return invalid("MalformedJSON", "request body is nested too deeply")
     if not isinstance(review, dict):
         return invalid("NotAnAdmissionReview", "request is not an AdmissionReview")
     request = _as_dict(review.get("request"))
@@ -628,7 +630,11 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             body = self.rfile.read(length)
         started = time.monotonic()
-        review, decision = admission_response(body, self.server.options)
+        try:
+            review, decision = admission_response(body, self.server.options)
+        except Exception:  # a bug must never drop the request unanswered
+            log.exception("admission failed")
+            review, decision = admission_response(b"", self.server.options)
         payload = json.dumps(review, separators=(",", ":")).encode()
         self._send(200, payload)
         log.info(

@@ -483,9 +483,12 @@ def events_result(ref: GpuRef, *, registered: int, unsupported: int, error: str)
 
 
 def nvml_ok(driver_version: str, backend_kind: str) -> CheckResult:
+    # the simulated driver's version text already says "(simulated)": say it once
+    kind = f"({backend_kind})"
+    driver = driver_version if driver_version.endswith(kind) else f"{driver_version} {kind}"
     return CheckResult.passed(
         NVML_CONDITION,
-        message=f"NVML reachable, driver {driver_version} ({backend_kind})",
+        message=f"NVML reachable, driver {driver}",
         labels={"signal": "nvml", "driver": driver_version, "backend": backend_kind},
         gates=GPU_GATES,
     )

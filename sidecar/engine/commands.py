@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.configfields import ConfigError
 from sidecar.engine.config import EnginesConfig, EngineSpec
+from sidecar.engine.files import MISSING, path_problem
 from sidecar.engine.manifest import (
     DTYPES,
     FORMATS,
@@ -138,17 +139,21 @@ def inspect_engine(
     hash_timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Everything ``engine inspect`` reports, as a JSON-able dict; ``problems`` lists reasons."""
-    from sidecar.engine.component import EngineComponent
+    from sidecar.engine.component import EngineComponent, _load_manifest
 
     report: dict[str, Any] = {"file": str(file), "manifest": str(manifest) if manifest else None}
-    if file.exists():
+    # stat before any open: a FIFO would block, a device or a folder is no engine
+    problem = path_problem(file)
+    if problem is not None:
+        report["file_kind"] = problem
+    else:
         try:
             report["header"] = read_plan_header(file).to_dict()
         except OSError as exc:
             report["header"] = {"error": str(exc)}
     if manifest is not None:
         try:
-            report["manifest_content"] = load_manifest(manifest).to_dict()
+            report["manifest_content"] = _load_manifest(manifest).to_dict()
         except (ConfigError, OSError) as exc:
             report["manifest_error"] = str(exc)
     spec = EngineSpec("inspect", manifest=manifest) if manifest else EngineSpec("inspect", file=file)
@@ -188,8 +193,12 @@ async def _run_once(check: Any) -> list[Any]:
 def inspect_command(args: argparse.Namespace) -> int:
     file: Path = args.file
     manifest: Path | None = args.manifest
-    if manifest is not None and not manifest.exists():
-        raise UsageError(f"--manifest: {manifest} does not exist")
+    if manifest is not None:
+        problem = path_problem(manifest)
+        if problem == MISSING:
+            raise UsageError(f"--manifest: {manifest} does not exist")
+        if problem is not None:
+            raise UsageError(f"--manifest: {manifest} is {problem}, not a regular file")
     if manifest is None:
         manifest = default_manifest_path(file)
     report = inspect_engine(
@@ -202,7 +211,8 @@ def inspect_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=False))
     else:
-        print(f"file:      {file}")
+        kind = report.get("file_kind")
+        print(f"file:      {file}" + (f"  ({kind})" if kind else ""))
         print(f"manifest:  {manifest or '(none found)'}")
         hdr = report.get("header") or {}
         if hdr:
@@ -356,8 +366,13 @@ def _has_gpu() -> bool:
 
 def manifest_command(args: argparse.Namespace) -> int:
     file: Path = args.file
-    if not file.is_file():
-        raise UsageError(f"FILE: {file} does not exist")
+    problem = path_problem(file)
+    if problem is not None:
+        raise UsageError(
+            f"FILE: {file} does not exist"
+            if problem == MISSING
+            else f"FILE: {file} is {problem}, not a regular file"
+        )
     out: Path = args.out or file.with_name(file.name + ".manifest.yaml")
     folder = out.parent
     fmt = args.format or ("onnx" if file.suffix.lower() == ".onnx" else "tensorrt-plan")

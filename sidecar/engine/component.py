@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -32,10 +33,13 @@ from sidecar.checks.base import Check, ResultSink
 from sidecar.configfields import ConfigError
 from sidecar.engine.config import EnginesConfig, EngineSpec, parse_engines_config
 from sidecar.engine.files import (
+    DANGLING,
+    MISSING,
     FileStamp,
     HashResult,
     HashTimeout,
     observe_stability,
+    path_problem,
     sha256_file,
     stat_stamp,
 )
@@ -108,6 +112,27 @@ class _EngineState:
     event_at: float | None = None
     header: PlanHeader | None = None
     kept_stamp: FileStamp | None = None
+
+
+def _load_manifest(path: Path) -> EngineManifest:
+    """``load_manifest`` whose every content fault is a ``ConfigError`` with a short message:
+    a non-UTF-8 byte, a nest too deep for the parser or any other parse bug is a finding for
+    that engine, never an exception that escapes into the component (or the event loop)."""
+    problem = path_problem(path)
+    if problem == MISSING:
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
+    if problem is not None:  # a FIFO would block the reader for ever; a folder is no manifest
+        raise ConfigError([f"{path}: is {problem}, not a regular file"])
+    try:
+        return load_manifest(path)
+    except (ConfigError, OSError):
+        raise
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply"]) from None
+    except Exception as exc:
+        raise ConfigError([f"{path}: cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}"]) from None
 
 
 class EngineFileCheck:
@@ -286,7 +311,7 @@ class EngineComponent:
             return s.spec.file
         if s.manifest is None and s.spec.manifest is not None:
             with contextlib.suppress(ConfigError, OSError):
-                s.manifest = load_manifest(s.spec.manifest)
+                s.manifest = _load_manifest(s.spec.manifest)
         return s.manifest.path if s.manifest is not None else None
 
     async def _start_watcher(self, paths: list[Path]) -> None:
@@ -529,7 +554,7 @@ class EngineComponent:
                     s.kept_stamp = stat_stamp(target)
             if s.manifest is not None and s.spec.manifest is not None:
                 # Point the kept manifest at the kept file (same basename next to it).
-                kept = load_manifest(dest / s.spec.manifest.name)
+                kept = _load_manifest(dest / s.spec.manifest.name)
                 if Path(kept.file).name != s.path.name:
                     from dataclasses import replace
 
@@ -549,7 +574,7 @@ class EngineComponent:
         if spec.manifest is not None:
             manifest_conds = ("checksum", "arch", "memory")
             try:
-                m = await asyncio.to_thread(load_manifest, spec.manifest)
+                m = await asyncio.to_thread(_load_manifest, spec.manifest)
             except FileNotFoundError:
                 out.append(
                     self.result(
@@ -615,7 +640,14 @@ class EngineComponent:
         stab = await observe_stability(path, cfg.stable_window_s, previous=previous)
         if stab.stamp is None:
             s.observed = None
+            problem = path_problem(path)
+            if problem not in (None, MISSING, DANGLING):  # there, but no engine can be
+                msg = f"{path} is {problem}, not a regular file"
+                out.append(self.result(s, "file", CheckStatus.FAIL, "EngineNotAFile", msg))
+                return out + self._blocked(s, dependent, "EngineNotAFile", msg)
             msg = f"{path} does not exist" if stab.previous is None else f"{path} disappeared"
+            if problem == DANGLING:
+                msg = f"{path} is a dangling symlink (its target does not exist)"
             out.append(self.result(s, "file", CheckStatus.FAIL, "EngineMissing", msg))
             return out + self._blocked(s, dependent, "EngineMissing", msg)
         if not stab.stable:

@@ -8,6 +8,7 @@ and can be throttled so the sidecar never competes with the main server for the 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import stat as statmod
@@ -31,11 +32,56 @@ class FileStamp:
     device: int
 
 
-def stat_stamp(path: Path) -> FileStamp | None:
-    """The file's stamp, or None when it does not exist (or is not a regular file)."""
+MISSING = "does not exist"
+DANGLING = "a dangling symlink"
+
+_KINDS = (
+    (statmod.S_ISDIR, "a directory"),
+    (statmod.S_ISCHR, "a character device"),
+    (statmod.S_ISBLK, "a block device"),
+    (statmod.S_ISFIFO, "a FIFO (named pipe)"),
+    (statmod.S_ISSOCK, "a socket"),
+)
+
+
+def mode_kind(mode: int) -> str:
+    """What a ``st_mode`` is, in words ("a regular file", "a directory", "a FIFO" ...)."""
+    if statmod.S_ISREG(mode):
+        return "a regular file"
+    for test, words in _KINDS:
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def path_problem(path: Path) -> str | None:
+    """None when ``path`` is (or links to) a regular file; else what it is, in words:
+    ``MISSING``, "a directory", "a character device", "a FIFO (named pipe)", "a symlink
+    loop", "a dangling symlink" ... Only stats: never opens, so it cannot block on a FIFO."""
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
+        try:
+            if statmod.S_ISLNK(os.lstat(path).st_mode):
+                return DANGLING
+        except OSError:
+            pass
+        return MISSING
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop"
+        return f"not accessible ({exc.strerror or exc})"
+    if statmod.S_ISREG(st.st_mode):
+        return None
+    return mode_kind(st.st_mode)
+
+
+def stat_stamp(path: Path) -> FileStamp | None:
+    """The file's stamp, or None when it does not exist or is not a regular file (a
+    symlink loop, an unreadable folder: see :func:`path_problem` for what it is)."""
+    try:
+        st = os.stat(path)
+    except OSError:
         return None
     if not statmod.S_ISREG(st.st_mode):
         return None

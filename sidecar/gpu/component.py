@@ -940,7 +940,7 @@ class GpuComponent:
                 self.metrics.xid_ignored.labels(uuid=uuid, code=str(code)).inc()
                 log.info(
                     "Xid of another MIG instance ignored",
-                    extra={"uuid": uuid, "xid": code, "gi": ev.gpu_instance_id},
+                    extra={"uuid": uuid, "xid": code, "gi": _mig_id(ev.gpu_instance_id)},
                 )
                 return [], []
         self.metrics.xid.labels(uuid=uuid, code=str(code), **{"class": cls.value}).inc()
@@ -955,8 +955,8 @@ class GpuComponent:
                 "xid": code,
                 "xid_class": cls.value,
                 "description": self.table.describe(code),
-                "gi": ev.gpu_instance_id,
-                "ci": ev.compute_instance_id,
+                "gi": _mig_id(ev.gpu_instance_id),
+                "ci": _mig_id(ev.compute_instance_id),
             },
         )
         triggers: list[str] = []
@@ -1116,3 +1116,8 @@ class GpuComponent:
         """Xids seen per GPU since the last observed reset (wall time of receipt included)."""
         with self._lock:
             return {u: list(st.recent) for u, st in self._gpus.items()}
+
+
+def _mig_id(value: int) -> int | str:
+    """A MIG GPU / compute instance id for the log: "none" for NVML's "no instance" value."""
+    return "none" if value == MIG_ID_ANY else value

@@ -309,6 +309,12 @@ class LatchStore:
         """True when the file was written during an earlier boot of this node."""
         return bool(self.previous_boot_id and self.boot_id and self.previous_boot_id != self.boot_id)
 
+    def mark_dirty(self) -> None:
+        """Make the next :meth:`save` write the file even when nothing changed (a reload's
+        replacement rewrites the file whole)."""
+        with self._lock:
+            self._dirty = True
+
     def save(self) -> None:
         """Write atomically if anything changed; retry reading a file that was unreadable
         first (it is never overwritten unread)."""

@@ -73,6 +73,67 @@ def build_response(
     return resp
 
 
+def check_entry(
+    *,
+    status: CheckStatus,
+    established: bool | None,
+    gating: bool,
+    severity: str,
+    reason: str,
+    message: str,
+    labels: Mapping[str, str],
+    value: Any,
+) -> dict[str, Any]:
+    """One entry of the health document's ``checks`` (/healthz and ``status --json``)."""
+    entry: dict[str, Any] = {
+        "ok": status is CheckStatus.OK,
+        "status": status.value,
+        "established": established,
+        "gating": gating,
+        "severity": severity,
+        "reason": reason,
+        "message": message,
+    }
+    if labels:
+        entry["labels"] = dict(labels)
+    if value is not None:
+        entry["value"] = value
+    return entry
+
+
+def service_entry(serving: bool, reasons: Iterable[str]) -> dict[str, Any]:
+    """One entry of the health document's ``services``."""
+    return {"status": "SERVING" if serving else "NOT_SERVING", "reasons": list(reasons)}
+
+
+_FROM_WIRE = {v: k for k, v in _STATUS.items()}
+
+
+def document_parts(resp: Any) -> tuple[bool, dict[str, Any], dict[str, Any]]:
+    """(ready, services, checks) of the health document, from a ConditionsResponse: what
+    ``status --json`` prints is the /healthz document, built by the same functions."""
+    services = {s.name: service_entry(s.serving, s.reasons) for s in resp.services}
+    checks: dict[str, Any] = {}
+    for c in resp.conditions:
+        which = c.WhichOneof("value")
+        checks[c.name] = check_entry(
+            status=_FROM_WIRE.get(c.status, CheckStatus.UNKNOWN),
+            established=(
+                None
+                if c.established == diagnostics_pb2.Condition.ESTABLISHED_UNSPECIFIED
+                else c.established == diagnostics_pb2.Condition.HEALTHY
+            ),
+            gating=c.gating,
+            severity=c.severity,
+            reason=c.reason,
+            message=c.message,
+            labels=dict(c.labels),
+            value=getattr(c, which) if which else None,
+        )
+    overall = services.get("", {}).get("status") == "SERVING"
+    return overall, services, checks
+
+
 Snapshot = Callable[[], tuple[list[Condition], dict[str, ServiceVerdict]]]
 
 

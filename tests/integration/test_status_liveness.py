@@ -44,7 +44,7 @@ def test_status_table_and_json(app: AppThread) -> None:
     assert any(line.startswith("gpu/GPU-9/remap") and "GATING" in line and "fatal" in line for line in lines)
     res = run_status("--addr", app.addr, "--json")
     doc = json.loads(res.stdout)
-    (cond,) = [c for c in doc["conditions"] if c["name"] == "gpu/GPU-9/remap"]
+    cond = doc["checks"]["gpu/GPU-9/remap"]  # the /healthz document shape
     assert cond["reason"] == "RemapFailure" and cond["gating"] is True
 
 
