@@ -42,6 +42,7 @@ from sidecar.errors import BindError, TlsMaterialError
 from sidecar.model import (
     SERVICE_LIVENESS,
     SERVICE_OVERALL,
+    SERVICE_READINESS,
     CheckResult,
     CheckStatus,
     ServiceVerdict,
@@ -189,6 +190,12 @@ class CoreMetrics:
             "trt_health_condition_gating",
             "1 while the condition holds its services NOT_SERVING",
             ["condition"],
+            registry=registry,
+        )
+        self.readiness_reason = Gauge(
+            "trt_health_readiness_reason",
+            "1 for each reason holding readiness NOT_SERVING now (absent otherwise)",
+            ["reason"],
             registry=registry,
         )
         self.service_serving = Gauge(
@@ -381,6 +388,7 @@ class SidecarApp:
         self._http_snapshot = HttpSnapshot()
         self._diag_snapshot: tuple[list[Any], dict[str, Any]] = ([], {})
         self._ok_series: dict[str, str] = {}  # condition -> severity label of its ok series
+        self._reason_series: set[str] = set()  # readiness reasons with a metric series
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
         self._stopped = False
@@ -497,6 +505,8 @@ class SidecarApp:
         self.health.set_statuses(to_wire_statuses(serving))
         for name, ok in serving.items():
             self.metrics.service_serving.labels(name).set(1 if ok else 0)
+        readiness = verdicts.get(SERVICE_READINESS)
+        self._publish_readiness_reasons(readiness.reasons if readiness is not None else ())
         conditions = self.policy.conditions()
         checks: dict[str, Any] = {}
         for c in conditions:
@@ -529,6 +539,17 @@ class SidecarApp:
             body=healthz_document("trt-health-sidecar", ready, services, checks),
             services=serving,
         )
+
+    def _publish_readiness_reasons(self, reasons: Sequence[str]) -> None:
+        """``trt_health_readiness_reason{reason}`` is 1 for each machine-readable reason that
+        holds readiness NOT_SERVING now (``gpu/<uuid>/xid: XidFatal79`` -> ``XidFatal79``); a
+        series goes when its reason does. Bounded: reasons are codes, not free text."""
+        now = {r.rsplit(": ", 1)[-1][:64] for r in reasons}
+        for gone in self._reason_series - now:
+            self.metrics.readiness_reason.remove(gone)
+        for reason in now - self._reason_series:
+            self.metrics.readiness_reason.labels(reason).set(1)
+        self._reason_series = now
 
     def _log_service_changes(self, verdicts: Mapping[str, Any]) -> None:
         """One line per service whose status changed (every service starts NOT_SERVING)."""

@@ -4,14 +4,20 @@ real ``promtool`` (Debian's ``prometheus`` package; ``.ci/run`` installs it)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from sidecar.testing import SidecarProcess, wait_until
+from tests.integration.conftest import SERVING, check
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "manifests" / "monitoring"
@@ -121,3 +127,42 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     }
     used = {name for e in exprs for name in re.findall(r"\btrt_health:[a-z0-9_:]+", e)}
     assert used and used <= recorded, used - recorded
+
+
+def raw_metrics_read_by_the_pack() -> set[str]:
+    """The sidecar's own series the rules and the dashboard read (histogram and counter
+    suffixes mapped to the family name prometheus_client declares)."""
+    text = RULES.read_text() + DASHBOARD.read_text()
+    names = set(re.findall(r"\btrt_health_[a-z0-9_]+", text))
+    return {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in names}
+
+
+def test_every_series_the_pack_reads_is_exported(
+    tmp_path: Path, sidecar_proc: Callable[..., SidecarProcess]
+) -> None:
+    """A real `serve --simulate` declares every metric family the rules and the dashboard
+    read, and a fatal fault shows as its readiness reason series (the per-reason fleet view)."""
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(yaml.safe_dump({"gpus": [{}], "canary": {"mode": "ok"}}))
+    sp = sidecar_proc("--simulate", "--scenario", str(scenario))
+    wait_until(lambda: check(sp.addr, "readiness") == SERVING, timeout=30)
+
+    def families() -> set[str]:
+        with urllib.request.urlopen(f"{sp.http_base}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+
+    declared = families()  # a family is declared (# TYPE) even before its first series
+    missing = {n for n in raw_metrics_read_by_the_pack() if not {n, f"{n}_total"} & declared}
+    assert not missing, missing
+
+    tmp = scenario.with_name(".s.tmp")
+    tmp.write_text(yaml.safe_dump({"gpus": [{"xid": [79]}], "canary": {"mode": "ok"}}))
+    os.replace(tmp, scenario)
+
+    def reason_series() -> str | None:
+        with urllib.request.urlopen(f"{sp.http_base}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return text if 'trt_health_readiness_reason{reason="XidFatal79"} 1.0' in text else None
+
+    wait_until(reason_series, timeout=15)
