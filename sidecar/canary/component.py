@@ -43,7 +43,16 @@ from sidecar.canary.golden import (
     kernel_expected,
     load_expected,
 )
-from sidecar.canary.protocol import FAULT_MODES, GPU_FAULTS, FaultSpec, LoadRequest, ProductionSpec
+from sidecar.canary.protocol import (
+    FAULT_MODES,
+    GPU_FAULTS,
+    SDC_FLIP_PREFIX,
+    FaultSpec,
+    LoadRequest,
+    ProductionSpec,
+)
+from sidecar.canary.sdc_screen import REASON as SDC_REASON
+from sidecar.canary.sdc_screen import Judged, SdcScreen, TensorCoreConfig, parse_tensor_core
 from sidecar.canary.supervisor import (
     CanaryMetrics,
     CanarySupervisor,
@@ -66,11 +75,13 @@ from sidecar.scenario import ScenarioFile
 
 log = logging.getLogger(__name__)
 
-RUNNERS = ("auto", "onnxruntime", "cuda-kernel", "tensorrt")
+RUNNERS = ("auto", "onnxruntime", "cuda-kernel", "tensorrt", "tensor-core")
 GATES = frozenset({SERVICE_READINESS, SERVICE_CANARY})
 CHECK_NAME = "canary"
 COND_LATENCY = "canary/latency"
 COND_MEMORY = "canary/worker-memory"
+COND_SDC_COVERAGE = "canary/sdc-coverage"
+COND_DETERMINISM = "canary/determinism"
 
 # Minimum canary period. Measured on an H200 next to a bf16 matmul loop: a kernel canary every
 # 1 s cost the busy GPU ~0 %, every 100 ms ~0.3 %, every 10 ms ~2.6 % (context switches between
@@ -81,6 +92,7 @@ FAST_MIN_INTERVAL_S = 0.01
 # Under MPS a fault in one client reaches every client of that GPU, so the canary is rarer.
 MPS_MIN_INTERVAL_S = 60.0
 DEFAULT_KERNEL_BUDGET_MS = 100.0
+STATE_NOTE = "the state directory; cleared only after a GPU reset and passing rounds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +129,11 @@ class CanaryConfig:
     mps_min_interval_s: float = MPS_MIN_INTERVAL_S
     rss_growth_warn_mib: float = 256.0
     worker_max_rss_mib: float = 4096.0
+    tensor_core: TensorCoreConfig = dataclasses.field(default_factory=TensorCoreConfig)
+    determinism_check: bool = True
 
 
-def parse_canary_config(sec: Section) -> CanaryConfig:
+def parse_canary_config(sec: Section, env: Mapping[str, str] | None = None) -> CanaryConfig:
     """Read the ``canary:`` section; every bad field is recorded on ``sec`` by name.
 
     ``interval`` below 1 s is an error unless ``allow_fast_interval: true``: a canary's cost to
@@ -172,6 +186,8 @@ def parse_canary_config(sec: Section) -> CanaryConfig:
     mps_min = sec.duration("mps_min_interval", d.mps_min_interval_s, minimum=MIN_INTERVAL_S)
     growth = sec.number("rss_growth_warn_mib", d.rss_growth_warn_mib, minimum=0.0)
     max_rss = sec.number("worker_max_rss_mib", d.worker_max_rss_mib, minimum=1.0)
+    tensor_core = parse_tensor_core(sec.sub("tensor_core"), dict(os.environ if env is None else env))
+    determinism = sec.flag("determinism_check", d.determinism_check)
     sec.reject_unknown()
     return CanaryConfig(
         enabled=enabled,
@@ -197,6 +213,8 @@ def parse_canary_config(sec: Section) -> CanaryConfig:
         mps_min_interval_s=mps_min,
         rss_growth_warn_mib=growth,
         worker_max_rss_mib=max_rss,
+        tensor_core=tensor_core,
+        determinism_check=determinism,
     )
 
 
@@ -219,7 +237,7 @@ def fault_from_scenario(doc: Mapping[str, Any]) -> FaultSpec:
     if mode not in FAULT_MODES:
         log.warning("scenario canary.mode unknown; using ok", extra={"mode": mode})
         mode = "ok"
-    if gpu_fault not in GPU_FAULTS:
+    if gpu_fault not in GPU_FAULTS and not gpu_fault.startswith(SDC_FLIP_PREFIX):
         log.warning("scenario canary.gpu_fault unknown; using none", extra={"gpu_fault": gpu_fault})
         gpu_fault = "none"
     return FaultSpec(mode=mode, delay_ms=delay, leak_mib=leak, gpu_fault=gpu_fault)
@@ -238,6 +256,9 @@ class MismatchLatch:
         self.message = ""
 
     def observe_generation(self, generation: int) -> None:
+        if self.latched and self.generation is None:  # restored from disk: a later reset clears
+            self.generation = generation
+            return
         if self.latched and self.generation is not None and generation != self.generation:
             self.latched = False
             self.recovering = True
@@ -310,6 +331,7 @@ class CanaryComponent:
         engines_dir: Path,
         python: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        state_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.simulate = simulate
@@ -340,6 +362,10 @@ class CanaryComponent:
             allow_engine_host_code=config.allow_engine_host_code,
             devices=config.devices,
             warmup_runs=config.warmup_runs,
+            tc_blocks_per_sm=config.tensor_core.blocks_per_sm,
+            tc_allow_injection=config.tensor_core.allow_fault_injection,
+            tc_simulated_sms=config.tensor_core.simulated_sms,
+            determinism_check=config.determinism_check,
         )
         settings = SupervisorSettings(
             timeout_s=config.timeout_s,
@@ -353,6 +379,17 @@ class CanaryComponent:
             settings = dataclasses.replace(settings, python=python)
         self.supervisor = CanarySupervisor(self.load_request, settings, self.metrics, clock=clock)
         self.latch = MismatchLatch(config.recovery_passes)
+        self.latch_reason = "CanaryMismatch"
+        self.sdc = SdcScreen(registry, interval_s=self.interval_s, state_dir=state_dir)
+        restored = self.sdc.persisted()
+        if restored is not None:  # a silent-data-corruption finding survives restarts
+            text, rebooted = restored
+            self.latch.mismatch(0, f"{text} (persisted in {STATE_NOTE})")
+            self.latch.generation = None
+            self.latch_reason = SDC_REASON
+            if rebooted:  # a reboot resets the GPU: evidence, but passing rounds are still due
+                self.latch.latched = False
+                self.latch.recovering = True
         self.production_latch = MismatchLatch(config.recovery_passes)
         self.production_released = False
         self.last_pass_at: float | None = None
@@ -574,6 +611,12 @@ class CanaryComponent:
                 f"{message}; GPU reset seen, recovering: {self.latch.passes}/"
                 f"{self.latch.recovery_passes} matching canaries"
             )
+        elif self.latch_reason == SDC_REASON:
+            kept = "; persisted across restarts" if self.sdc.store is not None else ""
+            message = (
+                f"{message} (silent data corruption: sticky until a GPU reset is observed and "
+                f"{self.latch.recovery_passes} rounds pass{kept})"
+            )
         else:
             message = (
                 f"{message} (possible silent data corruption; sticky until a GPU reset "
@@ -581,7 +624,7 @@ class CanaryComponent:
             )
         return self._result(
             CheckStatus.FAIL,
-            "CanaryMismatch",
+            self.latch_reason,
             message,
             severity=Severity.FATAL,
             labels={"runner": self.supervisor.runner},
@@ -590,6 +633,8 @@ class CanaryComponent:
     async def _judge(self, outcome: RunOutcome, generation: int) -> list[CheckResult]:
         sup = self.supervisor
         runner = outcome.runner
+        if runner == "tensor-core":
+            return await self._judge_sdc(outcome, generation)
         try:
             golden = self._golden(runner)
         except (OSError, ValueError) as exc:
@@ -632,6 +677,88 @@ class CanaryComponent:
         if self.load_request.production is not None:
             results.extend(await self._production_results(outcome, generation))
         return results
+
+    async def _judge_sdc(self, outcome: RunOutcome, generation: int) -> list[CheckResult]:
+        """A tensor-core round: golden recomputed here from the reported seed, bit-exact."""
+        judged: Judged = await self.sdc.judge(outcome.outputs)
+        results: list[CheckResult] = []
+        if judged.corrupt:
+            self.metrics.results.labels(outcome="mismatch").inc()
+            msg = judged.sdc_message()
+            self.latch.mismatch(generation, msg)
+            self.latch_reason = SDC_REASON
+            await self.sdc.latch(judged)
+            log.error(
+                "tensor-core canary: silent data corruption",
+                extra={
+                    "gpus": [v.uuid for v in judged.corrupt],
+                    "sms": [v.bad_sms[:16] for v in judged.corrupt],
+                    "elements": sum(v.mismatch_count for v in judged.corrupt),
+                    "detail": msg[:500],
+                },
+            )
+            results.append(self._mismatch_result(msg))
+        elif judged.problems:
+            # Not evidence of corruption, but no evidence of health either: fail closed.
+            self.metrics.results.labels(outcome="error").inc()
+            text = "; ".join(judged.problems)[:1000]
+            results.append(
+                self._result(
+                    CheckStatus.FAIL, "TensorCoreRoundInvalid", text, labels={"runner": outcome.runner}
+                )
+            )
+        else:
+            self.metrics.results.labels(outcome="pass").inc()
+            held = self.latch.holds
+            self.latch.passed()
+            if self.latch.holds:
+                results.append(self._mismatch_result(self.latch.message))
+            else:
+                if held:
+                    await self.sdc.clear()
+                    self.latch_reason = "CanaryMismatch"
+                    log.warning("tensor-core canary: SDC latch cleared after a GPU reset and passing rounds")
+                self.last_pass_at = self.clock()
+                self.passes += 1
+                cov = ", ".join(f"{u} {c}/{n} SMs" for u, c, n, _ in judged.coverage())
+                results.append(
+                    self._result(
+                        CheckStatus.OK,
+                        "CanaryPassed",
+                        f"tensor-core int8+bf16 MMA results bit-exact on {cov}, "
+                        f"{outcome.latency_s * 1e3:.3f} ms",
+                        labels={"runner": outcome.runner},
+                        value=outcome.latency_s,
+                    )
+                )
+            results.append(
+                self._latency_result(outcome, _Golden({}, KERNEL_TOLERANCE, DEFAULT_KERNEL_BUDGET_MS))
+            )
+        results.append(self._coverage_result(judged))
+        results.append(await self._memory_result(outcome))
+        return results
+
+    def _coverage_result(self, judged: Judged) -> CheckResult:
+        cov = judged.coverage()
+        partial = [(u, c, n, miss) for u, c, n, miss in cov if c < n]
+        if not cov:
+            return CheckResult.unknown(
+                COND_SDC_COVERAGE,
+                "NoValidRound",
+                "no valid tensor-core round",
+                severity=Severity.WARNING,
+                gates=GATES,
+            )
+        if partial:
+            text = "; ".join(
+                f"GPU {u}: {c}/{n} SMs ran MMA work, not screened this round: {miss[:16]}"
+                for u, c, n, miss in partial
+            )
+            return CheckResult.failed(
+                COND_SDC_COVERAGE, "SdcCoverageIncomplete", text, severity=Severity.WARNING, gates=GATES
+            )
+        text = "; ".join(f"GPU {u}: {c}/{n} SMs" for u, c, n, _ in cov)
+        return CheckResult.passed(COND_SDC_COVERAGE, message=text, severity=Severity.WARNING, gates=GATES)
 
     def _latency_result(self, outcome: RunOutcome, golden: _Golden) -> CheckResult:
         budget = self.config.latency_budget_ms or golden.budget_ms

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+INJECTION_ENV = "TRT_HEALTH_SDC_FAULT_INJECTION"  # test-only fault injection, second switch
 M, N = 16, 8
 K8 = 64  # two m16n8k32 steps
 K16 = 32  # two m16n8k16 steps
@@ -42,6 +43,7 @@ OUT_BF16 = "sdc_c16"
 OUT_SMID = "sdc_smid"
 OUT_META = "sdc_meta"
 OUT_UUID = "sdc_uuid"
+OUT_TIME = "sdc_time"  # float64 [input generation s, device round trip s] of the round
 
 # sdc_meta fields (uint64): base seed, round number, launches, SM count, blocks per launch,
 # injected SM (+1; 0 = none), injected bit, injected path index.
@@ -294,9 +296,11 @@ def pack_outputs(
     meta: RoundMeta,
     uuid: str,
     launches: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    timing: tuple[float, float] = (0.0, 0.0),
 ) -> dict[str, np.ndarray]:
     """One device's round as worker outputs (arrays only: they cross the pipe)."""
     return {
+        f"{OUT_TIME}@{ordinal}": np.array(timing, np.float64),
         f"{OUT_I8}@{ordinal}": np.stack([x[0] for x in launches]).astype(np.int32),
         f"{OUT_BF16}@{ordinal}": np.stack([x[1] for x in launches]).astype(np.uint32),
         f"{OUT_SMID}@{ordinal}": np.stack([x[2] for x in launches]).astype(np.uint32),

@@ -33,7 +33,7 @@ from sidecar.canary import sdc
 from sidecar.canary.runners.base import LoadInfo, RunnerError, RunnerUnavailable
 from sidecar.canary.runners.cuda_kernel import check, error_name
 
-INJECTION_ENV = "TRT_HEALTH_SDC_FAULT_INJECTION"
+INJECTION_ENV = sdc.INJECTION_ENV
 DEFAULT_BLOCKS_PER_SM = 8  # measured on an H200: 1,056 one-warp blocks landed on 132/132 SMs
 
 TC_SOURCE = rb"""
@@ -383,20 +383,21 @@ class TensorCoreRunner:
         blocks = d.blocks
         launches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         seen: set[int] = set()
-        self.last_gen_s = self.last_device_s = 0.0
+        gen_s = device_s = 0.0
         for launch in range(sdc.MAX_LAUNCHES):
             t0 = time.perf_counter()
             inp = sdc.launch_inputs(self.base_seed, self.round, launch, blocks)
             t1 = time.perf_counter()
             res = d.launch(inp, injection)
-            self.last_gen_s += t1 - t0
-            self.last_device_s += time.perf_counter() - t1
+            gen_s += t1 - t0
+            device_s += time.perf_counter() - t1
             launches.append(res)
             seen.update(int(x) for x in np.unique(res[2]))
             if len(seen - {sdc.NO_SM}) >= d.sms:
                 break
         meta = sdc.RoundMeta(self.base_seed, self.round, len(launches), d.sms, blocks, injection)
-        return sdc.pack_outputs(d.ordinal, meta, d.uuid, launches)
+        self.last_gen_s, self.last_device_s = gen_s, device_s
+        return sdc.pack_outputs(d.ordinal, meta, d.uuid, launches, (gen_s, device_s))
 
     def close(self) -> None:
         for d in self.devs:
