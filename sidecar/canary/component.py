@@ -673,6 +673,9 @@ class CanaryComponent:
                     )
                 )
             results.append(self._latency_result(outcome, golden))
+        det = self._determinism_result(golden)
+        if det is not None:
+            results.append(det)
         results.append(await self._memory_result(outcome))
         if self.load_request.production is not None:
             results.extend(await self._production_results(outcome, generation))
@@ -737,6 +740,44 @@ class CanaryComponent:
         results.append(self._coverage_result(judged))
         results.append(await self._memory_result(outcome))
         return results
+
+    def _determinism_result(self, golden: _Golden) -> CheckResult | None:
+        """The worker's load-time self-test: two runs on one input, compared bit for bit, and
+        the engine file's sha256 against the one the golden was recorded for."""
+        det = self.supervisor.determinism
+        if det is None:
+            return None
+        want, got = det.get("manifest_sha256"), det.get("engine_sha256")
+        if want and got and want != got:
+            return CheckResult.failed(
+                COND_DETERMINISM,
+                "GoldenEngineMismatch",
+                f"engine file sha256 {str(got)[:16]}... is not the {str(want)[:16]}... the golden "
+                "outputs were recorded for (TensorRT builds are not bit-identical)",
+                gates=GATES,
+            )
+        key = f"golden keyed to engine sha256 {str(want)[:16]}..." if want else "golden not keyed (no sha256)"
+        if det.get("bitwise"):
+            return CheckResult.passed(
+                COND_DETERMINISM,
+                message=f"two runs on one input are bit-identical; {key}",
+                severity=Severity.WARNING,
+                gates=GATES,
+            )
+        worst = float(det.get("max_abs_diff") or 0.0)
+        tol = golden.tolerance
+        within = "within" if det.get("within_tolerance") else "BEYOND"
+        text = (
+            f"two runs on one input differ bitwise (max abs difference {worst:.3g}); {within} "
+            f"the golden tolerance atol {tol.atol:g} rtol {tol.rtol:g}; {key}"
+        )
+        return CheckResult.failed(
+            COND_DETERMINISM,
+            "CanaryNondeterministic",
+            text,
+            severity=Severity.WARNING,
+            gates=GATES,
+        )
 
     def _coverage_result(self, judged: Judged) -> CheckResult:
         cov = judged.coverage()

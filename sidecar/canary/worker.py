@@ -347,17 +347,29 @@ def determinism_self_test(runner: Runner, req: LoadRequest) -> dict[str, Any]:
     bitwise = set(first) == set(second) and all(
         first[k].shape == second[k].shape and first[k].tobytes() == second[k].tobytes() for k in first
     )
-    worst = 0.0
-    for k in set(first) & set(second):
-        if first[k].shape == second[k].shape and first[k].size:
-            diff = np.abs(first[k].astype(np.float64) - second[k].astype(np.float64))
-            worst = max(worst, float(np.nan_to_num(diff, nan=np.inf).max()))
-    out: dict[str, Any] = {"runner": runner.name, "bitwise": bitwise, "max_abs_diff": worst}
     path = req.tensorrt_manifest if runner.name == "tensorrt" else req.manifest
     try:
         m = load_manifest(Path(path)) if path else None
     except Exception:  # the runner loaded it already; a failure here only loses the hash
         m = None
+    atol, rtol = (m.tolerance.atol, m.tolerance.rtol) if m is not None else (0.0, 0.0)
+    worst = 0.0
+    within = set(first) == set(second)
+    for k in set(first) & set(second):
+        if first[k].shape != second[k].shape:
+            within = False
+            continue
+        a, b = first[k].astype(np.float64), second[k].astype(np.float64)
+        if a.size:
+            diff = np.nan_to_num(np.abs(a - b), nan=np.inf)
+            worst = max(worst, float(diff.max()))
+            within = within and bool((diff <= atol + rtol * np.abs(a)).all())
+    out: dict[str, Any] = {
+        "runner": runner.name,
+        "bitwise": bitwise,
+        "max_abs_diff": worst,
+        "within_tolerance": within,
+    }
     if m is not None:
         out["manifest_sha256"] = m.sha256
         out["engine_sha256"] = _sha256(m.path)
