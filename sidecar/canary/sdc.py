@@ -363,6 +363,8 @@ class DeviceVerdict:
         shown = "; ".join(m.describe() for m in self.mismatches)
         more = self.mismatch_count - len(self.mismatches)
         tail = f"; and {more} more" if more > 0 else ""
+        if self.meta.injection is not None:  # never in production: say so plainly
+            tail += f" [test fault injection was active: {self.meta.injection.text()}]"
         return f"{head} on SM(s) {sms}: {shown}{tail}"
 
 

@@ -153,6 +153,8 @@ class SimulatedTensorCoreDevice:
 
 
 def _uuid_text(raw: Any) -> str:
+    if isinstance(raw, str):
+        raw = raw.encode("latin-1")
     data = raw if isinstance(raw, bytes) else bytes(int(x) & 0xFF for x in raw)
     h = data[:16].hex()
     return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
@@ -204,9 +206,12 @@ class CudaTensorCoreDevice:
         self.device = check(drv, drv.cuDeviceGet(self.ordinal), f"cuDeviceGet({self.ordinal})")
         raw = check(drv, drv.cuDeviceGetName(64, self.device), "cuDeviceGetName")
         self.name = raw.split(b"\0", 1)[0].decode(errors="replace") if isinstance(raw, bytes) else ""
-        get_uuid = getattr(drv, "cuDeviceGetUuid_v2", None) or drv.cuDeviceGetUuid
-        uu = check(drv, get_uuid(self.device), "cuDeviceGetUuid")
-        self.uuid = _uuid_text(getattr(uu, "bytes", uu))
+        try:  # the UUID names the GPU in findings; its absence must not stop the screen
+            get_uuid = getattr(drv, "cuDeviceGetUuid_v2", None) or drv.cuDeviceGetUuid
+            uu = check(drv, get_uuid(self.device), "cuDeviceGetUuid")
+            self.uuid = _uuid_text(getattr(uu, "bytes", uu))
+        except (RunnerError, TypeError, ValueError, AttributeError):
+            self.uuid = f"cuda-device-{self.ordinal}"
 
         def attribute(which: str) -> int:
             raw = drv.cuDeviceGetAttribute(getattr(attr, which), self.device)
@@ -308,7 +313,7 @@ class TensorCoreRunner:
         self.base_seed = base_seed if base_seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         self.round = 0
         self.last_gen_s = 0.0  # host time drawing the last round's inputs
-        self.last_device_s = 0.0  # copies + launch + sync of the last round (all launches)
+        self.last_device_s = 0.0  # copies + launches + sync of the last device's last round
 
     def load(self) -> LoadInfo:
         if self.allow_injection and os.environ.get(INJECTION_ENV) != "1":
