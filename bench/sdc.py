@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -215,7 +216,9 @@ def part_clean(runner: TensorCoreRunner, target: int, budget: Budget, seconds: f
             if problem and len(problems) < 10:
                 problems.append(problem)
 
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawn: the children only judge (numpy); they must not inherit this process's CUDA context
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         launched = 0
         while launched < target and time.monotonic() < end:
             pending.append(pool.submit(_judge_summary, runner.infer()))

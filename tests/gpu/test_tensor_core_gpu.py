@@ -12,18 +12,26 @@ injection is refused without the environment switch. The full figures come from
 
 from __future__ import annotations
 
+import asyncio
 import ctypes.util
 import importlib.util
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from prometheus_client import CollectorRegistry
 
 from sidecar.canary import sdc
+from sidecar.canary.component import CanaryComponent, CanaryConfig
 from sidecar.canary.runners.base import RunnerError
 from sidecar.canary.runners.tensor_core import INJECTION_ENV, TensorCoreRunner
+from sidecar.canary.sdc_screen import STATE_FILE, TensorCoreConfig
+from sidecar.model import CheckResult, Severity
+from sidecar.scenario import ScenarioFile
 
 pytestmark = [
     pytest.mark.gpu,
@@ -33,6 +41,9 @@ pytestmark = [
         reason="no NVIDIA driver on this machine",
     ),
 ]
+
+
+ENGINES = Path(__file__).resolve().parents[2] / "engines"
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +106,80 @@ def test_injection_is_refused_without_the_environment_switch(
     with pytest.raises(RunnerError) as err:
         runner.infer(gpu_fault="sdc_flip:0:0")
     assert err.value.reason == "FaultInjectionRefused"
+
+
+class _Sink:
+    def submit(self, results: Iterable[CheckResult]) -> None:
+        pass
+
+    def trigger(self, check_name: str) -> None:
+        pass
+
+
+async def _until(comp: CanaryComponent, reason: str, within: float = 60.0) -> CheckResult:
+    deadline = time.monotonic() + within
+    last = None
+    while time.monotonic() < deadline:
+        last = next(r for r in await comp.run_canary() if r.name == "canary")
+        if last.reason == reason:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{reason} not reached; last {last}")
+
+
+async def test_worker_screens_every_sm_then_an_injected_flip_is_fatal_and_persisted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the real worker process on the GPU: CanaryPassed with n/n SMs, then a flip on
+    SM 3 is FATAL SilentDataCorruption naming SM 3 and the bit, written to the state file."""
+    monkeypatch.setenv(INJECTION_ENV, "1")
+    (tmp_path / "scenario.yaml").write_text(yaml.safe_dump({"canary": {"gpu_fault": "none"}}))
+    sf = ScenarioFile(tmp_path / "scenario.yaml")
+    sf.reload()
+    reg = CollectorRegistry()
+    cfg = CanaryConfig(
+        runner="tensor-core",
+        timeout_s=5.0,
+        first_timeout_s=60.0,
+        backoff_initial_s=0.2,
+        backoff_max_s=1.0,
+        tensor_core=TensorCoreConfig(allow_fault_injection=True),
+    )
+    comp = CanaryComponent(
+        cfg,
+        simulate=True,
+        scenario=sf,
+        registry=reg,
+        gpu_state=None,
+        engines_dir=ENGINES,
+        state_dir=tmp_path / "state",
+    )
+    await comp.start(_Sink())
+    try:
+        ok = await _until(comp, "CanaryPassed")
+        print(f"\n[gpu] tensor-core canary: {ok.message}")
+        lat = []
+        for _ in range(20):
+            main = next(r for r in await comp.run_canary() if r.name == "canary")
+            assert main.reason == "CanaryPassed", main
+            lat.append(float(main.value or 0))
+        uuid = ok.message.split(" on ", 1)[1].split(" ", 1)[0]
+        sms = reg.get_sample_value("trt_health_sdc_sms", {"gpu": uuid})
+        assert sms and reg.get_sample_value("trt_health_sdc_sms_covered", {"gpu": uuid}) == sms
+        round_us = reg.get_sample_value("trt_health_sdc_round_microseconds", {"gpu": uuid})
+        per_hour = reg.get_sample_value("trt_health_sdc_sm_seconds_screened_per_hour", {"gpu": uuid})
+        print(
+            f"[gpu] worker round p50 {sorted(lat)[len(lat) // 2] * 1e3:.2f} ms; device round trip "
+            f"{round_us:.0f} us; SM-seconds screened per hour {per_hour:.3f}"
+        )
+        (tmp_path / "scenario.yaml").write_text(
+            yaml.safe_dump({"canary": {"gpu_fault": "sdc_flip:3:12:int8"}})
+        )
+        sf.reload()
+        bad = await _until(comp, "SilentDataCorruption")
+        assert bad.severity is Severity.FATAL
+        assert "SM(s) 3" in bad.message and "xor 0x00001000" in bad.message and uuid in bad.message
+        assert "SilentDataCorruption" in (tmp_path / "state" / STATE_FILE).read_text()
+        print(f"[gpu] finding: {bad.message[:300]}")
+    finally:
+        await comp.stop()
