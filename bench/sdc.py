@@ -12,7 +12,8 @@ Parts (each prints progress; a failing part prints its error and the next one ru
    rounds with incomplete coverage, worst coverage;
 4. ``interference``: a bf16 torch matmul loop in another process, throughput per window,
    canary off and on in alternating phases at each period (side by side, one run);
-5. ``wgmma``: whether NVRTC builds a Hopper ``wgmma.mma_async`` (compile only: not screened).
+5. ``wgmma`` (experimental, never in the screen): whether NVRTC builds a Hopper
+   ``wgmma.mma_async`` bf16 kernel and which descriptor variant gives the exact golden.
 
 The JSON written to ``--out`` holds every number and the command line.
 """
@@ -29,6 +30,7 @@ import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -60,21 +62,6 @@ while time.monotonic() < end:
         iters += 4
     t1 = time.monotonic()
     print(json.dumps({"t0": t0, "t1": t1, "tflops": iters * 2 * n**3 / (t1 - t0) / 1e12}), flush=True)
-"""
-
-WGMMA_SOURCE = rb"""
-extern "C" __global__ void wg(float* out, unsigned long long da, unsigned long long db, int sd) {
-    float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
-    asm volatile("wgmma.fence.sync.aligned;\n");
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3}, %4, %5, p, %7, %8, %9, %10;\n}\n"
-        : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
-        : "l"(da), "l"(db), "r"(sd), "n"(1), "n"(1), "n"(0), "n"(0));
-    asm volatile("wgmma.commit_group.sync.aligned;\n");
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n");
-    out[threadIdx.x] = d0 + d1 + d2 + d3;
-}
 """
 
 
@@ -257,34 +244,43 @@ def part_interference(
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert child.stdout is not None
-    ready = json.loads(child.stdout.readline() or "{}")
-    if "ready" not in ready:
-        raise RuntimeError("matmul child did not start")
+    lines: list[str] = []
     schedule: list[tuple[float, float, str, float]] = []  # (start, end, state, period)
     rounds_on: dict[float, int] = {}
-    for period in periods:
-        rounds_on[period] = 0
-        for _ in range(phases):
-            for state in ("off", "on"):
-                start = time.monotonic()
-                stop = start + phase_s
-                if state == "on":
-                    nxt = start
-                    while time.monotonic() < stop:
-                        now = time.monotonic()
-                        if now >= nxt:
-                            runner.infer()
-                            rounds_on[period] += 1
-                            nxt += period
-                        time.sleep(max(0.0, min(nxt, stop) - time.monotonic()))
-                else:
-                    time.sleep(phase_s)
-                schedule.append((start, stop, state, period))
-        log(f"  interference: period {period}s done ({rounds_on[period]} rounds on)")
-    child.terminate()
-    lines, _ = child.communicate(timeout=30)
-    windows = [json.loads(x) for x in lines.splitlines() if x.startswith("{")]
+    try:
+        assert child.stdout is not None
+        ready = json.loads(child.stdout.readline() or "{}")
+        if "ready" not in ready:
+            raise RuntimeError("matmul child did not start (is torch with CUDA there?)")
+        # read the child's windows as they come: a full pipe would stall the matmul loop
+        reader = threading.Thread(target=lambda: lines.extend(child.stdout or []), daemon=True)
+        reader.start()
+        for period in periods:
+            rounds_on[period] = 0
+            for _ in range(phases):
+                for state in ("off", "on"):
+                    start = time.monotonic()
+                    stop = start + phase_s
+                    if state == "on":
+                        nxt = start
+                        while time.monotonic() < stop:
+                            if time.monotonic() >= nxt:
+                                runner.infer()
+                                rounds_on[period] += 1
+                                nxt += period
+                            time.sleep(max(0.0, min(nxt, stop) - time.monotonic()))
+                    else:
+                        time.sleep(phase_s)
+                    schedule.append((start, stop, state, period))
+            log(f"  interference: period {period}s done ({rounds_on[period]} rounds on)")
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    time.sleep(0.2)  # let the reader take the last lines
+    windows = [json.loads(x) for x in list(lines) if x.startswith("{") and '"t0"' in x]
     out: dict[str, Any] = {"phase_s": phase_s, "phases_per_state": phases, "window_s": window}
     for period in periods:
         by: dict[str, list[float]] = {"on": [], "off": []}
@@ -311,21 +307,11 @@ def part_interference(
     return out
 
 
-def part_wgmma() -> dict[str, Any]:
-    from cuda.bindings import nvrtc
+def part_wgmma(ordinal: int, sms: int) -> dict[str, Any]:
+    from bench.sdc_wgmma import run_wgmma
 
-    prog = nvrtc.nvrtcCreateProgram(WGMMA_SOURCE, b"wg.cu", 0, [], [])[1]
-    try:
-        opts = [b"--gpu-architecture=compute_90a"]
-        err = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)[0]
-        size = nvrtc.nvrtcGetProgramLogSize(prog)[1]
-        buf = b" " * size
-        nvrtc.nvrtcGetProgramLog(prog, buf)
-        ok = err == nvrtc.nvrtcResult.NVRTC_SUCCESS
-        res = {"nvrtc_builds_wgmma": ok, "log": buf.decode(errors="replace")[:1000], "screened": False}
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
-    log(f"wgmma: {json.dumps(res)}")
+    res = run_wgmma(ordinal, sms)
+    log(f"wgmma (experimental, not in the screen): {json.dumps(res)}")
     return res
 
 
@@ -410,6 +396,12 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             log(f"{name} FAILED: {exc!r}")
             results[name] = {"error": repr(exc), "traceback": traceback.format_exc()[-2000:]}
+        save()  # after every part: a run killed later keeps what it measured
+
+    def save() -> None:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
 
     if runner is not None:
         run("coverage", lambda: part_coverage(runner, args.coverage_rounds, budget))
@@ -417,18 +409,18 @@ def main(argv: list[str] | None = None) -> int:
         run("clean", lambda: part_clean(runner, args.clean_rounds, budget, args.clean_seconds))
         periods = [float(x) for x in args.periods.split(",") if x.strip()]
         run("interference", lambda: part_interference(runner, periods, args.phase_s, args.phases, budget))
-    run("wgmma", part_wgmma)
+    sms = runner.devs[0].sms if runner is not None and runner.devs else 132
     if runner is not None:
         try:
             runner.close()
         except Exception as exc:
             log(f"close failed: {exc!r}")
+    if not args.simulate:
+        run("wgmma", lambda: part_wgmma(args.device, sms))
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    text = json.dumps(results, indent=1, default=str)
-    print(text, flush=True)
+    print(json.dumps(results, indent=1, default=str), flush=True)
+    save()
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
         log(f"wrote {args.out}")
     return 0
 
