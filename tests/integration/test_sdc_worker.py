@@ -169,3 +169,30 @@ async def test_onnxruntime_determinism_self_test_reports_bit_identical(tmp_path:
         assert det.status is CheckStatus.OK and "bit-identical" in det.message
     finally:
         await comp.stop()
+
+
+async def test_golden_recorded_for_another_engine_file_fails_closed(tmp_path: Path) -> None:
+    """The canary manifest's sha256 is not the engine file's: GoldenEngineMismatch (CRITICAL)."""
+    import shutil
+
+    eng = tmp_path / "canary"
+    shutil.copytree(ENGINES / "canary", eng)
+    doc = yaml.safe_load((eng / "manifest.yaml").read_text())
+    doc["sha256"] = "0" * 64
+    (eng / "manifest.yaml").write_text(yaml.safe_dump(doc))
+    comp = CanaryComponent(
+        CanaryConfig(**{**FAST, "manifest": eng / "manifest.yaml"}),
+        simulate=False,
+        scenario=None,
+        registry=CollectorRegistry(),
+        gpu_state=None,
+        engines_dir=ENGINES,
+    )
+    await comp.start(Sink())
+    try:
+        res = await until(comp, reason("CanaryPassed"))
+        det = named(res, "canary/determinism")
+        assert det.status is CheckStatus.FAIL and det.reason == "GoldenEngineMismatch"
+        assert det.severity is Severity.CRITICAL and "readiness" in det.gates
+    finally:
+        await comp.stop()

@@ -213,3 +213,43 @@ def test_screen_persists_and_restores_the_sdc_latch(tmp_path: Path, monkeypatch:
     assert rebooted.persisted() == (restored[0], True)
     asyncio.run(again.clear())
     assert SdcScreen(CollectorRegistry(), interval_s=5.0, state_dir=tmp_path).persisted() is None
+
+
+class _FlakyRunner:
+    """Gives a slightly different answer on every run (a nondeterministic engine)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.calls = 0
+
+    def load(self) -> object:
+        return None
+
+    def infer(self, *, gpu_fault: str = "none") -> dict[str, np.ndarray]:
+        self.calls += 1
+        return {"y": np.full((1, 8), 1.0 + self.calls * self.step, np.float32)}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("step", "bitwise", "within"), [(0.0, True, True), (1e-6, False, True), (0.5, False, False)]
+)
+def test_determinism_self_test_compares_bits_then_tolerance_and_hashes_the_engine(
+    step: float, bitwise: bool, within: bool
+) -> None:
+    from sidecar.canary.protocol import LoadRequest
+    from sidecar.canary.worker import determinism_self_test
+
+    manifest = Path(__file__).resolve().parents[2] / "engines" / "canary" / "manifest.yaml"
+    req = LoadRequest(runner="onnxruntime", manifest=str(manifest), tensorrt_manifest=None)
+    runner = _FlakyRunner(step)
+    det = determinism_self_test(runner, req)  # type: ignore[arg-type]
+    assert runner.calls == 2
+    assert det["bitwise"] is bitwise and det["within_tolerance"] is within
+    assert det["max_abs_diff"] == pytest.approx(step, rel=0.1, abs=1e-7)
+    # the golden is keyed to the engine file: the shipped manifest's sha256 is the file's
+    assert det["engine_sha256"] == det["manifest_sha256"] and len(det["engine_sha256"]) == 64
