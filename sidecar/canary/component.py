@@ -271,6 +271,10 @@ class MismatchLatch:
         self.generation = generation
         self.message = message
 
+    def failed(self) -> None:
+        """A round that could not be judged while recovering: the passes must be consecutive."""
+        self.passes = 0
+
     def passed(self) -> None:
         if self.recovering:
             self.passes += 1
@@ -585,7 +589,11 @@ class CanaryComponent:
         outcome = await sup.run(self._fault())
         if not outcome.ok:
             self._wake.set()  # let the keeper restart a dead worker without waiting
-            return [self._failure_result(outcome)]
+            failure = self._failure_result(outcome)
+            if self.latch.holds:  # no passing round: recovery starts over, the finding stays
+                self.latch.failed()
+                return [self._mismatch_result(f"{self.latch.message}; last round failed: {failure.reason}")]
+            return [failure]
         return await self._judge(outcome, generation)
 
     def _failure_result(self, outcome: RunOutcome) -> CheckResult:

@@ -196,3 +196,32 @@ async def test_golden_recorded_for_another_engine_file_fails_closed(tmp_path: Pa
         assert det.severity is Severity.CRITICAL and "readiness" in det.gates
     finally:
         await comp.stop()
+
+
+async def test_a_failed_round_while_recovering_stays_fatal_and_restarts_the_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery needs consecutive passing rounds: a worker crash in between is no pass, and the
+    condition stays FATAL SilentDataCorruption (it does not blink to a CRITICAL crash)."""
+    monkeypatch.setenv(sdc.INJECTION_ENV, "1")
+    gpu = GpuState()
+    comp, sf, _ = make_tc(
+        tmp_path, scenario={"canary": {"gpu_fault": "sdc_flip:1:1"}}, gpu=gpu, inject=True, recovery_passes=2
+    )
+    assert sf is not None
+    await comp.start(Sink())
+    try:
+        await until(comp, reason("SilentDataCorruption"))
+        set_scenario(sf, {"canary": {"gpu_fault": "none"}})
+        gpu.generation += 1
+        assert "recovering: 1/2" in main(await comp.run_canary()).message
+        set_scenario(sf, {"canary": {"mode": "crash"}})
+        crashed = main(await comp.run_canary())
+        assert crashed.reason == "SilentDataCorruption" and crashed.severity is Severity.FATAL
+        assert "WorkerCrashed" in crashed.message
+        set_scenario(sf, {"canary": {"mode": "ok"}})
+        rec = main(await until(comp, lambda r: "recovering: 1/2" in r.message))
+        assert rec.reason == "SilentDataCorruption"
+        assert main(await comp.run_canary()).reason == "CanaryPassed"
+    finally:
+        await comp.stop()
