@@ -643,6 +643,10 @@ class CanaryComponent:
         runner = outcome.runner
         if runner == "tensor-core":
             return await self._judge_sdc(outcome, generation)
+        if self.latch_reason == SDC_REASON and self.latch.holds:
+            # another runner's passing rounds are no evidence about the tensor cores
+            note = f"; only runner tensor-core rounds can clear it (runner is {runner})"
+            return [self._mismatch_result(self.latch.message + note)]
         try:
             golden = self._golden(runner)
         except (OSError, ValueError) as exc:

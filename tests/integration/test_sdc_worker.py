@@ -225,3 +225,36 @@ async def test_a_failed_round_while_recovering_stays_fatal_and_restarts_the_coun
         assert main(await comp.run_canary()).reason == "CanaryPassed"
     finally:
         await comp.stop()
+
+
+async def test_a_persisted_sdc_finding_is_not_cleared_by_another_runner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passing ONNX Runtime (CPU) rounds after a reset are no evidence about the tensor cores."""
+    monkeypatch.setenv(sdc.INJECTION_ENV, "1")
+    gpu = GpuState()
+    comp, _, _ = make_tc(tmp_path, scenario={"canary": {"gpu_fault": "sdc_flip:2:2"}}, gpu=gpu, inject=True)
+    await comp.start(Sink())
+    try:
+        await until(comp, reason("SilentDataCorruption"))
+    finally:
+        await comp.stop()
+    ort = CanaryComponent(
+        CanaryConfig(**{**FAST, "recovery_passes": 1}),
+        simulate=False,
+        scenario=None,
+        registry=CollectorRegistry(),
+        gpu_state=gpu,
+        engines_dir=ENGINES,
+        state_dir=tmp_path / "state",
+    )
+    await ort.start(Sink())
+    try:
+        assert main(await ort.run_canary()).reason == "SilentDataCorruption"
+        gpu.generation += 1
+        held = main(await until(ort, lambda r: "only runner tensor-core" in r.message))
+        assert held.reason == "SilentDataCorruption" and held.severity is Severity.FATAL
+        assert main(await ort.run_canary()).reason == "SilentDataCorruption"
+        assert "SilentDataCorruption" in (tmp_path / "state" / STATE_FILE).read_text()
+    finally:
+        await ort.stop()
