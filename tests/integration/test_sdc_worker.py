@@ -258,3 +258,35 @@ async def test_a_persisted_sdc_finding_is_not_cleared_by_another_runner(
         assert "SilentDataCorruption" in (tmp_path / "state" / STATE_FILE).read_text()
     finally:
         await ort.stop()
+
+
+async def test_a_reboot_since_the_finding_counts_as_a_reset_but_rounds_must_still_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from sidecar.gpu.latches import read_boot_id
+
+    if not read_boot_id():
+        pytest.skip("no kernel boot id on this machine")
+    monkeypatch.setenv(sdc.INJECTION_ENV, "1")
+    comp, _, _ = make_tc(
+        tmp_path, scenario={"canary": {"gpu_fault": "sdc_flip:4:4"}}, gpu=GpuState(), inject=True
+    )
+    await comp.start(Sink())
+    try:
+        await until(comp, reason("SilentDataCorruption"))
+    finally:
+        await comp.stop()
+    state = tmp_path / "state" / STATE_FILE
+    doc = json.loads(state.read_text())
+    doc["boot_id"] = "an-earlier-boot"
+    state.write_text(json.dumps(doc))
+    again, _, _ = make_tc(tmp_path, gpu=GpuState(), recovery_passes=2)  # same generation 0
+    await again.start(Sink())
+    try:
+        first = main(await until(again, lambda r: "recovering: 1/2" in r.message))
+        assert first.reason == "SilentDataCorruption" and first.severity is Severity.FATAL
+        assert main(await again.run_canary()).reason == "CanaryPassed"
+    finally:
+        await again.stop()
