@@ -138,12 +138,14 @@ def part_coverage(runner: TensorCoreRunner, rounds: int, budget: Budget) -> dict
 
 def part_injection(runner: TensorCoreRunner, count: int, budget: Budget, seed: int) -> dict[str, Any]:
     rnd = random.Random(seed)
-    sms = runner.devs[0].sms
+    # inject on SM ids the GPU really has (%smid numbering need not be 0..SMs-1)
+    first = runner.infer()
+    ids = sorted(int(x) for x in np.unique(first[f"{sdc.OUT_SMID}@{runner.devs[0].ordinal}"]))
     detected = attributed = right_bit = right_path = not_exercised = 0
     failures: list[str] = []
     done = 0
     while done < count and budget.left() > 0:
-        sm, bit, path = rnd.randrange(sms), rnd.randrange(32), rnd.choice(sdc.PATHS)
+        sm, bit, path = rnd.choice(ids), rnd.randrange(32), rnd.choice(sdc.PATHS)
         inj = sdc.Injection(sm, bit, path)
         out = runner.infer(gpu_fault=inj.text())
         v = sdc.judge_round(out)[0]
@@ -163,6 +165,7 @@ def part_injection(runner: TensorCoreRunner, count: int, budget: Budget, seed: i
         if not (ok_det and ok_sm and ok_bit and ok_path) and len(failures) < 10:
             failures.append(f"inject sm={sm} bit={bit} path={path}: {v.describe()[:300]}")
     res = {
+        "sm_ids_seen": f"{len(ids)} ids, min {ids[0]}, max {ids[-1]}",
         "injections": done,
         "detected": detected,
         "attributed_to_right_sm": attributed,

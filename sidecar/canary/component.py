@@ -804,7 +804,8 @@ class CanaryComponent:
             )
         if partial:
             text = "; ".join(
-                f"GPU {u}: {c}/{n} SMs ran MMA work, not screened this round: {miss[:16]}"
+                f"GPU {u}: {c}/{n} SMs ran MMA work; {n - c} not screened this round"
+                + (f": {miss[:16]}" if miss else "")
                 for u, c, n, miss in partial
             )
             return CheckResult.failed(

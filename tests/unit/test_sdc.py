@@ -85,6 +85,17 @@ def test_skipped_sm_gets_an_extra_launch_and_coverage_is_reported() -> None:
     assert set(np.unique(out["sdc_smid@0"][0])) == set(range(16)) - {3, 9}
 
 
+def test_non_contiguous_sm_ids_are_counted_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """%smid numbering may have gaps (PTX ISA): ids 0, 3, 6 ... 45 are 16 SMs, all covered."""
+    monkeypatch.setenv(sdc.INJECTION_ENV, "1")
+    r = TensorCoreRunner(simulated=(SimulatedTensorCoreDevice(0, 16, id_stride=3),), allow_injection=True)
+    r.load()
+    (v,) = sdc.judge_round(r.infer())
+    assert not v.problem and v.covered == 16 and v.missing_sms == []
+    (v,) = sdc.judge_round(r.infer(gpu_fault="sdc_flip:45:0"))
+    assert v.corrupt and v.bad_sms == [45]
+
+
 def test_injected_flip_is_detected_and_localised_to_gpu_sm_tile_and_bits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -116,7 +127,7 @@ def test_many_mismatches_give_a_bounded_message_with_the_full_count() -> None:
     ("mutate", "needle"),
     [
         (lambda o: o.__setitem__("sdc_smid@0", np.full_like(o["sdc_smid@0"], sdc.NO_SM)), "never ran"),
-        (lambda o: o.__setitem__("sdc_smid@0", np.full_like(o["sdc_smid@0"], 99)), "out of range"),
+        (lambda o: o.__setitem__("sdc_smid@0", np.full_like(o["sdc_smid@0"], 5000)), "out of range"),
         (lambda o: o.__setitem__("sdc_c8@0", o["sdc_c8@0"][:, :3]), "shapes"),
         (lambda o: o.pop("sdc_c16@0"), "missing"),
         (lambda o: o.__setitem__("sdc_meta@0", np.zeros(3, np.uint64)), "metadata"),

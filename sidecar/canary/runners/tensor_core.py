@@ -127,13 +127,20 @@ class SimulatedTensorCoreDevice:
     first launch of a round skips ``skip_sms`` (to exercise the coverage retry)."""
 
     def __init__(
-        self, ordinal: int = 0, sms: int = 16, *, blocks_per_sm: int = 2, skip_sms: tuple[int, ...] = ()
+        self,
+        ordinal: int = 0,
+        sms: int = 16,
+        *,
+        blocks_per_sm: int = 2,
+        skip_sms: tuple[int, ...] = (),
+        id_stride: int = 1,
     ) -> None:
         self.ordinal = ordinal
         self.uuid = f"GPU-00000000-0000-0000-0000-{ordinal:012d}"
         self.sms = sms
         self.blocks = sms * blocks_per_sm
         self.skip_sms = skip_sms
+        self.id_stride = id_stride  # > 1: non-contiguous %smid numbering, as PTX allows
         self.launches = 0
 
     def launch(
@@ -142,7 +149,7 @@ class SimulatedTensorCoreDevice:
         usable = [s for s in range(self.sms) if s not in self.skip_sms] if self.launches == 0 else []
         pool = np.array(usable or list(range(self.sms)), np.uint32)
         self.launches += 1
-        placement = pool[np.arange(inp.blocks) % len(pool)]
+        placement = pool[np.arange(inp.blocks) % len(pool)] * np.uint32(self.id_stride)
         return sdc.fast_simulate_launch(inp, placement, injection)
 
     def close(self) -> None:
