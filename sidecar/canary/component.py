@@ -82,6 +82,7 @@ COND_LATENCY = "canary/latency"
 COND_MEMORY = "canary/worker-memory"
 COND_SDC_COVERAGE = "canary/sdc-coverage"
 COND_DETERMINISM = "canary/determinism"
+COND_SDC_STATE = "canary/sdc-state"
 
 # Minimum canary period. Measured on an H200 next to a bf16 matmul loop: a kernel canary every
 # 1 s cost the busy GPU ~0 %, every 100 ms ~0.3 %, every 10 ms ~2.6 % (context switches between
@@ -750,6 +751,22 @@ class CanaryComponent:
                 self._latency_result(outcome, _Golden({}, KERNEL_TOLERANCE, DEFAULT_KERNEL_BUDGET_MS))
             )
         results.append(self._coverage_result(judged))
+        if self.sdc.problem:  # a finding that cannot be persisted would be forgotten on restart
+            results.append(
+                CheckResult.failed(
+                    COND_SDC_STATE,
+                    "StateFileProblem",
+                    self.sdc.problem,
+                    severity=Severity.WARNING,
+                    gates=GATES,
+                )
+            )
+        elif self.sdc.store is not None:
+            results.append(
+                CheckResult.passed(
+                    COND_SDC_STATE, message=str(self.sdc.store.path), severity=Severity.WARNING, gates=GATES
+                )
+            )
         results.append(await self._memory_result(outcome))
         return results
 

@@ -290,3 +290,17 @@ async def test_a_reboot_since_the_finding_counts_as_a_reset_but_rounds_must_stil
         assert main(await again.run_canary()).reason == "CanaryPassed"
     finally:
         await again.stop()
+
+
+async def test_an_unreadable_sdc_state_file_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / STATE_FILE).write_text("{not json")
+    comp, _, _ = make_tc(tmp_path)
+    await comp.start(Sink())
+    try:
+        res = await until(comp, reason("CanaryPassed"))
+        st = named(res, "canary/sdc-state")
+        assert st.reason == "StateFileProblem" and STATE_FILE in st.message
+        assert st.severity is Severity.WARNING
+    finally:
+        await comp.stop()
