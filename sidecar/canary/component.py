@@ -43,14 +43,7 @@ from sidecar.canary.golden import (
     kernel_expected,
     load_expected,
 )
-from sidecar.canary.protocol import (
-    FAULT_MODES,
-    GPU_FAULTS,
-    SDC_FLIP_PREFIX,
-    FaultSpec,
-    LoadRequest,
-    ProductionSpec,
-)
+from sidecar.canary.protocol import FAULT_MODES, GPU_FAULTS, FaultSpec, LoadRequest, ProductionSpec
 from sidecar.canary.sdc_screen import REASON as SDC_REASON
 from sidecar.canary.sdc_screen import Judged, SdcScreen, TensorCoreConfig, parse_tensor_core
 from sidecar.canary.supervisor import (
@@ -238,7 +231,7 @@ def fault_from_scenario(doc: Mapping[str, Any]) -> FaultSpec:
     if mode not in FAULT_MODES:
         log.warning("scenario canary.mode unknown; using ok", extra={"mode": mode})
         mode = "ok"
-    if gpu_fault not in GPU_FAULTS and not gpu_fault.startswith(SDC_FLIP_PREFIX):
+    if gpu_fault not in GPU_FAULTS:
         log.warning("scenario canary.gpu_fault unknown; using none", extra={"gpu_fault": gpu_fault})
         gpu_fault = "none"
     return FaultSpec(mode=mode, delay_ms=delay, leak_mib=leak, gpu_fault=gpu_fault)
@@ -595,6 +588,12 @@ class CanaryComponent:
                 self.latch.failed()
                 return [self._mismatch_result(f"{self.latch.message}; last round failed: {failure.reason}")]
             return [failure]
+        if outcome.runner == "tensor-core":
+            return await self._judge_sdc(outcome, generation)
+        if self.latch_reason == SDC_REASON and self.latch.holds:
+            # another runner's passing rounds are no evidence about the tensor cores
+            note = f"; only runner tensor-core rounds can clear it (runner is {outcome.runner})"
+            return [self._mismatch_result(self.latch.message + note)]
         return await self._judge(outcome, generation)
 
     def _failure_result(self, outcome: RunOutcome) -> CheckResult:
@@ -642,12 +641,6 @@ class CanaryComponent:
     async def _judge(self, outcome: RunOutcome, generation: int) -> list[CheckResult]:
         sup = self.supervisor
         runner = outcome.runner
-        if runner == "tensor-core":
-            return await self._judge_sdc(outcome, generation)
-        if self.latch_reason == SDC_REASON and self.latch.holds:
-            # another runner's passing rounds are no evidence about the tensor cores
-            note = f"; only runner tensor-core rounds can clear it (runner is {runner})"
-            return [self._mismatch_result(self.latch.message + note)]
         try:
             golden = self._golden(runner)
         except (OSError, ValueError) as exc:

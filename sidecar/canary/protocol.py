@@ -34,9 +34,20 @@ OP_EXIT = "exit"
 # Fault modes the scenario file may set (simulation only). ``gpu_fault`` values are test-only
 # real GPU faults honoured by the CUDA kernel runner when the worker runs with --allow-faults.
 FAULT_MODES = ("ok", "hang", "crash", "wrong", "slow", "leak")
-GPU_FAULTS = ("none", "illegal_address", "spin")
-# Plus ``sdc_flip:<sm>:<bit>[:int8|bf16]`` for the tensor-core runner (see sidecar.canary.sdc).
 SDC_FLIP_PREFIX = "sdc_flip:"
+
+
+class GpuFaultNames(tuple[str, ...]):
+    """The fixed GPU fault names, plus ``sdc_flip:<sm>:<bit>[:int8|bf16]`` (at most 64
+    characters) for the tensor-core runner (see :mod:`sidecar.canary.sdc`)."""
+
+    def __contains__(self, item: object) -> bool:
+        if isinstance(item, str) and item.startswith(SDC_FLIP_PREFIX):
+            return len(item) <= 64
+        return tuple.__contains__(self, item)
+
+
+GPU_FAULTS = GpuFaultNames(("none", "illegal_address", "spin"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -264,3 +264,14 @@ def test_determinism_self_test_compares_bits_then_tolerance_and_hashes_the_engin
     assert det["max_abs_diff"] == pytest.approx(step, rel=0.1, abs=1e-7)
     # the golden is keyed to the engine file: the shipped manifest's sha256 is the file's
     assert det["engine_sha256"] == det["manifest_sha256"] and len(det["engine_sha256"]) == 64
+
+
+def test_scenario_accepts_sdc_flip_faults_but_bounds_them() -> None:
+    from sidecar.canary.component import fault_from_scenario
+
+    assert (
+        fault_from_scenario({"canary": {"gpu_fault": "sdc_flip:3:7:bf16"}}).gpu_fault == "sdc_flip:3:7:bf16"
+    )
+    assert fault_from_scenario({"canary": {"gpu_fault": "sdc_flip:" + "9" * 100}}).gpu_fault == "none"
+    assert fault_from_scenario({"canary": {"gpu_fault": "spin"}}).gpu_fault == "spin"
+    assert fault_from_scenario({"canary": {"gpu_fault": "melt"}}).gpu_fault == "none"
