@@ -744,22 +744,13 @@ class CanaryComponent:
                 self._latency_result(outcome, _Golden({}, KERNEL_TOLERANCE, DEFAULT_KERNEL_BUDGET_MS))
             )
         results.append(self._coverage_result(judged))
-        if self.sdc.problem:  # a finding that cannot be persisted would be forgotten on restart
-            results.append(
-                CheckResult.failed(
-                    COND_SDC_STATE,
-                    "StateFileProblem",
-                    self.sdc.problem,
-                    severity=Severity.WARNING,
-                    gates=GATES,
-                )
-            )
+        # Fail closed: an unreadable state file may hold a finding; an unwritable one would let
+        # a restart forget the next (the store's health lists the state dir: off the loop).
+        problem = await asyncio.to_thread(lambda: self.sdc.problem)
+        if problem:
+            results.append(CheckResult.failed(COND_SDC_STATE, "StateFileProblem", problem, gates=GATES))
         elif self.sdc.store is not None:
-            results.append(
-                CheckResult.passed(
-                    COND_SDC_STATE, message=str(self.sdc.store.path), severity=Severity.WARNING, gates=GATES
-                )
-            )
+            results.append(CheckResult.passed(COND_SDC_STATE, message=str(self.sdc.store.path), gates=GATES))
         results.append(await self._memory_result(outcome))
         return results
 

@@ -292,7 +292,7 @@ async def test_a_reboot_since_the_finding_counts_as_a_reset_but_rounds_must_stil
         await again.stop()
 
 
-async def test_an_unreadable_sdc_state_file_is_reported(tmp_path: Path) -> None:
+async def test_an_unreadable_sdc_state_file_gates_readiness(tmp_path: Path) -> None:
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / STATE_FILE).write_text("{not json")
     comp, _, _ = make_tc(tmp_path)
@@ -301,6 +301,6 @@ async def test_an_unreadable_sdc_state_file_is_reported(tmp_path: Path) -> None:
         res = await until(comp, reason("CanaryPassed"))
         st = named(res, "canary/sdc-state")
         assert st.reason == "StateFileProblem" and STATE_FILE in st.message
-        assert st.severity is Severity.WARNING
+        assert st.severity is Severity.CRITICAL and "readiness" in st.gates  # fail closed
     finally:
         await comp.stop()
