@@ -132,7 +132,8 @@ class SdcScreen:
                 state_dir / STATE_FILE, boot_id=read_boot_id() if boot_id is None else boot_id
             )
             self.store.load()
-        self._last: dict[tuple[str, int], int] = {}  # (uuid, base seed) -> last round judged
+        # uuid -> (base seed, last round judged): one entry per GPU (a new worker, a new seed)
+        self._last: dict[str, tuple[int, int]] = {}
 
     def persisted(self) -> tuple[str, bool] | None:
         """The message of a persisted SDC latch and whether the node rebooted since, or None."""
@@ -158,16 +159,15 @@ class SdcScreen:
                 judged.problems.append(v.describe())
                 self.metrics.rounds.labels(gpu=v.uuid, outcome="invalid").inc()
                 continue
-            key = (v.uuid, v.meta.base_seed)
-            last = self._last.get(key)
-            if last is not None and v.meta.round_no <= last:
+            seed, last = self._last.get(v.uuid, (None, 0))
+            if seed == v.meta.base_seed and v.meta.round_no <= last:
                 judged.problems.append(
                     f"GPU {v.uuid}: round {v.meta.round_no} does not advance past {last}: the same "
                     "inputs would be compared twice"
                 )
                 self.metrics.rounds.labels(gpu=v.uuid, outcome="invalid").inc()
                 continue
-            self._last[key] = v.meta.round_no
+            self._last[v.uuid] = (v.meta.base_seed, v.meta.round_no)
             self._record(v, outputs)
             if v.corrupt:
                 judged.corrupt.append(v)
