@@ -31,6 +31,7 @@ STATE_FILE = "sdc-latches.json"
 LATCH_KIND = "sdc"
 REASON = "SilentDataCorruption"
 MAX_MESSAGE = 2000  # characters of one SDC message (the mismatch count is always in it)
+MAX_GPU_LABELS = 64  # metric series per SDC metric (one per GPU; more is a malformed worker)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,14 @@ class SdcScreen:
             self.store.load()
         # uuid -> (base seed, last round judged): one entry per GPU (a new worker, a new seed)
         self._last: dict[str, tuple[int, int]] = {}
+        self._labels: set[str] = set()
+
+    def _label(self, uuid: str) -> str:
+        """The metric label of a GPU: a worker reporting ever new UUIDs cannot grow the series."""
+        if uuid in self._labels or len(self._labels) < MAX_GPU_LABELS:
+            self._labels.add(uuid)
+            return uuid
+        return "other"
 
     def persisted(self) -> tuple[str, bool] | None:
         """The message of a persisted SDC latch and whether the node rebooted since, or None."""
@@ -157,15 +166,17 @@ class SdcScreen:
         for v in verdicts:
             if v.problem:
                 judged.problems.append(v.describe())
-                self.metrics.rounds.labels(gpu=v.uuid, outcome="invalid").inc()
+                self.metrics.rounds.labels(gpu=self._label(v.uuid), outcome="invalid").inc()
                 continue
+            if v.uuid not in self._last and len(self._last) >= MAX_GPU_LABELS:
+                self._last.clear()  # a malformed worker inventing GPUs: keep the map bounded
             seed, last = self._last.get(v.uuid, (None, 0))
             if seed == v.meta.base_seed and v.meta.round_no <= last:
                 judged.problems.append(
                     f"GPU {v.uuid}: round {v.meta.round_no} does not advance past {last}: the same "
                     "inputs would be compared twice"
                 )
-                self.metrics.rounds.labels(gpu=v.uuid, outcome="invalid").inc()
+                self.metrics.rounds.labels(gpu=self._label(v.uuid), outcome="invalid").inc()
                 continue
             self._last[v.uuid] = (v.meta.base_seed, v.meta.round_no)
             self._record(v, outputs)
@@ -175,16 +186,18 @@ class SdcScreen:
 
     def _record(self, v: sdc.DeviceVerdict, outputs: dict[str, np.ndarray]) -> None:
         m = self.metrics
-        m.sms.labels(gpu=v.uuid).set(v.meta.sms)
-        m.sms_covered.labels(gpu=v.uuid).set(v.covered)
-        m.rounds.labels(gpu=v.uuid, outcome="mismatch" if v.corrupt else "pass").inc()
+        m.sms.labels(gpu=self._label(v.uuid)).set(v.meta.sms)
+        m.sms_covered.labels(gpu=self._label(v.uuid)).set(v.covered)
+        m.rounds.labels(gpu=self._label(v.uuid), outcome="mismatch" if v.corrupt else "pass").inc()
         if v.mismatch_count:
-            m.mismatched_elements.labels(gpu=v.uuid).inc(v.mismatch_count)
+            m.mismatched_elements.labels(gpu=self._label(v.uuid)).inc(v.mismatch_count)
         timing = outputs.get(f"{sdc.OUT_TIME}@{v.ordinal}")
         if timing is not None and timing.size == 2 and np.isfinite(timing).all():
             device_s = float(timing[1])
-            m.round_us.labels(gpu=v.uuid).set(device_s * 1e6)
-            m.sm_seconds_per_hour.labels(gpu=v.uuid).set(v.covered * device_s * 3600.0 / self.interval_s)
+            m.round_us.labels(gpu=self._label(v.uuid)).set(device_s * 1e6)
+            m.sm_seconds_per_hour.labels(gpu=self._label(v.uuid)).set(
+                v.covered * device_s * 3600.0 / self.interval_s
+            )
 
     async def latch(self, judged: Judged) -> None:
         """Persist an SDC latch for every corrupt GPU (atomic write, off the loop)."""
