@@ -6,13 +6,14 @@ Parts (each prints progress; a failing part prints its error and the next one ru
 
 1. ``coverage``: rounds at the default grid; distinct SMs per first launch and per round, extra
    launches needed, per-round cost (input generation, device round trip, CPU golden + compare);
-2. ``injection``: >= 100 rounds with one bit flipped in one SM's result (random SM, bit, path):
+2. ``grid``: first-launch coverage and device time for 1, 2, 4, 8, 16 blocks per SM;
+3. ``injection``: >= 100 rounds with one bit flipped in one SM's result (random SM, bit, path):
    detected, attributed to the right SM, right bit (xor mask), right path;
-3. ``clean``: up to 10,000 clean rounds (time-bounded; the count is reported): false alarms,
+4. ``clean``: up to 10,000 clean rounds (time-bounded; the count is reported): false alarms,
    rounds with incomplete coverage, worst coverage;
-4. ``interference``: a bf16 torch matmul loop in another process, throughput per window,
+5. ``interference``: a bf16 torch matmul loop in another process, throughput per window,
    canary off and on in alternating phases at each period (side by side, one run);
-5. ``wgmma`` (experimental, never in the screen): whether NVRTC builds a Hopper
+6. ``wgmma`` (experimental, never in the screen): whether NVRTC builds a Hopper
    ``wgmma.mma_async`` bf16 kernel and which descriptor variant gives the exact golden.
 
 The JSON written to ``--out`` holds every number and the command line.
@@ -134,6 +135,40 @@ def part_coverage(runner: TensorCoreRunner, rounds: int, budget: Budget) -> dict
     }
     log(f"coverage: {json.dumps(res)}")
     return res
+
+
+def part_grid(ordinal: int, budget: Budget, rounds: int = 60) -> dict[str, Any]:
+    """First-launch coverage and cost per grid size: what ``blocks_per_sm`` should be."""
+    out: dict[str, Any] = {}
+    for bps in (1, 2, 4, 8, 16):
+        if budget.left() < 10:
+            out[str(bps)] = {"error": "budget"}
+            continue
+        r = TensorCoreRunner((ordinal,), blocks_per_sm=bps)
+        r.load()
+        try:
+            sms = r.devs[0].sms
+            first: list[int] = []
+            launches: list[int] = []
+            dev_us: list[float] = []
+            for _ in range(rounds):
+                o = r.infer()
+                smid = o[f"{sdc.OUT_SMID}@{ordinal}"]
+                first.append(len(np.unique(smid[0])))
+                launches.append(int(smid.shape[0]))
+                dev_us.append(r.last_device_s * 1e6)
+            out[str(bps)] = {
+                "blocks": r.devs[0].blocks,
+                "first_launch_full_coverage": sum(1 for f in first if f >= sms),
+                "first_launch_coverage_min": min(first),
+                "rounds": rounds,
+                "max_launches": max(launches),
+                "device_us_p50": pct(dev_us, 50),
+            }
+        finally:
+            r.close()
+        log(f"  grid blocks_per_sm={bps}: {json.dumps(out[str(bps)])}")
+    return out
 
 
 def part_injection(runner: TensorCoreRunner, count: int, budget: Budget, seed: int) -> dict[str, Any]:
@@ -408,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if runner is not None:
         run("coverage", lambda: part_coverage(runner, args.coverage_rounds, budget))
+        if not args.simulate:
+            run("grid", lambda: part_grid(args.device, budget))
         run("injection", lambda: part_injection(runner, args.injections, budget, args.seed))
         run("clean", lambda: part_clean(runner, args.clean_rounds, budget, args.clean_seconds))
         periods = [float(x) for x in args.periods.split(",") if x.strip()]
