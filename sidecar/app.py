@@ -687,7 +687,12 @@ class SidecarApp:
 
             engines_dir = Path(cfg.engines_dir) if cfg.engines_dir else default_engines_dir()
             return CanaryComponent(
-                sec, registry=registry, gpu_state=gpu_state, engines_dir=engines_dir, **common
+                sec,
+                registry=registry,
+                gpu_state=gpu_state,
+                engines_dir=engines_dir,
+                state_dir=Path(cfg.state_dir),  # persisted SDC latches (tensor-core runner)
+                **common,
             )
         if section == "engines":
             from sidecar.engine.component import EngineComponent

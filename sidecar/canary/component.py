@@ -44,6 +44,8 @@ from sidecar.canary.golden import (
     load_expected,
 )
 from sidecar.canary.protocol import FAULT_MODES, GPU_FAULTS, FaultSpec, LoadRequest, ProductionSpec
+from sidecar.canary.sdc_screen import REASON as SDC_REASON
+from sidecar.canary.sdc_screen import Judged, SdcScreen, TensorCoreConfig, parse_tensor_core
 from sidecar.canary.supervisor import (
     CanaryMetrics,
     CanarySupervisor,
@@ -67,11 +69,14 @@ from sidecar.scenario import ScenarioFile
 
 log = logging.getLogger(__name__)
 
-RUNNERS = ("auto", "onnxruntime", "cuda-kernel", "tensorrt")
+RUNNERS = ("auto", "onnxruntime", "cuda-kernel", "tensorrt", "tensor-core")
 GATES = frozenset({SERVICE_READINESS, SERVICE_CANARY})
 CHECK_NAME = "canary"
 COND_LATENCY = "canary/latency"
 COND_MEMORY = "canary/worker-memory"
+COND_SDC_COVERAGE = "canary/sdc-coverage"
+COND_DETERMINISM = "canary/determinism"
+COND_SDC_STATE = "canary/sdc-state"
 
 # Minimum canary period. Measured on an H200 next to a bf16 matmul loop: a kernel canary every
 # 1 s cost the busy GPU ~0 %, every 100 ms ~0.3 %, every 10 ms ~2.6 % (context switches between
@@ -82,6 +87,7 @@ FAST_MIN_INTERVAL_S = 0.01
 # Under MPS a fault in one client reaches every client of that GPU, so the canary is rarer.
 MPS_MIN_INTERVAL_S = 60.0
 DEFAULT_KERNEL_BUDGET_MS = 100.0
+STATE_NOTE = "the state directory; cleared only after a GPU reset and passing rounds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +124,11 @@ class CanaryConfig:
     mps_min_interval_s: float = MPS_MIN_INTERVAL_S
     rss_growth_warn_mib: float = 256.0
     worker_max_rss_mib: float = 4096.0
+    tensor_core: TensorCoreConfig = dataclasses.field(default_factory=TensorCoreConfig)
+    determinism_check: bool = True
 
 
-def parse_canary_config(sec: Section) -> CanaryConfig:
+def parse_canary_config(sec: Section, env: Mapping[str, str] | None = None) -> CanaryConfig:
     """Read the ``canary:`` section; every bad field is recorded on ``sec`` by name.
 
     ``interval`` below 1 s is an error unless ``allow_fast_interval: true``: a canary's cost to
@@ -173,6 +181,8 @@ def parse_canary_config(sec: Section) -> CanaryConfig:
     mps_min = sec.duration("mps_min_interval", d.mps_min_interval_s, minimum=MIN_INTERVAL_S)
     growth = sec.number("rss_growth_warn_mib", d.rss_growth_warn_mib, minimum=0.0)
     max_rss = sec.number("worker_max_rss_mib", d.worker_max_rss_mib, minimum=1.0)
+    tensor_core = parse_tensor_core(sec.sub("tensor_core"), dict(os.environ if env is None else env))
+    determinism = sec.flag("determinism_check", d.determinism_check)
     sec.reject_unknown()
     return CanaryConfig(
         enabled=enabled,
@@ -198,6 +208,8 @@ def parse_canary_config(sec: Section) -> CanaryConfig:
         mps_min_interval_s=mps_min,
         rss_growth_warn_mib=growth,
         worker_max_rss_mib=max_rss,
+        tensor_core=tensor_core,
+        determinism_check=determinism,
     )
 
 
@@ -245,6 +257,9 @@ class MismatchLatch:
         self.message = ""
 
     def observe_generation(self, generation: int) -> None:
+        if self.latched and self.generation is None:  # restored from disk: a later reset clears
+            self.generation = generation
+            return
         if self.latched and self.generation is not None and generation != self.generation:
             self.latched = False
             self.recovering = True
@@ -256,6 +271,10 @@ class MismatchLatch:
         self.passes = 0
         self.generation = generation
         self.message = message
+
+    def failed(self) -> None:
+        """A round that could not be judged while recovering: the passes must be consecutive."""
+        self.passes = 0
 
     def passed(self) -> None:
         if self.recovering:
@@ -317,6 +336,7 @@ class CanaryComponent:
         engines_dir: Path,
         python: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        state_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.simulate = simulate
@@ -347,6 +367,10 @@ class CanaryComponent:
             allow_engine_host_code=config.allow_engine_host_code,
             devices=config.devices,
             warmup_runs=config.warmup_runs,
+            tc_blocks_per_sm=config.tensor_core.blocks_per_sm,
+            tc_allow_injection=config.tensor_core.allow_fault_injection,
+            tc_simulated_sms=config.tensor_core.simulated_sms,
+            determinism_check=config.determinism_check,
         )
         settings = SupervisorSettings(
             timeout_s=config.timeout_s,
@@ -360,6 +384,17 @@ class CanaryComponent:
             settings = dataclasses.replace(settings, python=python)
         self.supervisor = CanarySupervisor(self.load_request, settings, self.metrics, clock=clock)
         self.latch = MismatchLatch(config.recovery_passes)
+        self.latch_reason = "CanaryMismatch"
+        self.sdc = SdcScreen(registry, interval_s=self.interval_s, state_dir=state_dir)
+        restored = self.sdc.persisted()
+        if restored is not None:  # a silent-data-corruption finding survives restarts
+            text, rebooted = restored
+            self.latch.mismatch(0, f"{text} (persisted in {STATE_NOTE})")
+            self.latch.generation = None
+            self.latch_reason = SDC_REASON
+            if rebooted:  # a reboot resets the GPU: evidence, but passing rounds are still due
+                self.latch.latched = False
+                self.latch.recovering = True
         self.production_latch = MismatchLatch(config.recovery_passes)
         self.production_released = False
         self.last_pass_at: float | None = None
@@ -555,7 +590,17 @@ class CanaryComponent:
         outcome = await sup.run(self._fault())
         if not outcome.ok:
             self._wake.set()  # let the keeper restart a dead worker without waiting
-            return [self._failure_result(outcome)]
+            failure = self._failure_result(outcome)
+            if self.latch.holds:  # no passing round: recovery starts over, the finding stays
+                self.latch.failed()
+                return [self._mismatch_result(f"{self.latch.message}; last round failed: {failure.reason}")]
+            return [failure]
+        if outcome.runner == "tensor-core":
+            return await self._judge_sdc(outcome, generation)
+        if self.latch_reason == SDC_REASON and self.latch.holds:
+            # another runner's passing rounds are no evidence about the tensor cores
+            note = f"; only runner tensor-core rounds can clear it (runner is {outcome.runner})"
+            return [self._mismatch_result(self.latch.message + note)]
         return await self._judge(outcome, generation)
 
     def _failure_result(self, outcome: RunOutcome) -> CheckResult:
@@ -581,6 +626,12 @@ class CanaryComponent:
                 f"{message}; GPU reset seen, recovering: {self.latch.passes}/"
                 f"{self.latch.recovery_passes} matching canaries"
             )
+        elif self.latch_reason == SDC_REASON:
+            kept = "; persisted across restarts" if self.sdc.store is not None else ""
+            message = (
+                f"{message} (silent data corruption: sticky until a GPU reset is observed and "
+                f"{self.latch.recovery_passes} rounds pass{kept})"
+            )
         else:
             message = (
                 f"{message} (possible silent data corruption; sticky until a GPU reset "
@@ -588,7 +639,7 @@ class CanaryComponent:
             )
         return self._result(
             CheckStatus.FAIL,
-            "CanaryMismatch",
+            self.latch_reason,
             message,
             severity=Severity.FATAL,
             labels={"runner": self.supervisor.runner},
@@ -636,10 +687,141 @@ class CanaryComponent:
                     )
                 )
             results.append(self._latency_result(outcome, golden))
+        det = self._determinism_result(golden)
+        if det is not None:
+            results.append(det)
         results.append(await self._memory_result(outcome))
         if self.load_request.production is not None:
             results.extend(await self._production_results(outcome, generation))
         return results
+
+    async def _judge_sdc(self, outcome: RunOutcome, generation: int) -> list[CheckResult]:
+        """A tensor-core round: golden recomputed here from the reported seed, bit-exact."""
+        judged: Judged = await self.sdc.judge(outcome.outputs)
+        results: list[CheckResult] = []
+        if judged.corrupt:
+            self.metrics.results.labels(outcome="mismatch").inc()
+            msg = judged.sdc_message()
+            self.latch.mismatch(generation, msg)
+            self.latch_reason = SDC_REASON
+            await self.sdc.latch(judged)
+            log.error(
+                "tensor-core canary: silent data corruption",
+                extra={
+                    "gpus": [v.uuid for v in judged.corrupt],
+                    "sms": [v.bad_sms[:16] for v in judged.corrupt],
+                    "elements": sum(v.mismatch_count for v in judged.corrupt),
+                    "detail": msg[:500],
+                },
+            )
+            results.append(self._mismatch_result(msg))
+        elif judged.problems:
+            # Not evidence of corruption, but no evidence of health either: fail closed.
+            self.metrics.results.labels(outcome="error").inc()
+            text = "; ".join(judged.problems)[:1000]
+            results.append(
+                self._result(
+                    CheckStatus.FAIL, "TensorCoreRoundInvalid", text, labels={"runner": outcome.runner}
+                )
+            )
+        else:
+            self.metrics.results.labels(outcome="pass").inc()
+            held = self.latch.holds
+            self.latch.passed()
+            if self.latch.holds:
+                results.append(self._mismatch_result(self.latch.message))
+            else:
+                if held:
+                    await self.sdc.clear()
+                    self.latch_reason = "CanaryMismatch"
+                    log.warning("tensor-core canary: SDC latch cleared after a GPU reset and passing rounds")
+                self.last_pass_at = self.clock()
+                self.passes += 1
+                cov = ", ".join(f"{u} {c}/{n} SMs" for u, c, n, _ in judged.coverage())
+                results.append(
+                    self._result(
+                        CheckStatus.OK,
+                        "CanaryPassed",
+                        f"tensor-core int8+bf16 MMA results bit-exact on {cov}, "
+                        f"{outcome.latency_s * 1e3:.3f} ms",
+                        labels={"runner": outcome.runner},
+                        value=outcome.latency_s,
+                    )
+                )
+            results.append(
+                self._latency_result(outcome, _Golden({}, KERNEL_TOLERANCE, DEFAULT_KERNEL_BUDGET_MS))
+            )
+        results.append(self._coverage_result(judged))
+        # Fail closed: an unreadable state file may hold a finding; an unwritable one would let
+        # a restart forget the next (the store's health lists the state dir: off the loop).
+        problem = await asyncio.to_thread(lambda: self.sdc.problem)
+        if problem:
+            results.append(CheckResult.failed(COND_SDC_STATE, "StateFileProblem", problem, gates=GATES))
+        elif self.sdc.store is not None:
+            results.append(CheckResult.passed(COND_SDC_STATE, message=str(self.sdc.store.path), gates=GATES))
+        results.append(await self._memory_result(outcome))
+        return results
+
+    def _determinism_result(self, golden: _Golden) -> CheckResult | None:
+        """The worker's load-time self-test: two runs on one input, compared bit for bit, and
+        the engine file's sha256 against the one the golden was recorded for."""
+        det = self.supervisor.determinism
+        if det is None:
+            return None
+        want, got = det.get("manifest_sha256"), det.get("engine_sha256")
+        if want and got and want != got:
+            return CheckResult.failed(
+                COND_DETERMINISM,
+                "GoldenEngineMismatch",
+                f"engine file sha256 {str(got)[:16]}... is not the {str(want)[:16]}... the golden "
+                "outputs were recorded for (TensorRT builds are not bit-identical)",
+                gates=GATES,
+            )
+        key = f"golden keyed to engine sha256 {str(want)[:16]}..." if want else "golden not keyed (no sha256)"
+        if det.get("bitwise"):
+            return CheckResult.passed(
+                COND_DETERMINISM,
+                message=f"two runs on one input are bit-identical; {key}",
+                severity=Severity.WARNING,
+                gates=GATES,
+            )
+        worst = float(det.get("max_abs_diff") or 0.0)
+        tol = golden.tolerance
+        within = "within" if det.get("within_tolerance") else "BEYOND"
+        text = (
+            f"two runs on one input differ bitwise (max abs difference {worst:.3g}); {within} "
+            f"the golden tolerance atol {tol.atol:g} rtol {tol.rtol:g}; {key}"
+        )
+        return CheckResult.failed(
+            COND_DETERMINISM,
+            "CanaryNondeterministic",
+            text,
+            severity=Severity.WARNING,
+            gates=GATES,
+        )
+
+    def _coverage_result(self, judged: Judged) -> CheckResult:
+        cov = judged.coverage()
+        partial = [(u, c, n, miss) for u, c, n, miss in cov if c < n]
+        if not cov:
+            return CheckResult.unknown(
+                COND_SDC_COVERAGE,
+                "NoValidRound",
+                "no valid tensor-core round",
+                severity=Severity.WARNING,
+                gates=GATES,
+            )
+        if partial:
+            text = "; ".join(
+                f"GPU {u}: {c}/{n} SMs ran MMA work; {n - c} not screened this round"
+                + (f": {miss[:16]}" if miss else "")
+                for u, c, n, miss in partial
+            )
+            return CheckResult.failed(
+                COND_SDC_COVERAGE, "SdcCoverageIncomplete", text, severity=Severity.WARNING, gates=GATES
+            )
+        text = "; ".join(f"GPU {u}: {c}/{n} SMs" for u, c, n, _ in cov)
+        return CheckResult.passed(COND_SDC_COVERAGE, message=text, severity=Severity.WARNING, gates=GATES)
 
     def _latency_result(self, outcome: RunOutcome, golden: _Golden) -> CheckResult:
         budget = self.config.latency_budget_ms or golden.budget_ms

@@ -34,7 +34,20 @@ OP_EXIT = "exit"
 # Fault modes the scenario file may set (simulation only). ``gpu_fault`` values are test-only
 # real GPU faults honoured by the CUDA kernel runner when the worker runs with --allow-faults.
 FAULT_MODES = ("ok", "hang", "crash", "wrong", "slow", "leak")
-GPU_FAULTS = ("none", "illegal_address", "spin")
+SDC_FLIP_PREFIX = "sdc_flip:"
+
+
+class GpuFaultNames(tuple[str, ...]):
+    """The fixed GPU fault names, plus ``sdc_flip:<sm>:<bit>[:int8|bf16]`` (at most 64
+    characters) for the tensor-core runner (see :mod:`sidecar.canary.sdc`)."""
+
+    def __contains__(self, item: object) -> bool:
+        if isinstance(item, str) and item.startswith(SDC_FLIP_PREFIX):
+            return len(item) <= 64
+        return tuple.__contains__(self, item)
+
+
+GPU_FAULTS = GpuFaultNames(("none", "illegal_address", "spin"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +124,11 @@ class LoadRequest:
     allow_engine_host_code: bool = False
     devices: tuple[int, ...] = ()  # CUDA ordinals for the kernel canary; () = all visible
     warmup_runs: int = 2
+    # tensor-core SDC canary (runner tensor-core): grid, test-only injection, numpy model
+    tc_blocks_per_sm: int = 8
+    tc_allow_injection: bool = False
+    tc_simulated_sms: int = 0  # > 0: the numpy model of the kernel (simulation only)
+    determinism_check: bool = True  # onnxruntime / tensorrt: run twice at load, compare bits
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -129,6 +147,10 @@ class LoadRequest:
             allow_engine_host_code=bool(raw.get("allow_engine_host_code", False)),
             devices=tuple(int(d) for d in raw.get("devices") or ()),
             warmup_runs=int(raw.get("warmup_runs", 2)),
+            tc_blocks_per_sm=int(raw.get("tc_blocks_per_sm", 8)),
+            tc_allow_injection=bool(raw.get("tc_allow_injection", False)),
+            tc_simulated_sms=int(raw.get("tc_simulated_sms", 0)),
+            determinism_check=bool(raw.get("determinism_check", True)),
         )
 
 

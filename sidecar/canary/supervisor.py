@@ -158,6 +158,7 @@ class CanarySupervisor:
         self.loading = False
         self.runner = ""
         self.detail = ""
+        self.determinism: dict[str, Any] | None = None  # the worker's load-time self-test
         self.first_canary_pending = False
         self.failures = 0  # consecutive deaths / load failures (drives the backoff)
         self.not_before = 0.0
@@ -231,6 +232,8 @@ class CanarySupervisor:
         self.first_canary_pending = True
         self.runner = str(reply.get("runner", ""))
         self.detail = str(reply.get("detail", ""))
+        det = reply.get("determinism")
+        self.determinism = dict(det) if isinstance(det, dict) else None
         self.rss_baseline = None
         self.metrics.worker_startup.set(self.clock() - t0)
         self._record_memory(reply)

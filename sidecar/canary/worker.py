@@ -135,6 +135,18 @@ def build_runner(req: LoadRequest, kind: str) -> Runner:
         from sidecar.canary.runners.cuda_kernel import CudaKernelRunner
 
         return CudaKernelRunner(req.devices)
+    if kind == "tensor-core":
+        from sidecar.canary.runners.tensor_core import SimulatedTensorCoreDevice, TensorCoreRunner
+
+        sim: tuple[SimulatedTensorCoreDevice, ...] = ()
+        if req.tc_simulated_sms > 0:
+            sim = (SimulatedTensorCoreDevice(0, req.tc_simulated_sms, blocks_per_sm=req.tc_blocks_per_sm),)
+        return TensorCoreRunner(
+            req.devices,
+            blocks_per_sm=req.tc_blocks_per_sm,
+            allow_injection=req.tc_allow_injection,
+            simulated=sim,
+        )
     if kind == "tensorrt":
         from sidecar.canary.runners.tensorrt_runner import TensorRTRunner
 
@@ -215,8 +227,16 @@ class Worker:
         t0 = time.perf_counter()
         self.memory.mark()
         self.warmup_runs = req.warmup_runs
+        determinism: dict[str, Any] | None = None
         try:
+            if req.tc_simulated_sms > 0 and not self.allow_faults:
+                raise RunnerError(
+                    "CanaryConfigInvalid",
+                    "tensor_core.simulated_sms (the numpy model of the GPU) is refused outside simulation",
+                )
             self.runner, detail = choose_and_load(req)
+            if req.determinism_check and self.runner.name in ("onnxruntime", "tensorrt"):
+                determinism = determinism_self_test(self.runner, req)
             self.runner_name = self.runner.name
             prod_detail = ""
             if req.production is not None:
@@ -246,6 +266,7 @@ class Worker:
                 "production_detail": prod_detail,
                 "load_s": time.perf_counter() - t0,
                 "gpu_memory_bytes": self.memory.own(),
+                "determinism": determinism,
             }
         )
 
@@ -315,6 +336,57 @@ class Worker:
         elif fault.mode == "leak":
             chunk = np.ones(max(1, int(fault.leak_mib * _MIB)), dtype=np.uint8)  # touched pages
             self.leaked.append(chunk)
+
+
+def determinism_self_test(runner: Runner, req: LoadRequest) -> dict[str, Any]:
+    """Run the canary twice on the same input; report whether the outputs are bit-identical,
+    the largest difference otherwise, and the sha256 of the engine file the golden belongs to
+    (TensorRT builds are not bit-identical across builds: a golden is valid for one file)."""
+    first = runner.infer()
+    second = runner.infer()
+    bitwise = set(first) == set(second) and all(
+        first[k].shape == second[k].shape and first[k].tobytes() == second[k].tobytes() for k in first
+    )
+    path = req.tensorrt_manifest if runner.name == "tensorrt" else req.manifest
+    try:
+        m = load_manifest(Path(path)) if path else None
+    except Exception:  # the runner loaded it already; a failure here only loses the hash
+        m = None
+    atol, rtol = (m.tolerance.atol, m.tolerance.rtol) if m is not None else (0.0, 0.0)
+    worst = 0.0
+    within = set(first) == set(second)
+    for k in set(first) & set(second):
+        if first[k].shape != second[k].shape:
+            within = False
+            continue
+        a, b = first[k].astype(np.float64), second[k].astype(np.float64)
+        if a.size:
+            diff = np.nan_to_num(np.abs(a - b), nan=np.inf)
+            worst = max(worst, float(diff.max()))
+            within = within and bool((diff <= atol + rtol * np.abs(a)).all())
+    out: dict[str, Any] = {
+        "runner": runner.name,
+        "bitwise": bitwise,
+        "max_abs_diff": worst,
+        "within_tolerance": within,
+    }
+    if m is not None:
+        out["manifest_sha256"] = m.sha256
+        out["engine_sha256"] = _sha256(m.path)
+    return out
+
+
+def _sha256(path: Path) -> str | None:
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 def _perturb(arr: np.ndarray) -> np.ndarray:
