@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -55,6 +56,7 @@ from sidecar.canary.supervisor import (
 )
 from sidecar.checks.base import Check, GpuStateView, ResultSink
 from sidecar.configfields import Section
+from sidecar.consistency import DigestGauge, DigestKey, output_digest
 from sidecar.engine.manifest import EngineManifest, Tolerance, load_manifest
 from sidecar.model import (
     SERVICE_CANARY,
@@ -68,6 +70,19 @@ from sidecar.safeload import short_repr
 from sidecar.scenario import ScenarioFile
 
 log = logging.getLogger(__name__)
+
+KERNEL_INPUT_ID = "cuda-kernel-v1"  # the kernel canary's input is fixed in its source
+
+
+def _files_digest(paths: Mapping[str, Path]) -> str:
+    """sha256 (16 hex digits) over the named files' bytes, in name order (the golden input)."""
+    h = hashlib.sha256()
+    for name in sorted(paths):
+        h.update(name.encode() + b"\0")
+        with open(paths[name], "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 RUNNERS = ("auto", "onnxruntime", "cuda-kernel", "tensorrt", "tensor-core")
 GATES = frozenset({SERVICE_READINESS, SERVICE_CANARY})
@@ -294,6 +309,10 @@ class _Golden:
     expected: dict[str, np.ndarray]
     tolerance: Tolerance
     budget_ms: float | None
+    # the replica-consistency key's parts that come from the canary's own files
+    engine_sha256: str = ""
+    tensorrt_version: str = ""
+    input_sha256: str = ""
 
 
 class CanaryCheck:
@@ -405,6 +424,7 @@ class CanaryComponent:
         self._wake = asyncio.Event()
         self._stopping = False
         self._goldens: dict[str, _Golden] = {}
+        self.digests = DigestGauge(registry)
         if simulate and scenario is not None:
             scenario.subscribe(self._on_scenario)
 
@@ -539,11 +559,23 @@ class CanaryComponent:
         if cached is not None:
             return cached
         if runner == "cuda-kernel":
-            golden = _Golden({"y": kernel_expected()}, KERNEL_TOLERANCE, DEFAULT_KERNEL_BUDGET_MS)
+            golden = _Golden(
+                {"y": kernel_expected()},
+                KERNEL_TOLERANCE,
+                DEFAULT_KERNEL_BUDGET_MS,
+                input_sha256=KERNEL_INPUT_ID,
+            )
         else:
             path = self.trt_manifest_path if runner == "tensorrt" else self.manifest_path
             m = load_manifest(path)
-            golden = _Golden(load_expected(m), m.tolerance, m.latency_budget_ms)
+            golden = _Golden(
+                load_expected(m),
+                m.tolerance,
+                m.latency_budget_ms,
+                engine_sha256=m.sha256 or "",
+                tensorrt_version=m.tensorrt_version or "",
+                input_sha256=_files_digest(m.golden_input_paths()),
+            )
         self._goldens[runner] = golden
         return golden
 
@@ -675,6 +707,7 @@ class CanaryComponent:
             else:
                 self.last_pass_at = self.clock()
                 self.passes += 1
+                digest = self._publish_digest(runner, golden, outcome.outputs)
                 results.append(
                     self._result(
                         CheckStatus.OK,
@@ -682,7 +715,7 @@ class CanaryComponent:
                         f"{sup.detail}: output matches golden (max abs error "
                         f"{cmp.max_abs_error:.3g}), {outcome.latency_s * 1e3:.3f} ms",
                         severity=Severity.CRITICAL,
-                        labels={"runner": runner},
+                        labels={"runner": runner, "digest": digest},
                         value=outcome.latency_s,
                     )
                 )
@@ -694,6 +727,24 @@ class CanaryComponent:
         if self.load_request.production is not None:
             results.extend(await self._production_results(outcome, generation))
         return results
+
+    def _publish_digest(self, runner: str, golden: _Golden, outputs: Mapping[str, np.ndarray]) -> str:
+        """The exact output's digest, exported with its consistency key (replica comparison,
+        docs/trends.md); returned for the result's labels."""
+        identity_fn = getattr(self.gpu_state, "identity", None)
+        identity: Mapping[str, str] = identity_fn() if identity_fn is not None else {}
+        key = DigestKey(
+            runner=runner,
+            engine_sha256=golden.engine_sha256,
+            gpu_model=identity.get("gpu_model", ""),
+            driver_version=identity.get("driver_version", ""),
+            cuda_version=identity.get("cuda_version", ""),
+            tensorrt_version=golden.tensorrt_version,
+            input_sha256=golden.input_sha256,
+        )
+        digest = output_digest(outputs)
+        self.digests.publish(key, digest)
+        return digest
 
     async def _judge_sdc(self, outcome: RunOutcome, generation: int) -> list[CheckResult]:
         """A tensor-core round: golden recomputed here from the reported seed, bit-exact."""
