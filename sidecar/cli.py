@@ -53,6 +53,22 @@ def _status_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="the /healthz JSON document")
 
 
+def _peers_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "peers",
+        help="compare this sidecar's canary digest with its peers' (diagnostics RPC on each)",
+    )
+    p.add_argument(
+        "--addr",
+        default=f"localhost:{defaults.GRPC_PORT}",
+        metavar="HOST:PORT",
+        help="this sidecar (default: %(default)s)",
+    )
+    p.add_argument("peers", nargs="+", metavar="PEER", help="HOST:PORT of a peer sidecar (at most 64)")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds per sidecar")
+    p.add_argument("--json", action="store_true", help="the verdict as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trt-health-sidecar",
@@ -61,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve_parser(sub)
+    _peers_parser(sub)
     sub.add_parser("probe", help="grpc_health_probe drop-in (same flags and exit codes)", add_help=False)
     _status_parser(sub)
     try:
@@ -155,6 +172,78 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _canary_labels(target: str, timeout: float) -> dict[str, str]:
+    """The labels of a sidecar's ``canary`` condition (its digest and consistency key)."""
+    import grpc
+
+    from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
+
+    address = target if not target.startswith(":") else f"localhost{target}"
+    with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        stub = diagnostics_pb2_grpc.DiagnosticsStub(channel)
+        resp = stub.GetConditions(diagnostics_pb2.ConditionsRequest(prefix="canary"), timeout=timeout)
+    for c in resp.conditions:
+        if c.name == "canary":
+            return dict(c.labels)
+    return {}
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    """Exit 0: agrees with (or cannot be compared to) its peers; 4: an outlier; 2/3: this
+    sidecar could not be asked. Peers that cannot be asked are listed, never counted."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from sidecar.consistency import PeerReport, compare_with_peers, report_from_labels
+    from sidecar.errors import PROBE_CONNECTION_FAILURE, PROBE_RPC_FAILURE, PROBE_UNHEALTHY
+
+    if len(args.peers) > 64:
+        print("error: at most 64 peers", file=sys.stderr)
+        return 1
+    try:
+        own = report_from_labels(args.addr, _canary_labels(args.addr, args.timeout))
+    except grpc.RpcError as exc:
+        code = exc.code()
+        print(f"error: {args.addr}: {code.name}: {exc.details()}", file=sys.stderr)
+        return PROBE_CONNECTION_FAILURE if code is grpc.StatusCode.UNAVAILABLE else PROBE_RPC_FAILURE
+    if own.key is None:
+        print(f"error: {args.addr}: {own.error}", file=sys.stderr)
+        return PROBE_RPC_FAILURE
+
+    def ask(peer: str) -> PeerReport:
+        try:
+            return report_from_labels(peer, _canary_labels(peer, args.timeout))
+        except grpc.RpcError as exc:
+            return PeerReport(peer, error=exc.code().name)
+
+    with ThreadPoolExecutor(max_workers=min(16, len(args.peers))) as pool:
+        reports = list(pool.map(ask, args.peers))
+    verdict = compare_with_peers(own.key, own.digest, reports)
+    doc = {
+        "digest": own.digest,
+        "key": own.key.labels(),
+        "comparable": verdict.comparable,
+        "agreeing": verdict.agreeing,
+        "agreement": round(verdict.agreement, 4),
+        "majority_digest": verdict.majority_digest,
+        "outlier": verdict.outlier,
+        "skipped": list(verdict.skipped),
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        state = "OUTLIER" if verdict.outlier else "consistent"
+        print(
+            f"{args.addr}: digest {own.digest}, {verdict.agreeing} of {verdict.comparable} comparable "
+            f"peers agree (majority {verdict.majority_digest}): {state}"
+        )
+        for line in verdict.skipped:
+            print(f"  skipped {line}")
+    return PROBE_UNHEALTHY if verdict.outlier else 0
+
+
 def render_status(resp: Any) -> str:
     """Human table: services, then conditions with reason and message."""
     import time
@@ -223,6 +312,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return cmd_serve(args)
     if args.command == "status":
         return cmd_status(args)
+    if args.command == "peers":
+        return cmd_peers(args)
     if args.command == "engine":
         from sidecar.engine.commands import run_engine_command
 

@@ -135,3 +135,11 @@ class DigestGauge:
         if self.current is not None:
             self.gauge.remove(*self.current)
             self.current = None
+
+
+def report_from_labels(address: str, labels: Mapping[str, str]) -> PeerReport:
+    """A peer's report from the labels of its ``canary`` condition (Diagnostics RPC)."""
+    digest = labels.get("digest", "")
+    if not digest:
+        return PeerReport(address, error="no canary digest yet")
+    return PeerReport(address, DigestKey(**{k: labels.get(k, "") for k in LABELS}), digest)

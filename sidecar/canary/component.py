@@ -707,7 +707,7 @@ class CanaryComponent:
             else:
                 self.last_pass_at = self.clock()
                 self.passes += 1
-                digest = self._publish_digest(runner, golden, outcome.outputs)
+                key, digest = self._publish_digest(runner, golden, outcome.outputs)
                 results.append(
                     self._result(
                         CheckStatus.OK,
@@ -715,7 +715,7 @@ class CanaryComponent:
                         f"{sup.detail}: output matches golden (max abs error "
                         f"{cmp.max_abs_error:.3g}), {outcome.latency_s * 1e3:.3f} ms",
                         severity=Severity.CRITICAL,
-                        labels={"runner": runner, "digest": digest},
+                        labels={**key.labels(), "digest": digest},
                         value=outcome.latency_s,
                     )
                 )
@@ -728,9 +728,11 @@ class CanaryComponent:
             results.extend(await self._production_results(outcome, generation))
         return results
 
-    def _publish_digest(self, runner: str, golden: _Golden, outputs: Mapping[str, np.ndarray]) -> str:
+    def _publish_digest(
+        self, runner: str, golden: _Golden, outputs: Mapping[str, np.ndarray]
+    ) -> tuple[DigestKey, str]:
         """The exact output's digest, exported with its consistency key (replica comparison,
-        docs/trends.md); returned for the result's labels."""
+        docs/trends.md); both are returned for the result's labels (what a peer reads)."""
         identity_fn = getattr(self.gpu_state, "identity", None)
         identity: Mapping[str, str] = identity_fn() if identity_fn is not None else {}
         key = DigestKey(
@@ -744,7 +746,7 @@ class CanaryComponent:
         )
         digest = output_digest(outputs)
         self.digests.publish(key, digest)
-        return digest
+        return key, digest
 
     async def _judge_sdc(self, outcome: RunOutcome, generation: int) -> list[CheckResult]:
         """A tensor-core round: golden recomputed here from the reported seed, bit-exact."""

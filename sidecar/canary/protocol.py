@@ -33,7 +33,7 @@ OP_EXIT = "exit"
 
 # Fault modes the scenario file may set (simulation only). ``gpu_fault`` values are test-only
 # real GPU faults honoured by the CUDA kernel runner when the worker runs with --allow-faults.
-FAULT_MODES = ("ok", "hang", "crash", "wrong", "slow", "leak")
+FAULT_MODES = ("ok", "hang", "crash", "wrong", "drift", "slow", "leak")
 SDC_FLIP_PREFIX = "sdc_flip:"
 
 

@@ -311,6 +311,8 @@ class Worker:
             return
         if fault is not None and fault.mode == "wrong":
             outputs = {k: _perturb(v) for k, v in outputs.items()}
+        elif fault is not None and fault.mode == "drift":
+            outputs = {k: _flip_lowest_bit(v) for k, v in outputs.items()}
         reply: dict[str, Any] = {
             "op": "run",
             "ok": True,
@@ -395,6 +397,17 @@ def _perturb(arr: np.ndarray) -> np.ndarray:
     if out.size:
         flat = out.reshape(-1)
         flat[0] = flat[0] + (abs(flat[0]) * 0.5 + 1)
+    return out
+
+
+def _flip_lowest_bit(arr: np.ndarray) -> np.ndarray:
+    """A corruption the golden's tolerance cannot see: the lowest bit of one element flipped
+    (the exact digest changes, the comparison within tolerance passes): what replica
+    consistency (docs/trends.md) exists to catch."""
+    out = np.array(arr, copy=True)
+    if out.size and out.dtype.itemsize in (1, 2, 4, 8):
+        view = out.reshape(-1).view(np.dtype(f"u{out.dtype.itemsize}"))
+        view[0] ^= 1
     return out
 
 
