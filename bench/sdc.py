@@ -346,9 +346,9 @@ def part_interference(
 
 
 def part_wgmma(ordinal: int, sms: int) -> dict[str, Any]:
-    from bench.sdc_wgmma import run_wgmma
+    from bench.sdc_wgmma import run_isolated
 
-    res = run_wgmma(ordinal, sms)
+    res = run_isolated(ordinal, sms)
     log(f"wgmma (experimental, not in the screen): {json.dumps(res)}")
     return res
 

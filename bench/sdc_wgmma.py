@@ -33,11 +33,15 @@ extern "C" __global__ void __launch_bounds__(128) wg_canary(
     float* __restrict__ c, unsigned* __restrict__ smid,
     int a_lbo, int a_sbo, int b_lbo, int b_sbo)
 {
-    __shared__ __align__(256) unsigned short sA[64 * 16];
-    __shared__ __align__(256) unsigned short sB[8 * 16];
+    /* Padded to 4 KB each and zeroed: a descriptor read the wrong way stays inside shared
+       memory (a wrong answer to report, not an illegal address). */
+    __shared__ __align__(256) unsigned short sA[2048];
+    __shared__ __align__(256) unsigned short sB[2048];
     const int blk = blockIdx.x, tid = threadIdx.x;
     const unsigned short* A = a + blk * 64 * 16;
     const unsigned short* B = bt + blk * 8 * 16;
+    for (int i = tid; i < 2048; i += 128) { sA[i] = 0; sB[i] = 0; }
+    __syncthreads();
     for (int i = tid; i < 64 * 16; i += 128) {
         int m = i / 16, k = i % 16;
         sA[((m / 8) * 2 + (k / 8)) * 64 + (m % 8) * 8 + (k % 8)] = A[i];
@@ -95,8 +99,40 @@ def compile_wgmma(nvrtc: Any) -> tuple[bytes | None, str]:
         nvrtc.nvrtcDestroyProgram(prog)
 
 
-def run_wgmma(ordinal: int, sms: int, rounds: int = 20, blocks_per_sm: int = 4) -> dict[str, Any]:
-    """Build, run every variant ``rounds`` times on fresh inputs, compare with the golden."""
+def run_isolated(ordinal: int, sms: int, timeout_s: float = 90.0) -> dict[str, Any]:
+    """Each variant in its own process: a fault (sticky CUDA error) in one cannot hide the
+    other's answer."""
+    import json
+    import subprocess
+    import sys
+
+    out: dict[str, Any] = {"screened": False}
+    for name in VARIANTS:
+        code = (
+            "import json, sys; from bench.sdc_wgmma import run_wgmma; "
+            f"print('RESULT ' + json.dumps(run_wgmma({ordinal}, {sms}, variants=({name!r},))))"
+        )
+        try:
+            p = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s, check=False
+            )
+        except subprocess.TimeoutExpired:
+            out[name] = {"error": f"timed out after {timeout_s:g}s"}
+            continue
+        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            out[name] = {"error": f"exit {p.returncode}: {(p.stderr or p.stdout)[-600:]}"}
+            continue
+        res = json.loads(line[len("RESULT ") :])
+        out["nvrtc_builds_wgmma"] = res.get("nvrtc_builds_wgmma")
+        out[name] = res.get(name, res)
+    return out
+
+
+def run_wgmma(
+    ordinal: int, sms: int, rounds: int = 20, blocks_per_sm: int = 4, variants: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Build, run the variants ``rounds`` times on fresh inputs, compare with the golden."""
     from cuda.bindings import driver as drv
     from cuda.bindings import nvrtc
 
@@ -119,6 +155,8 @@ def run_wgmma(ordinal: int, sms: int, rounds: int = 20, blocks_per_sm: int = 4) 
     rng = np.random.default_rng(90)
     try:
         for name, (albo, asbo, blbo, bsbo) in VARIANTS.items():
+            if variants and name not in variants:
+                continue
             exact = 0
             covered: list[int] = []
             first_diff = ""
