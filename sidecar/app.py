@@ -396,7 +396,14 @@ class SidecarApp:
         cfg = self.config
         await self._start_grpc()
         if cfg.http.enabled:
-            self.http = HttpPublisher(cfg.http.host, cfg.http.port, self.registry, self.http_snapshot)
+            self.http = HttpPublisher(
+                cfg.http.host,
+                cfg.http.port,
+                self.registry,
+                self.http_snapshot,
+                max_connections=cfg.http.max_connections,
+                request_timeout_s=cfg.http.request_timeout_s,
+            )
             self.http.start()
         if cfg.simulate:
             self.scenario = ScenarioFile(Path(cfg.scenario) if cfg.scenario else None)
