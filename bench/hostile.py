@@ -17,7 +17,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,75 @@ def probe_under_watchers(gen: Generator, *, quick: bool, streams: int = 5000) ->
             )
         finally:
             srv.stop()
+    return {"streams": streams, "seconds": seconds, "servers": results}
+
+
+def _probe_into(
+    box: dict[str, Any], gen: Generator, addr: str, cpus: set[int] | None, seconds: float
+) -> None:
+    """Kubelet-style probes (fresh connection, 1 s budget, 10/s) for ``seconds``, into ``box``."""
+    box.update(
+        gen.run(
+            "probe", cpus=cpus, addr=addr, service="liveness", rate=10, duration=f"{seconds}s", timeout="1s"
+        )
+    )
+
+
+def probe_under_watch_flood(
+    gen: Generator, *, quick: bool, streams: int = 5000, servers: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """Issue #9 item 2: the kubelet-style probe runs while one connection opens ``streams``
+    Watch streams at once (no ramp) against the default cap of 1,000 (the rest are refused
+    with RESOURCE_EXHAUSTED). The probe starts first, so it sees the burst itself."""
+    srv_cpus, gen_cpus = procs.cpus()
+    seconds = 8 if quick else 20
+    results: dict[str, Any] = {}
+    for name, start in _servers(srv_cpus, 1000):
+        if servers is not None and name not in servers:
+            continue
+        srv = start()
+        box: dict[str, Any] = {}
+        try:
+            prober = threading.Thread(
+                target=_probe_into, args=(box, gen, srv.addr, gen_cpus, seconds), daemon=True
+            )
+            prober.start()
+            time.sleep(1.0)  # the probe is running before the burst
+            t0 = time.monotonic()
+            watch = gen.start(
+                "watch",
+                cpus=gen_cpus,
+                addr=srv.addr,
+                service="readiness",
+                conns=1,
+                streams=streams,
+                ramp=0,
+                hold=f"{seconds + 60}s",
+            )
+            open_s = time.monotonic() - t0
+            try:
+                prober.join(seconds + 60)
+                res = dict(box)
+                res["watch"] = watch.opened
+                res["open_seconds"] = open_s
+                res["server_rss_mb"] = procs.rss_mb(srv.pid)
+                res["server_threads"] = procs.threads(srv.pid)
+            finally:
+                watch.stop()
+        finally:
+            srv.stop()
+        results[name] = res
+        lat = res.get("latency", {})
+        failed = res.get("probes", 0) - int(lat.get("n", 0))
+        print(
+            f"  {name:14s} {streams} Watch at once on 1 connection: opened "
+            f"{watch.opened.get('opened')}, refused {watch.opened.get('refused')}, failed "
+            f"{watch.opened.get('failed')} ({open_s:.1f} s): probes {res.get('probes')}, "
+            f"failed {failed} {res.get('failed_examples', [])[:3]}, "
+            f"p50 {lat.get('p50_ms', 0):.1f} p99 {lat.get('p99_ms', 0):.1f} "
+            f"max {lat.get('max_ms', 0):.1f} ms",
+            flush=True,
+        )
     return {"streams": streams, "seconds": seconds, "servers": results}
 
 
@@ -181,6 +252,10 @@ def main() -> None:
 
     gen = choose()
     print(f"generator: {gen.why}")
+    if "--flood" in sys.argv:
+        only = tuple(a for a in sys.argv[1:] if not a.startswith("--")) or None
+        probe_under_watch_flood(gen, quick=True, servers=only)
+        return
     watch_fanout()
     probe_under_watchers(gen, quick=True)
 

@@ -23,11 +23,12 @@ too. On shutdown every stream is sent NOT_SERVING and then ended with status OK.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -273,6 +274,82 @@ class WatchSender:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+class RpcExecutor(Executor):
+    """The RPC thread pool of the grpc server: Watch registrations yield to everything else.
+
+    grpcio's sync server hands every call to one executor in arrival order. Under a burst of
+    thousands of Watch calls (each registered or refused in a few tens of microseconds) a FIFO
+    pool puts a kubelet probe's Check behind all of them; here tasks whose behaviour is one of
+    ``background`` (the Watch handler) wait in their own queue, served only when no other task
+    waits. Threads start on demand, up to ``max_workers``."""
+
+    def __init__(self, max_workers: int, *, thread_name_prefix: str = "grpc-rpc") -> None:
+        self.max_workers = max_workers
+        self.background: tuple[object, ...] = ()
+        self._prefix = thread_name_prefix
+        self._urgent: collections.deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._later: collections.deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._cv = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        call = (lambda: fn(*args, **kwargs)) if kwargs else None
+        item = (fut, call or fn, () if call else args)
+        later = any(a is b for a in args for b in self.background)
+        with self._cv:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            (self._later if later else self._urgent).append(item)
+            if self._idle == 0 and len(self._threads) < self.max_workers:
+                t = threading.Thread(
+                    target=self._work, name=f"{self._prefix}_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(t)
+                t.start()
+            else:
+                self._cv.notify()
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._urgent and not self._later:
+                    if self._shutdown:
+                        return
+                    self._idle += 1
+                    self._cv.wait()
+                    self._idle -= 1
+                fut, fn, args = (self._urgent or self._later).popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._cv:
+            self._shutdown = True
+            if cancel_futures:
+                for q in (self._urgent, self._later):
+                    while q:
+                        q.popleft()[0].cancel()
+            self._cv.notify_all()
+            threads = list(self._threads)
+        if wait:
+            for t in threads:
+                t.join()
+
+
 class HealthService:
     """The grpc.health.v1.Health handlers on raw bytes (a generic handler)."""
 
@@ -299,7 +376,7 @@ class HealthService:
             self.watch(request, context, send_response_callback)
 
         watch.experimental_non_blocking = True  # type: ignore[attr-defined]
-        self._watch_behavior = watch
+        self.watch_behavior = watch
 
     def _service_name(self, request: bytes) -> str | None:
         """Decode HealthCheckRequest.service; None when malformed or too long."""
@@ -386,15 +463,24 @@ class HealthService:
             return
         self.sender.notify(w)  # the current status, at once
 
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        return {
+            "Check": grpc.unary_unary_rpc_method_handler(self.check),
+            "List": grpc.unary_unary_rpc_method_handler(self.list),
+            "Watch": grpc.unary_stream_rpc_method_handler(self.watch_behavior),
+        }
+
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {
-                "Check": grpc.unary_unary_rpc_method_handler(self.check),
-                "List": grpc.unary_unary_rpc_method_handler(self.list),
-                "Watch": grpc.unary_stream_rpc_method_handler(self._watch_behavior),
-            },
-        )
+        """A generic handler (tests, servers built by hand); :meth:`add_to_server` is faster."""
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, self.method_handlers())
+
+    def add_to_server(self, server: grpc.Server) -> None:
+        """Register Check, List and Watch as *registered* methods: grpc-core then keeps one
+        queue of not-yet-requested calls per method, so a burst of thousands of Watch calls
+        waits in Watch's own queue and a Check arriving meanwhile is matched at once (with one
+        generic handler every call shares one queue, and grpc-core sheds calls from it at
+        random once more than 1,000 wait, kubelet probes among them)."""
+        server.add_registered_method_handlers(SERVICE_NAME, self.method_handlers())
 
 
 def to_wire_statuses(serving: Mapping[str, bool]) -> dict[str, int]:
