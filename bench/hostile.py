@@ -17,6 +17,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +31,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from bench import procs
-from bench.loadgen import Generator, go_server_argv, percentiles
+from bench.loadgen import Generator, WatchHandle, go_server_argv, percentiles, pin
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -99,6 +102,28 @@ def probe_under_watchers(gen: Generator, *, quick: bool, streams: int = 5000) ->
     return {"streams": streams, "seconds": seconds, "servers": results}
 
 
+def _start_niced(gen: Generator, cpus: set[int] | None, mode: str, **flags: Any) -> WatchHandle:
+    """``gen.start`` at nice 10: on a two-core machine the attacker shares the generator core
+    with the probe, and the probe (the kubelet, on its own node) must not be starved by the
+    attacking process rather than by the server under test."""
+    pin_fn = pin(cpus)
+
+    def pre() -> None:
+        if pin_fn is not None:
+            pin_fn()
+        os.nice(10)
+
+    proc = subprocess.Popen(
+        gen.argv(mode, **flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pre
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        err = proc.stderr.read() if proc.stderr else ""
+        raise RuntimeError(f"{gen.name} {mode} exited: {err[-800:]}")
+    return WatchHandle(proc, json.loads(line))
+
+
 def _probe_into(
     box: dict[str, Any], gen: Generator, addr: str, cpus: set[int] | None, seconds: float
 ) -> None:
@@ -131,9 +156,10 @@ def probe_under_watch_flood(
             prober.start()
             time.sleep(1.0)  # the probe is running before the burst
             t0 = time.monotonic()
-            watch = gen.start(
+            watch = _start_niced(
+                gen,
+                gen_cpus,
                 "watch",
-                cpus=gen_cpus,
                 addr=srv.addr,
                 service="readiness",
                 conns=1,

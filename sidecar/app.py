@@ -438,7 +438,7 @@ class SidecarApp:
         # queue of unrequested calls (registered methods: one queue each in grpc-core) nor
         # behind their registrations in the pool (RpcExecutor): BENCHMARKS.md section 5b.
         pool = RpcExecutor(cfg.threads, thread_name_prefix="grpc-rpc")
-        pool.background = (self.health_service.watch_behavior,)
+        pool.background = self.health_service.watch_behavior
         server = grpc.server(
             pool,
             options=GRPC_SERVER_OPTIONS,

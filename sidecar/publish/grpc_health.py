@@ -23,12 +23,11 @@ too. On shutdown every stream is sent NOT_SERVING and then ended with status OK.
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -274,80 +273,34 @@ class WatchSender:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class RpcExecutor(Executor):
-    """The RPC thread pool of the grpc server: Watch registrations yield to everything else.
+class RpcExecutor(ThreadPoolExecutor):
+    """The RPC thread pool of the grpc server: Watch registrations run apart from Check/List.
 
     grpcio's sync server hands every call to one executor in arrival order. Under a burst of
-    thousands of Watch calls (each registered or refused in a few tens of microseconds) a FIFO
-    pool puts a kubelet probe's Check behind all of them; here tasks whose behaviour is one of
-    ``background`` (the Watch handler) wait in their own queue, served only when no other task
-    waits. Threads start on demand, up to ``max_workers``."""
+    thousands of Watch calls (each registered or refused in some tens of microseconds) one
+    FIFO pool puts a kubelet probe's Check behind all of them, and eight threads busy with
+    them contend for the GIL with the thread that answers it. Tasks whose behaviour is
+    ``background`` (the Watch handler, which never blocks) go to their own pool of
+    ``background_threads``; everything else keeps the ``max_workers`` threads to itself."""
 
-    def __init__(self, max_workers: int, *, thread_name_prefix: str = "grpc-rpc") -> None:
-        self.max_workers = max_workers
-        self.background: tuple[object, ...] = ()
-        self._prefix = thread_name_prefix
-        self._urgent: collections.deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = (
-            collections.deque()
+    def __init__(
+        self, max_workers: int, *, thread_name_prefix: str = "grpc-rpc", background_threads: int = 2
+    ) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self.background: object = object()  # matches nothing until set
+        self._background_pool = ThreadPoolExecutor(
+            max_workers=background_threads, thread_name_prefix=f"{thread_name_prefix}-watch"
         )
-        self._later: collections.deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = (
-            collections.deque()
-        )
-        self._cv = threading.Condition()
-        self._threads: list[threading.Thread] = []
-        self._idle = 0
-        self._shutdown = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        fut: Future[Any] = Future()
-        call = (lambda: fn(*args, **kwargs)) if kwargs else None
-        item = (fut, call or fn, () if call else args)
-        later = any(a is b for a in args for b in self.background)
-        with self._cv:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            (self._later if later else self._urgent).append(item)
-            if self._idle == 0 and len(self._threads) < self.max_workers:
-                t = threading.Thread(
-                    target=self._work, name=f"{self._prefix}_{len(self._threads)}", daemon=True
-                )
-                self._threads.append(t)
-                t.start()
-            else:
-                self._cv.notify()
-        return fut
-
-    def _work(self) -> None:
-        while True:
-            with self._cv:
-                while not self._urgent and not self._later:
-                    if self._shutdown:
-                        return
-                    self._idle += 1
-                    self._cv.wait()
-                    self._idle -= 1
-                fut, fn, args = (self._urgent or self._later).popleft()
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn(*args)
-            except BaseException as exc:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
+        # grpcio passes the method's behaviour among the arguments of its ``*_in_pool`` task
+        if self.background in args:
+            return self._background_pool.submit(fn, *args, **kwargs)
+        return super().submit(fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._cv:
-            self._shutdown = True
-            if cancel_futures:
-                for q in (self._urgent, self._later):
-                    while q:
-                        q.popleft()[0].cancel()
-            self._cv.notify_all()
-            threads = list(self._threads)
-        if wait:
-            for t in threads:
-                t.join()
+        self._background_pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
 class HealthService:
