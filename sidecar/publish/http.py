@@ -6,9 +6,10 @@ client never touches the loop. Hostile clients cannot exhaust threads, memory or
 - One selector thread accepts connections and reads each request's header itself
   (non-blocking): a connection holds no thread until its whole header has arrived, so slowloris
   and idle connections cost one descriptor each and nothing else.
-- At most ``max_connections`` connections are open. A new connection beyond that evicts the
-  oldest one still sending its header (so a fresh probe is answered while slow connections
-  pile up); when none is evictable the new one is closed at once.
+- At most ``max_connections`` connections may be sending their header. A new connection
+  beyond that evicts the oldest one (after a last read: one whose header has arrived is
+  answered instead), so a fresh probe is answered while slow connections pile up. At most
+  ``max_connections`` more are being answered; beyond, 503 at once.
 - A connection must deliver its header within ``request_timeout`` (idle or trickling clients
   are closed then), and a response write that blocks longer than that is abandoned.
 - A new connection is closed at once when the process's descriptors come within a reserve of
@@ -261,6 +262,9 @@ class HttpPublisher:
                 events = self._selector.select(timeout)
             except OSError:  # pragma: no cover - EINTR is retried by selectors
                 continue
+            # headers first, then new connections: a request that arrived is answered before
+            # a newcomer can push it out
+            events.sort(key=lambda e: e[0].fileobj is self._listener)
             for key, _ in events:
                 if key.fileobj is self._listener:
                     self._accept()
@@ -300,20 +304,22 @@ class HttpPublisher:
                 sock.close()
                 self._pause_accept()
                 return
-            with self.stats.lock:
-                open_now = len(self._pending) + self.stats.in_flight
-            if open_now >= self.max_connections:
-                if not self._pending:
-                    self.stats.close("busy")
-                    sock.close()
-                    continue
-                oldest = next(iter(self._pending.values()))
-                self._drop(oldest, "evicted")
+            if len(self._pending) >= self.max_connections:
+                self._make_room()
             sock.setblocking(False)
             p = _Pending(sock, addr, time.monotonic() + self.request_timeout_s)
             self._pending[sock] = p
             self.stats.pending = len(self._pending)
             self._selector.register(sock, selectors.EVENT_READ, p)
+
+    def _make_room(self) -> None:
+        """Free a slot: the oldest connection gets a last read (a header that arrived while
+        the selector was busy accepting is answered, not evicted); if it is still incomplete,
+        it is the slowest client and is closed."""
+        oldest = next(iter(self._pending.values()))
+        self._read(oldest)
+        if oldest.sock in self._pending:
+            self._drop(oldest, "evicted")
 
     def _pause_accept(self) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -372,6 +378,10 @@ class HttpPublisher:
             self._metrics_in_flight += 1
             pool = self._metrics_pool
         else:
+            if self.stats.in_flight - self._metrics_in_flight >= self.max_connections:
+                self.stats.close("busy")
+                self._answer_busy(p.sock)
+                return
             pool = self._snapshot_pool
         with self.stats.lock:
             self.stats.in_flight += 1
