@@ -59,7 +59,7 @@ class HttpConfig:
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = defaults.HTTP_PORT
-    max_connections: int = 64  # beyond: the oldest still sending its header is closed
+    max_connections: int = 256  # beyond: the oldest still sending its header is closed
     request_timeout_s: float = 5.0  # a request header must arrive within this
 
 
@@ -225,7 +225,7 @@ def parse_config(doc: Mapping[str, Any], *, config_file: str = "") -> SidecarCon
         enabled=h.flag("enabled", True),
         host=h.text("host", "0.0.0.0"),
         port=_port(h, "port", defaults.HTTP_PORT),
-        max_connections=h.integer("max_connections", 64, minimum=1, maximum=10_000),
+        max_connections=h.integer("max_connections", 256, minimum=1, maximum=10_000),
         request_timeout_s=h.duration("request_timeout", 5.0, minimum=0.01),
     )
     if not http_cfg.request_timeout_s <= 3600:  # also NaN

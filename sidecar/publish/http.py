@@ -158,7 +158,7 @@ class HttpPublisher:
         registry: CollectorRegistry,
         snapshot: Callable[[], HttpSnapshot],
         *,
-        max_connections: int = 64,
+        max_connections: int = 256,
         request_timeout_s: float = 5.0,
         fd_reserve: int = FD_RESERVE,
     ) -> None:
@@ -370,25 +370,24 @@ class HttpPublisher:
     def _dispatch(self, p: _Pending) -> None:
         line = bytes(p.buf[: p.buf.find(b"\n")]).split()
         path = line[1].split(b"?", 1)[0] if len(line) > 1 else b""
-        if path == b"/metrics":
-            if self._metrics_in_flight >= METRICS_CONCURRENCY:
-                self.stats.close("busy")
-                self._answer_busy(p.sock)
-                return
-            self._metrics_in_flight += 1
-            pool = self._metrics_pool
-        else:
-            if self.stats.in_flight - self._metrics_in_flight >= self.max_connections:
-                self.stats.close("busy")
-                self._answer_busy(p.sock)
-                return
-            pool = self._snapshot_pool
+        metrics = path == b"/metrics"
         with self.stats.lock:
-            self.stats.in_flight += 1
+            if metrics:
+                busy = self._metrics_in_flight >= METRICS_CONCURRENCY
+            else:
+                busy = self.stats.in_flight - self._metrics_in_flight >= self.max_connections
+            if not busy:
+                self.stats.in_flight += 1
+                self._metrics_in_flight += metrics
+        if busy:
+            self.stats.close("busy")
+            self._answer_busy(p.sock)
+            return
+        pool = self._metrics_pool if metrics else self._snapshot_pool
         try:
-            pool.submit(self._serve, p, path == b"/metrics")
+            pool.submit(self._serve, p, metrics)
         except RuntimeError:  # shutting down
-            self._done(path == b"/metrics")
+            self._done(metrics)
             p.sock.close()
 
     def _answer_busy(self, sock: socket.socket) -> None:
