@@ -136,7 +136,8 @@ class _HttpCollector(Collector):
         )
         closed = CounterMetricFamily(
             "trt_health_http_connections_closed",
-            "HTTP connections closed by the server before an answer, by reason",
+            "HTTP connections the server closed without serving them, by reason (busy: answered "
+            "503 at once; evicted, timeout, fd_reserve, header_too_large: closed)",
             labels=["reason"],
         )
         with s.lock:
