@@ -149,6 +149,7 @@ def probe_under_watch_flood(
         if servers is not None and name not in servers:
             continue
         srv = start()
+        rss_start = procs.rss_mb(srv.pid)
         box: dict[str, Any] = {}
         try:
             prober = threading.Thread(
@@ -178,6 +179,9 @@ def probe_under_watch_flood(
                 res["server_threads"] = procs.threads(srv.pid)
             finally:
                 watch.stop()
+            time.sleep(1.0)  # the server notices the closed connection and frees the streams
+            res["server_rss_start_mb"] = rss_start
+            res["server_rss_after_mb"] = procs.rss_mb(srv.pid)
         finally:
             srv.stop()
         results[name] = res

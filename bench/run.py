@@ -312,14 +312,17 @@ def render_hostile(res: dict[str, Any]) -> list[str]:
             "or shed by grpc-core's pending-call limit). The attacker runs at nice 10 on the generator core."
         )
         a("")
-        a("| server | opened | refused | probes | failed | p50 ms | p99 ms | max ms |")
-        a("|---|---:|---:|---:|---:|---:|---:|---:|")
+        a(
+            "| server | opened | refused | probes | failed | p50 ms | p99 ms | max ms | RSS MB start / flood / after |"
+        )
+        a("|---|---:|---:|---:|---:|---:|---:|---:|---|")
         for name, r in fl["servers"].items():
             lat = r.get("latency", {})
             a(
                 f"| {name} | {r['watch'].get('opened')} | {r['watch'].get('refused')} | {r.get('probes')} | "
                 f"{r.get('probes', 0) - int(lat.get('n', 0))} | {_ms(lat, 'p50_ms')} | {_ms(lat, 'p99_ms')} | "
-                f"{_ms(lat, 'max_ms')} |"
+                f"{_ms(lat, 'max_ms')} | {r.get('server_rss_start_mb', 0):.0f} / {r.get('server_rss_mb', 0):.0f} / "
+                f"{r.get('server_rss_after_mb', 0):.0f} |"
             )
         a("")
     ha = res.get("http_attacks")
@@ -483,6 +486,9 @@ def hostile_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             f"{p:.1f} ms, {failed} failed" if p is not None else "-",
             p is not None and p <= 10 and failed == 0,
         )
+        if "server_rss_after_mb" in fl:
+            grew = fl["server_rss_after_mb"] - fl["server_rss_start_mb"]
+            row("server RSS after the Watch burst", "≤ start + 50 MB", f"{grew:+.0f} MB", grew <= 50)
     ha = res.get("http_attacks")
     if ha:
         att = ha["attacks"].values()
@@ -517,7 +523,13 @@ def hostile_only(a: argparse.Namespace) -> int:
     text = path.read_text()
     head, _, _ = text.partition("\n## 5. ")
     lines = head.split("\n")
-    names = ("kubelet probe", "Watch fan-out", "gRPC probes failed during HTTP", "server RSS after each HTTP")
+    names = (
+        "kubelet probe",
+        "Watch fan-out",
+        "gRPC probes failed during HTTP",
+        "server RSS after each HTTP",
+        "server RSS after the Watch burst",
+    )
     kept = [ln for ln in lines if not any(ln.startswith(f"| {n}") for n in names)]
     table_end = max(i for i, ln in enumerate(kept) if ln.startswith("| ") and "**" in ln) + 1
     new_rows = [
