@@ -179,7 +179,11 @@ def probe_under_watch_flood(
                 res["server_threads"] = procs.threads(srv.pid)
             finally:
                 watch.stop()
-            time.sleep(1.0)  # the server notices the closed connection and frees the streams
+            # the streams are freed, and (ours) the heap trimmed within a reaper tick or two:
+            # wait up to 15 s for RSS to come back within 50 MB of the start
+            settle = time.monotonic() + 15
+            while time.monotonic() < settle and procs.rss_mb(srv.pid) > rss_start + 50:
+                time.sleep(0.5)
             res["server_rss_start_mb"] = rss_start
             res["server_rss_after_mb"] = procs.rss_mb(srv.pid)
         finally:
