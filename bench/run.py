@@ -274,7 +274,14 @@ def render(res: dict[str, Any], quick: bool, elapsed: float) -> str:
             "(~1 ms on an H200, docs/gpu-runs/)."
         )
         a("")
-    # ---------------------------------------------------------------- hostile
+    L += render_hostile(res)
+    return "\n".join(L) + "\n"
+
+
+def render_hostile(res: dict[str, Any]) -> list[str]:
+    """Sections 5-6: hostile clients (``--hostile-only`` regenerates just these)."""
+    L: list[str] = []
+    a = L.append
     h = res["hostile"]
     a(f"## 5. Kubelet-style probe under {h['streams']:,} open Watch streams")
     a("")
@@ -294,6 +301,59 @@ def render(res: dict[str, Any], quick: bool, elapsed: float) -> str:
             f"{_ms(lat, 'max_ms')} | {r['server_rss_mb']:.0f} |"
         )
     a("")
+    fl = res.get("flood")
+    if fl:
+        a(f"## 5b. Kubelet-style probe while {fl['streams']:,} Watch calls arrive at once on one connection")
+        a("")
+        a(
+            "Issue #9 item 2: the probe (as in section 5) runs for "
+            f"{fl['seconds']} s; after 1 s one connection opens {fl['streams']:,} Watch streams at once "
+            "(no ramp) against the default cap of 1,000 (the rest are refused with RESOURCE_EXHAUSTED, "
+            "or shed by grpc-core's pending-call limit). The attacker runs at nice 10 on the generator core."
+        )
+        a("")
+        a(
+            "| server | opened | refused | probes | failed | p50 ms | p99 ms | max ms | RSS MB start / flood / after |"
+        )
+        a("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        for name, r in fl["servers"].items():
+            lat = r.get("latency", {})
+            a(
+                f"| {name} | {r['watch'].get('opened')} | {r['watch'].get('refused')} | {r.get('probes')} | "
+                f"{r.get('probes', 0) - int(lat.get('n', 0))} | {_ms(lat, 'p50_ms')} | {_ms(lat, 'p99_ms')} | "
+                f"{_ms(lat, 'max_ms')} | {r.get('server_rss_start_mb', 0):.0f} / {r.get('server_rss_mb', 0):.0f} / "
+                f"{r.get('server_rss_after_mb', 0):.0f} |"
+            )
+        a("")
+    ha = res.get("http_attacks")
+    if ha:
+        a(f"## 5c. HTTP port attacks, descriptor limit {ha['fd_limit']:,}")
+        a("")
+        a(
+            f"Ours only (default `http:` settings), {ha['seconds']} s per attack from an attacker process at "
+            "nice 10, with kubelet-style gRPC probes and HTTP `/readyz` probes (fresh connection, 1 s "
+            "budget, 10/s) throughout. slowloris: connections that send a header that never ends; "
+            "connect_churn: connect and close, sending nothing; metrics_flood: 2,000 concurrent clients "
+            "looping on `/metrics`. Threads and RSS of the server: at start, peak, after."
+        )
+        a("")
+        a(
+            "| attack | attacker | gRPC probes failed | gRPC p99 ms | /readyz failed | /readyz p99 ms "
+            "| threads | RSS MB |"
+        )
+        a("|---|---|---:|---:|---:|---:|---|---|")
+        for kind, r in ha["attacks"].items():
+            att = r["attacker"]
+            what = f"{att.get('opened', 0):,} connections" + (
+                f", {att['answers']:,} answered" if att.get("answers") else ""
+            )
+            a(
+                f"| {kind} | {what} | {r['grpc_failed']}/{r['grpc_probes']} | {_ms(r['grpc_latency'], 'p99_ms')} | "
+                f"{r['http_failed']}/{r['http_probes']} | {_ms(r['http_latency'], 'p99_ms')} | "
+                f"{ha['threads_start']} / {r['peak_threads']} / {r['threads_after']} | "
+                f"{ha['rss_start_mb']:.0f} / {r['peak_rss_mb']:.0f} / {r['rss_after_mb']:.0f} |"
+            )
+        a("")
     fo = res["fanout"]
     a(f"## 6. Watch fan-out: {fo['watchers']} watchers, half cancel, then a change")
     a("")
@@ -307,7 +367,7 @@ def render(res: dict[str, Any], quick: bool, elapsed: float) -> str:
             f"{_ms(lat, 'p99_ms')} | {_ms(lat, 'max_ms')} | {after} |"
         )
     a("")
-    return "\n".join(L) + "\n"
+    return L
 
 
 IMAGE_SECTION = "<!-- container image: measured by tests/e2e (see docs/image.md); kept by make bench -->"
@@ -398,6 +458,16 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             f"{worst:.0f} ms",
             worst <= poll_ms + 100,
         )
+    out += hostile_targets(res)
+    return out
+
+
+def hostile_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def row(claim: str, target: str, measured: str, ok: bool | None) -> None:
+        out.append({"claim": claim, "target": target, "measured": measured, "ok": ok})
+
     h = res["hostile"]["servers"].get("ours")
     if h:
         p = h["latency"].get("p99_ms")
@@ -416,7 +486,85 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             f"{fo['received']}/{fo['survivors']}",
             fo["received"] == fo["survivors"],
         )
+    fl = res.get("flood", {}).get("servers", {}).get("ours")
+    if fl:
+        lat = fl.get("latency", {})
+        p = lat.get("p99_ms")
+        failed = fl.get("probes", 0) - int(lat.get("n", 0))
+        row(
+            f"kubelet probe p99, {res['flood']['streams']:,} Watch at once on one connection",
+            "≤ 10 ms, none failed",
+            f"{p:.1f} ms, {failed} failed" if p is not None else "-",
+            p is not None and p <= 10 and failed == 0,
+        )
+        if "server_rss_after_mb" in fl:
+            grew = fl["server_rss_after_mb"] - fl["server_rss_start_mb"]
+            row("server RSS after the Watch burst", "≤ start + 50 MB", f"{grew:+.0f} MB", grew <= 50)
+    ha = res.get("http_attacks")
+    if ha:
+        att = ha["attacks"].values()
+        failed = sum(r["grpc_failed"] for r in att)
+        row("gRPC probes failed during HTTP attacks", "0", str(failed), failed == 0)
+        worst = max(r["rss_after_mb"] - ha["rss_start_mb"] for r in att)
+        peak = max(r["peak_threads"] for r in att)
+        row(
+            "server RSS after each HTTP attack, threads",
+            "≤ start + 50 MB; threads bounded",
+            f"+{worst:.0f} MB; peak {peak} threads (start {ha['threads_start']})",
+            worst <= 50 and peak <= ha["threads_start"] + 10,
+        )
     return out
+
+
+def hostile_only(a: argparse.Namespace) -> int:
+    """Re-measure sections 5-6 and replace them, and their target rows, in an existing report."""
+    gen = loadgen.choose(prefer_go=not a.python_generator)
+    print(f"generator: {gen.why}")
+    res: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    print("== 5. probe under Watch streams")
+    res["hostile"] = hostile.probe_under_watchers(gen, quick=a.quick)
+    print("== 5b. probe under a Watch burst on one connection")
+    res["flood"] = hostile.probe_under_watch_flood(gen, quick=a.quick)
+    print("== 5c. HTTP port attacks")
+    res["http_attacks"] = hostile.http_attacks(gen, quick=a.quick)
+    print("== 6. Watch fan-out")
+    res["fanout"] = hostile.watch_fanout()
+    rows = hostile_targets(res)
+    path = Path(a.out)
+    text = path.read_text()
+    head, _, _ = text.partition("\n## 5. ")
+    lines = head.split("\n")
+    names = (
+        "kubelet probe",
+        "Watch fan-out",
+        "gRPC probes failed during HTTP",
+        "server RSS after each HTTP",
+        "server RSS after the Watch burst",
+    )
+    kept = [ln for ln in lines if not any(ln.startswith(f"| {n}") for n in names)]
+    table_end = max(i for i, ln in enumerate(kept) if ln.startswith("| ") and "**" in ln) + 1
+    new_rows = [
+        f"| {r['claim']} | {r['target']} | {r['measured']} | "
+        f"{'n/a' if r['ok'] is None else ('**met**' if r['ok'] else '**MISSED**')} |"
+        for r in rows
+    ]
+    kept[table_end:table_end] = new_rows
+    note = (
+        f"- sections 5-6 and their targets: re-measured {res['date']} with `--hostile-only`"
+        f"{' --quick' if a.quick else ''}; generator: {gen.why}"
+    )
+    kept = [ln for ln in kept if not ln.startswith("- sections 5-6 and their targets:")]
+    first_blank = kept.index("", kept.index("# Benchmarks") + 3)
+    load_line = max(i for i, ln in enumerate(kept[: first_blank + 8]) if ln.startswith("- "))
+    kept.insert(load_line + 1, note)
+    path.write_text(
+        "\n".join(kept).rstrip("\n") + "\n\n" + "\n".join(render_hostile(res)).rstrip("\n") + "\n"
+    )
+    for r in rows:
+        print(f"  {r['claim']}: {r['measured']} (target {r['target']}) -> {'met' if r['ok'] else 'MISSED'}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, default=lambda o: o.__dict__, indent=1))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,7 +577,14 @@ def main(argv: list[str] | None = None) -> int:
         help="use the grpcio load generator even when Go is available",
     )
     p.add_argument("--json", default="", help="also write the raw results here")
+    p.add_argument(
+        "--hostile-only",
+        action="store_true",
+        help="run only sections 5-6 and splice them (and their target rows) into --out",
+    )
     a = p.parse_args(argv)
+    if a.hostile_only:
+        return hostile_only(a)
     t0 = time.monotonic()
     res: dict[str, Any] = {
         "machine": machine(),
@@ -451,6 +606,10 @@ def main(argv: list[str] | None = None) -> int:
     res["detection_more"] = detection_more.run(quick=a.quick)
     print("== 5. probe under Watch streams")
     res["hostile"] = hostile.probe_under_watchers(gen, quick=a.quick)
+    print("== 5b. probe under a Watch burst on one connection")
+    res["flood"] = hostile.probe_under_watch_flood(gen, quick=a.quick)
+    print("== 5c. HTTP port attacks")
+    res["http_attacks"] = hostile.http_attacks(gen, quick=a.quick)
     print("== 6. Watch fan-out")
     res["fanout"] = hostile.watch_fanout()
     res["targets"] = targets(res)

@@ -25,7 +25,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,7 @@ from sidecar.publish.grpc_health import (
     SERVICE_NAME,
     HealthRegistry,
     HealthService,
+    RpcExecutor,
     to_wire_statuses,
 )
 from sidecar.publish.http import HttpPublisher, HttpSnapshot, healthz_document
@@ -587,7 +587,14 @@ class SidecarApp:
         cfg = self.config
         await self._start_grpc()
         if cfg.http.enabled:
-            self.http = HttpPublisher(cfg.http.host, cfg.http.port, self.registry, self.http_snapshot)
+            self.http = HttpPublisher(
+                cfg.http.host,
+                cfg.http.port,
+                self.registry,
+                self.http_snapshot,
+                max_connections=cfg.http.max_connections,
+                request_timeout_s=cfg.http.request_timeout_s,
+            )
             self.http.start()
         if cfg.simulate:
             self.scenario = ScenarioFile(Path(cfg.scenario) if cfg.scenario else None)
@@ -622,11 +629,16 @@ class SidecarApp:
         cfg = self.config.grpc
         # grpcio's sync server: Check/List answer on a small pool (no Watch ever holds one of
         # its threads, see publish/grpc_health.py); measured faster per core than grpc.aio.
+        # Under a burst of thousands of Watch calls a probe's Check neither waits in Watch's
+        # queue of unrequested calls (registered methods: one queue each in grpc-core) nor
+        # behind their registrations in the pool (RpcExecutor): BENCHMARKS.md section 5b.
+        pool = RpcExecutor(cfg.threads, thread_name_prefix="grpc-rpc")
+        pool.background = self.health_service.watch_behavior
         server = grpc.server(
-            ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="grpc-rpc"),
-            handlers=(self.health_service.handler(),),
+            pool,
             options=GRPC_SERVER_OPTIONS,
         )
+        self.health_service.add_to_server(server)
         diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(
             DiagnosticsService(
                 self.snapshot,

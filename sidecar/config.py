@@ -63,6 +63,8 @@ class HttpConfig:
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = defaults.HTTP_PORT
+    max_connections: int = 256  # beyond: the oldest still sending its header is closed
+    request_timeout_s: float = 5.0  # a request header must arrive within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +247,11 @@ def parse_config(doc: Mapping[str, Any], *, config_file: str = "") -> SidecarCon
         enabled=h.flag("enabled", True),
         host=h.text("host", "0.0.0.0"),
         port=_port(h, "port", defaults.HTTP_PORT),
+        max_connections=h.integer("max_connections", 256, minimum=1, maximum=10_000),
+        request_timeout_s=h.duration("request_timeout", 5.0, minimum=0.01),
     )
+    if not http_cfg.request_timeout_s <= 3600:  # also NaN
+        h.error("request_timeout", "must be a duration of at most 1h")
     if http_cfg.enabled and http_cfg.port == grpc_cfg.port and http_cfg.port != 0:
         h.error("port", f"must differ from grpc.port ({grpc_cfg.port})")
     if http_cfg.enabled and tls is not None and tls.port == http_cfg.port and tls.port != 0:

@@ -510,6 +510,15 @@ ROWS: tuple[Row, ...] = (
         recovery="sticky",
         evidence="scenario `reset` changed, and any kept-aside latch file removed",
     ),
+    Row(
+        id="http-slowloris",
+        fault="HTTP slowloris: 600 connections that never finish their header (cap 256)",
+        injection="600 raw connections to the HTTP port, each sends a partial header and stays open",
+        action="http_slowloris",
+        expect={},
+        reasons={},
+        metric='trt_health_http_connections_closed_total{reason="evicted"} += 300',
+    ),
 )
 
 

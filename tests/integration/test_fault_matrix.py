@@ -16,6 +16,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -209,6 +210,7 @@ class Sidecar:
     channel: grpc.Channel | None = None
     extra_args: tuple[str, ...] = ()
     restarts: list[int] = field(default_factory=list)
+    held: list[socket.socket] = field(default_factory=list)  # attack connections (closed by clear)
 
     @property
     def scenario_path(self) -> Path:
@@ -440,6 +442,12 @@ def inject(sc: Sidecar, row: Row) -> None:
         wait_for(lambda: len(scenario_refusals(sc, refusal)) > refused_before, 5, sc, refusal)
         assert all(len(json.dumps(r)) < 2000 for r in scenario_refusals(sc, refusal))
         sc.scenario(row)  # a valid scenario after it is still seen
+    elif action == "http_slowloris":
+        assert sc.proc is not None
+        for _ in range(600):
+            s = socket.create_connection(("127.0.0.1", sc.proc.http_port), timeout=5)
+            s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+            sc.held.append(s)
     else:
         raise AssertionError(f"no injector for action {action!r}")
 
@@ -472,6 +480,8 @@ def clear(sc: Sidecar, row: Row) -> None:
     sc.scenario(cleared=row)
     sc.endpoint.mode = "ok"
     sc.engine.restore()
+    while sc.held:
+        sc.held.pop().close()
 
 
 def evidence(sc: Sidecar) -> None:
