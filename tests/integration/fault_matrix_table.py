@@ -92,7 +92,7 @@ ROWS: tuple[Row, ...] = (
     _xid(31, "process", "XidProcess31", False),
     _xid(13, "process", "XidProcess13", False),
     _xid(94, "process", "XidProcess94", False),
-    _xid(45, "info", "", False),
+    _xid(45, "info", "XidInfo45", False),  # INFO: reported for xid_report_window, never gating
     _xid(63, "warning", "XidWarning63", False),
     _xid(201, "unknown", "XidUnknown201", False),
     _xid(74, "nvlink", "XidNvlink74", False),
