@@ -34,7 +34,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar.engine.manifest import EngineManifest, TensorSpec, dump_manifest
 from sidecar.engine.plan import make_plan_header
 from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
-from sidecar.testing import child_pids
+from sidecar.testing import child_pids, wait_until
+from sidecar.testing.reload import Watcher
 
 from . import fault_matrix_table as table
 from .conftest import REPO, SidecarProcess, start_sidecar
@@ -704,11 +705,7 @@ def test_config_reload_during_fatal_keeps_fatal(own_sidecar: Sidecar, row: Row) 
 
 @pytest.mark.parametrize(
     "row",
-    [
-        pytest.param(
-            _row("config-reload-failed-rebuild"), marks=_xfail_mark("config-reload-failed-rebuild")
-        )
-    ],
+    [pytest.param(_row("config-reload-failed-rebuild"), marks=_xfail_mark("config-reload-failed-rebuild"))],
     ids=["config-reload-failed-rebuild"],
 )
 def test_config_reload_failed_rebuild_keeps_gpu_monitoring(own_sidecar: Sidecar, row: Row) -> None:
@@ -820,9 +817,7 @@ def test_restart_xid_with_reset_stays_fatal(own_sidecar: Sidecar, row: Row) -> N
     [pytest.param(_row("latch-store-corrupt"), marks=_xfail_mark("latch-store-corrupt"))],
     ids=["latch-store-corrupt"],
 )
-def test_latch_store_corrupt_gates_until_the_aside_file_is_removed(
-    own_sidecar: Sidecar, row: Row
-) -> None:
+def test_latch_store_corrupt_gates_until_the_aside_file_is_removed(own_sidecar: Sidecar, row: Row) -> None:
     """A latch file that is not UTF-8 at start: the sidecar runs (no crash loop), readiness is
     never SERVING, the bytes are kept aside; removing the aside file brings readiness back."""
     sc = own_sidecar
@@ -892,3 +887,40 @@ def test_every_group_has_a_runner() -> None:
     }
     for row in table.ROWS:
         assert row.group in ("main", "multi_gpu") or row.id in own, row.id
+
+
+def test_changing_every_section_at_once_never_blinks_readiness(own_sidecar: Sidecar) -> None:
+    """A real `serve` process with gpu, canary, engines and workload: every section's interval
+    changes in one config write; readiness stays SERVING throughout (a Watch stream sees it)."""
+    sc = own_sidecar
+    assert sc.proc is not None
+    watch = Watcher(sc.proc.addr, "readiness")
+    try:
+        wait_until(lambda: watch.seen == [health_pb2.HealthCheckResponse.SERVING], timeout=5)
+        applied = sc.metric("trt_health_config_reloads_total", {"result": "applied"})
+        cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in sc.config.items()}
+        cfg["gpu"]["poll_interval"] = "0.3s"
+        cfg["canary"]["interval"] = "0.7s"
+        cfg["engines"]["check_interval"] = "2s"
+        cfg["workload"]["interval"] = "0.3s"
+        sc.write_config(cfg)
+        wait_for(
+            lambda: sc.metric("trt_health_config_reloads_total", {"result": "applied"}) > applied,
+            30,
+            sc,
+            "reload applied",
+        )
+        # witness: the replacements report (a canary passed after the swap, every check known)
+        passes = sc.metric("trt_health_canary_results_total", {"outcome": "pass"})
+        wait_for(
+            lambda: sc.metric("trt_health_canary_results_total", {"outcome": "pass"}) > passes,
+            10,
+            sc,
+            "a canary of the new worker passed",
+        )
+        assert sc.healthy()
+        assert watch.seen == [health_pb2.HealthCheckResponse.SERVING], (
+            f"readiness changed during the reload: {watch.seen}"
+        )
+    finally:
+        watch.close()

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import parse_config
+from sidecar.testing.reload import Watcher
 
 from .conftest import SERVING, AppThread, check, wait_until
-from .test_reload_no_blink import Watcher
 
 
 class LagSampler:

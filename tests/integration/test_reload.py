@@ -7,27 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import parse_config
+from sidecar.testing.reload import BASE, overrides
 
 from .conftest import SERVING, AppThread, check, wait_until
-
-BASE: dict[str, Any] = {
-    "simulate": True,
-    "grpc": {"host": "127.0.0.1", "port": 0},
-    "http": {"host": "127.0.0.1", "port": 0},
-    "gpu": {"poll_interval": "0.2s"},
-    "canary": {"interval": "1s", "timeout": "1s", "first_timeout": "3s", "load_timeout": "3s"},
-}
-
-
-def overrides(doc: dict[str, Any], state: Path) -> dict[tuple[str, ...], Any]:
-    out: dict[tuple[str, ...], Any] = {("state_dir",): str(state)}
-    for section, body in doc.items():
-        if isinstance(body, dict):
-            for key, value in body.items():
-                out[(section, key)] = value
-        else:
-            out[(section,)] = body
-    return out
 
 
 def test_only_changed_sections_restart_and_failures_keep_old(make_app: Any, tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from sidecar.config import parse_config
+from sidecar.testing.reload import BASE, overrides
 
 from .conftest import NOT_SERVING, SERVING, AppThread, check, wait_until
-from .test_reload import BASE, overrides
 
 
 def _app(make_app: Any, tmp_path: Path) -> tuple[AppThread, Path]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from sidecar.testing import child_pids
 
 from .conftest import SERVING, check, wait_until
 
@@ -18,20 +19,6 @@ def _reloads(http_port: int) -> dict[str, float]:
     out = {"applied": 0.0, "rejected": 0.0, "unchanged": 0.0}
     for m in re.finditer(r'^trt_health_config_reloads_total\{result="(\w+)"\} (\S+)$', text, re.M):
         out[m.group(1)] = float(m.group(2))
-    return out
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            out.append(int(entry))
     return out
 
 
@@ -48,7 +35,7 @@ def test_sighup_storm_is_serialised_and_coalesced(sidecar_proc: Any, tmp_path: P
     cfg.write_text("canary:\n  interval: 3s\n")
     sp = sidecar_proc("--simulate", "--config", str(cfg))
     wait_until(lambda: check(sp.addr, "readiness") == SERVING, timeout=20)
-    wait_until(lambda: len(_children(sp.proc.pid)) == 1, timeout=10)  # one canary worker
+    wait_until(lambda: len(child_pids(sp.proc.pid)) == 1, timeout=10)  # one canary worker
     # rewrite in place with the same size: the file watcher may or may not see it
     cfg.write_text("canary:\n  interval: 4s\n")
     for _ in range(20):  # each one taken by the process before the next (none merged)
@@ -56,7 +43,7 @@ def test_sighup_storm_is_serialised_and_coalesced(sidecar_proc: Any, tmp_path: P
         wait_until(lambda: not _sighup_pending(sp.proc.pid), timeout=5, interval=0.001)
     # witness: the change applied, then the storm's follow-up reload found nothing new
     wait_until(lambda: _reloads(sp.http_port)["unchanged"] >= 1, timeout=20)
-    wait_until(lambda: len(_children(sp.proc.pid)) == 1, timeout=10)
+    wait_until(lambda: len(child_pids(sp.proc.pid)) == 1, timeout=10)
     counts = _reloads(sp.http_port)
     assert counts["applied"] == 1 and counts["rejected"] == 0, counts
     # the storm collapses: one follow-up (two if the first reload ended mid-storm), plus at

@@ -94,6 +94,31 @@ def error_name(driver: Any, err: Any) -> str:
     return getattr(err, "name", f"CUDA_ERROR_{int(err)}")
 
 
+def open_cuda(wanted: tuple[int, ...]) -> tuple[Any, Any, tuple[int, ...]]:
+    """Import the CUDA driver and NVRTC bindings, ``cuInit``, and the device ordinals to use
+    (``wanted``, or every visible device). No GPU or no bindings: :class:`RunnerUnavailable`;
+    a wanted ordinal that is not visible: ``CanaryConfigInvalid``."""
+    try:
+        from cuda.bindings import driver, nvrtc
+    except ImportError as exc:
+        raise RunnerUnavailable("RunnerUnavailable", f"cuda-bindings: {exc}") from exc
+    try:
+        init = driver.cuInit(0)
+    except Exception as exc:  # no libcuda: cuda.pathfinder raises instead of returning
+        raise RunnerUnavailable("NoGpu", f"CUDA driver library not found: {exc}") from exc
+    if init[0] != driver.CUresult.CUDA_SUCCESS:
+        name = error_name(driver, init[0])
+        raise RunnerUnavailable("NoGpu", f"cuInit: {name}", cuda_error=name)
+    count = check(driver, driver.cuDeviceGetCount(), "cuDeviceGetCount")
+    if not count:
+        raise RunnerUnavailable("NoGpu", "no CUDA device visible")
+    ordinals = wanted or tuple(range(count))
+    bad = [o for o in ordinals if o >= count]
+    if bad:
+        raise RunnerError("CanaryConfigInvalid", f"devices {bad} not visible ({count} seen)")
+    return driver, nvrtc, ordinals
+
+
 def compile_ptx(nvrtc: Any, source: bytes) -> bytes:
     """NVRTC source -> PTX (JIT-compiled by the driver for each device)."""
 
@@ -148,25 +173,8 @@ class CudaKernelRunner:
         self._x = kernel_input()
 
     def load(self) -> LoadInfo:
-        try:
-            from cuda.bindings import driver, nvrtc
-        except ImportError as exc:
-            raise RunnerUnavailable("RunnerUnavailable", f"cuda-bindings: {exc}") from exc
+        driver, nvrtc, ordinals = open_cuda(self.wanted)
         self._driver = driver
-        try:
-            init = driver.cuInit(0)
-        except Exception as exc:  # no libcuda: cuda.pathfinder raises instead of returning
-            raise RunnerUnavailable("NoGpu", f"CUDA driver library not found: {exc}") from exc
-        if init[0] != driver.CUresult.CUDA_SUCCESS:
-            name = error_name(driver, init[0])
-            raise RunnerUnavailable("NoGpu", f"cuInit: {name}", cuda_error=name)
-        count = check(driver, driver.cuDeviceGetCount(), "cuDeviceGetCount")
-        if not count:
-            raise RunnerUnavailable("NoGpu", "no CUDA device visible")
-        ordinals = self.wanted or tuple(range(count))
-        bad = [o for o in ordinals if o >= count]
-        if bad:
-            raise RunnerError("CanaryConfigInvalid", f"devices {bad} not visible ({count} seen)")
         ptx = compile_ptx(nvrtc, KERNEL_SOURCE)
         for ordinal in ordinals:
             self._devs.append(self._load_device(ordinal, ptx))

@@ -31,7 +31,7 @@ import numpy as np
 
 from sidecar.canary import sdc
 from sidecar.canary.runners.base import LoadInfo, RunnerError, RunnerUnavailable
-from sidecar.canary.runners.cuda_kernel import check, error_name
+from sidecar.canary.runners.cuda_kernel import check, open_cuda
 
 INJECTION_ENV = sdc.INJECTION_ENV
 DEFAULT_BLOCKS_PER_SM = 8  # measured on an H200: 1,056 one-warp blocks landed on 132/132 SMs
@@ -343,24 +343,7 @@ class TensorCoreRunner:
         )
 
     def _load_cuda(self) -> list[TensorCoreDevice]:
-        try:
-            from cuda.bindings import driver, nvrtc
-        except ImportError as exc:
-            raise RunnerUnavailable("RunnerUnavailable", f"cuda-bindings: {exc}") from exc
-        try:
-            init = driver.cuInit(0)
-        except Exception as exc:  # no libcuda: cuda.pathfinder raises instead of returning
-            raise RunnerUnavailable("NoGpu", f"CUDA driver library not found: {exc}") from exc
-        if init[0] != driver.CUresult.CUDA_SUCCESS:
-            name = error_name(driver, init[0])
-            raise RunnerUnavailable("NoGpu", f"cuInit: {name}", cuda_error=name)
-        count = check(driver, driver.cuDeviceGetCount(), "cuDeviceGetCount")
-        if not count:
-            raise RunnerUnavailable("NoGpu", "no CUDA device visible")
-        ordinals = self.wanted or tuple(range(count))
-        bad = [o for o in ordinals if o >= count]
-        if bad:
-            raise RunnerError("CanaryConfigInvalid", f"devices {bad} not visible ({count} seen)")
+        driver, nvrtc, ordinals = open_cuda(self.wanted)
         return [CudaTensorCoreDevice(o, self.blocks_per_sm, driver, nvrtc) for o in ordinals]
 
     def injection(self, gpu_fault: str) -> sdc.Injection | None:
