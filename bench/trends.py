@@ -27,6 +27,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,9 +85,10 @@ def delay(series: Iterable[float], step_at: int, settings: DriftSettings) -> int
     return None
 
 
-def latency_rows(seeds: int, samples: int) -> list[list[str]]:
+def latency_stats(seeds: int, samples: int) -> list[dict[str, Any]]:
+    """Per noise model: false alarms per 10,000 judged samples and the 5 % step's delays."""
     settings = DriftSettings()
-    rows = []
+    out = []
     for m in MODELS:
         fa = judged = 0
         delays: list[int] = []
@@ -106,18 +108,36 @@ def latency_rows(seeds: int, samples: int) -> list[list[str]]:
                 early += 1
             else:
                 delays.append(dl)
-        per_10k = fa / judged * 10_000 if judged else math.nan
-        rows.append(
-            [
-                m.name,
-                f"{per_10k:.2f} ({fa} in {judged:,})",
-                f"{statistics.median(delays):.0f}" if delays else "-",
-                f"{max(delays)}" if delays else "-",
-                f"{missed}/{seeds}",
-                f"{early}/{seeds}",
-            ]
+        out.append(
+            {
+                "model": m.name,
+                "cv": m.cv,
+                "heavy": m.heavy,
+                "false_alarms": fa,
+                "judged": judged,
+                "per_10k": fa / judged * 10_000 if judged else math.nan,
+                "delay_p50": statistics.median(delays) if delays else None,
+                "delay_max": max(delays) if delays else None,
+                "missed": missed,
+                "early": early,
+                "seeds": seeds,
+            }
         )
-    return rows
+    return out
+
+
+def latency_rows(seeds: int, samples: int) -> list[list[str]]:
+    return [
+        [
+            r["model"],
+            f"{r['per_10k']:.2f} ({r['false_alarms']} in {r['judged']:,})",
+            "-" if r["delay_p50"] is None else f"{r['delay_p50']:.0f}",
+            "-" if r["delay_max"] is None else f"{r['delay_max']}",
+            f"{r['missed']}/{r['seeds']}",
+            f"{r['early']}/{r['seeds']}",
+        ]
+        for r in latency_stats(seeds, samples)
+    ]
 
 
 def trace_rows(path: Path, seeds: int) -> list[list[str]]:
@@ -179,6 +199,16 @@ def counter_rows() -> list[list[str]]:
     return rows
 
 
+LATENCY_HEADER = [
+    "noise",
+    "false alarms per 10,000",
+    "delay p50 (canaries)",
+    "delay max",
+    "missed",
+    "alarm before step",
+]
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -196,19 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += trace_rows(args.trace, args.seeds)
     s = DriftSettings()
     print(f"Latency drift (CUSUM k={s.k}, h={s.h}, clip={s.clip}, warmup={s.warmup}), 5 % step:\n")
-    print(
-        table(
-            [
-                "noise",
-                "false alarms per 10,000",
-                "delay p50 (canaries)",
-                "delay max",
-                "missed",
-                "alarm before step",
-            ],
-            rows,
-        )
-    )
+    print(table(LATENCY_HEADER, rows))
     print("\nCounter trends:\n")
     print(table(["case", "result"], counter_rows()))
     return 0
