@@ -1,14 +1,20 @@
-"""AdmissionReview and pod fixtures for webhook tests (integration and the image e2e)."""
+"""AdmissionReview and pod fixtures and an HTTPS client for webhook tests (integration and the image e2e)."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import http.client
 import json
+import socket
+import ssl
 import uuid
+from pathlib import Path
 from typing import Any
 
 from sidecar import webhook
 
+IMAGE = "registry.example.com/trt-health-sidecar:0.1.0"
 SECURE = {
     "runAsNonRoot": True,
     "runAsUser": 1000,
@@ -87,3 +93,39 @@ OPT_IN = {
 
 def models_volume() -> dict[str, Any]:
     return {"name": "models", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}
+
+
+class Client:
+    """An HTTPS client that trusts the test CA and talks to the webhook on localhost."""
+
+    def __init__(self, port: int, ca_path: Path) -> None:
+        self.port = port
+        self.ctx = ssl.create_default_context(cafile=str(ca_path))
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        conn = http.client.HTTPSConnection("localhost", self.port, context=self.ctx, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def review(self, body: bytes | dict[str, Any]) -> dict[str, Any]:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        status, data = self.request("POST", "/mutate", raw, {"Content-Type": "application/json"})
+        assert status == 200, data
+        answer = json.loads(data)
+        assert answer["apiVersion"] == "admission.k8s.io/v1"
+        assert answer["kind"] == "AdmissionReview"
+        assert answer["response"]["allowed"] is True
+        return dict(answer["response"])
+
+    def peer_fingerprint(self) -> str:
+        with socket.create_connection(("localhost", self.port), timeout=5) as raw:
+            with self.ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return hashlib.sha256(der).hexdigest()

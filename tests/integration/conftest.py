@@ -16,11 +16,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sidecar import testing
+from sidecar import testing, webhook
 from sidecar.app import SidecarApp
 from sidecar.config import GrpcConfig, HttpConfig, SidecarConfig
 from sidecar.model import CheckResult
 from sidecar.testing import SidecarProcess, wait_until
+from sidecar.testing.certs import CertFiles, TestCA
+from sidecar.testing.webhook import IMAGE, Client
 
 __all__ = ["REPO", "AppThread", "SidecarProcess", "check", "core_config", "health_stub", "wait_until"]
 
@@ -147,3 +149,37 @@ def sidecar_proc(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+
+# -- the webhook server on localhost (test_webhook.py, test_webhook_bounds.py) ------------------
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> TestCA:
+    return TestCA(tmp_path, cn="webhook test CA")
+
+
+@pytest.fixture
+def certs(ca: TestCA) -> CertFiles:
+    return ca.issue("webhook", sans=("localhost",))
+
+
+@pytest.fixture
+def server(certs: CertFiles) -> Iterator[webhook.WebhookServer]:
+    opts = webhook.WebhookOptions(
+        tls_cert=certs.cert,
+        tls_key=certs.key,
+        sidecar_image=IMAGE,
+        port=0,
+        bind="127.0.0.1",
+        cert_reload_interval_s=0.05,
+    )
+    srv = webhook.WebhookServer(opts)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server: webhook.WebhookServer, certs: CertFiles) -> Client:
+    return Client(server.port, certs.ca)

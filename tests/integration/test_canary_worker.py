@@ -5,127 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from sidecar.canary.component import CanaryComponent, CanaryConfig
 from sidecar.canary.protocol import LoadRequest
 from sidecar.canary.supervisor import CanaryMetrics, CanarySupervisor, SupervisorSettings
 from sidecar.model import CheckResult, CheckStatus, Severity
-from sidecar.scenario import ScenarioFile
 from sidecar.testing import SteppableClock, await_until
-
-ROOT = Path(__file__).resolve().parents[2]
-ENGINES = ROOT / "engines"
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.results: list[CheckResult] = []
-        self.triggers: list[str] = []
-
-    def submit(self, results: Iterable[CheckResult]) -> None:
-        self.results.extend(results)
-
-    def trigger(self, check_name: str) -> None:
-        self.triggers.append(check_name)
-
-
-class GpuState:
-    def __init__(self) -> None:
-        self.exclusive = False
-        self.is_busy = False
-        self.generation = 0
-
-        self.exclusive_calls = 0
-
-    def exclusive_process(self) -> bool:
-        self.exclusive_calls += 1
-        return self.exclusive
-
-    def busy(self) -> bool:
-        return self.is_busy
-
-    def reset_generation(self) -> int:
-        return self.generation
-
-    def gpu_fault(self) -> bool:
-        return False
-
-
-FAST = dict(
-    runner="onnxruntime",
-    timeout_s=2.0,
-    first_timeout_s=5.0,
-    load_timeout_s=20.0,
-    backoff_initial_s=0.05,
-    backoff_max_s=0.2,
-    warmup_runs=1,
-)
-
-
-def make(
-    tmp_path: Path,
-    *,
-    simulate: bool = False,
-    scenario: dict[str, Any] | None = None,
-    gpu: GpuState | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    **cfg: Any,
-) -> tuple[CanaryComponent, ScenarioFile | None, CollectorRegistry]:
-    sf: ScenarioFile | None = None
-    if scenario is not None:
-        path = tmp_path / "scenario.yaml"
-        path.write_text(yaml.safe_dump(scenario))
-        sf = ScenarioFile(path)
-        sf.reload()
-    reg = CollectorRegistry()
-    config = CanaryConfig(**{**FAST, **cfg})
-    comp = CanaryComponent(
-        config,
-        simulate=simulate,
-        scenario=sf,
-        registry=reg,
-        gpu_state=gpu,
-        engines_dir=ENGINES,
-        clock=clock,
-    )
-    return comp, sf, reg
-
-
-def set_scenario(sf: ScenarioFile, doc: dict[str, Any]) -> None:
-    assert sf.path is not None
-    tmp = sf.path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(doc))
-    os.replace(tmp, sf.path)
-    assert sf.reload()
-
-
-def main(results: list[CheckResult]) -> CheckResult:
-    return next(r for r in results if r.name == "canary")
-
-
-async def until(
-    comp: CanaryComponent, pred: Callable[[CheckResult], bool], within: float = 15.0
-) -> list[CheckResult]:
-    """Run the canary check until its main result satisfies pred."""
-    deadline = time.monotonic() + within
-    last: list[CheckResult] = []
-    while time.monotonic() < deadline:
-        last = await comp.run_canary()
-        if pred(main(last)):
-            return last
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"condition not reached; last: {main(last) if last else None}")
-
-
-def reason(name: str) -> Callable[[CheckResult], bool]:
-    return lambda r: r.reason == name
+from sidecar.testing.canary import ENGINES, GpuState, Sink, main, make, reason, set_scenario, until
 
 
 async def test_onnxruntime_canary_passes_and_reports_metrics(tmp_path: Path) -> None:

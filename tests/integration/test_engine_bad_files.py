@@ -13,8 +13,8 @@ import pytest
 
 from sidecar.engine.config import EngineSpec
 from sidecar.model import CheckStatus
+from sidecar.testing.engine import config, is_, plan_bytes, started
 from tests.integration.conftest import REPO
-from tests.integration.test_engine_files import config, is_, plan_bytes, started
 
 BAD_MANIFESTS = {
     "non-utf8": b"name: prod\nfile: model.plan\nsha256: \xff\xfe\n",

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from sidecar.checks.nvml import nvml_ok
+from sidecar.testing.gpu import U0, Harness, fast_config, gpu
 
-from .test_gpu_component import U0, Harness, gpu, h  # noqa: F401 (fixture)
+
+@pytest.fixture
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    harness = Harness(tmp_path, fast_config())
+    harness.write({})
+    yield harness
+    await harness.stop()
 
 
 def test_simulated_driver_is_said_simulated_once() -> None:
@@ -17,7 +26,7 @@ def test_simulated_driver_is_said_simulated_once() -> None:
     assert nvml_ok("580.65.06", "nvml").message == "NVML reachable, driver 580.65.06 (nvml)"
 
 
-async def test_xid_without_mig_instance_logs_none(h: Harness, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+async def test_xid_without_mig_instance_logs_none(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
     """An Xid on a GPU without MIG is logged with gi=none ci=none, not 4294967295."""
     caplog.set_level(logging.INFO, logger="sidecar.gpu.component")
     await h.start()

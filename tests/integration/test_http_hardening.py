@@ -13,8 +13,9 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from sidecar.testing.hostile import Prober, metric
+
 from .conftest import SidecarProcess, check, wait_until
-from .test_hostile_clients import Prober, metric
 
 SLOW_HEADER = b"GET /readyz HTTP/1.1\r\nHost: x\r\n"  # never finished
 

@@ -17,7 +17,7 @@ from sidecar.canary.component import CanaryComponent, CanaryConfig
 from sidecar.canary.sdc_screen import STATE_FILE, TensorCoreConfig
 from sidecar.model import CheckResult, CheckStatus, Severity
 from sidecar.scenario import ScenarioFile
-from tests.integration.test_canary_worker import (
+from sidecar.testing.canary import (
     ENGINES,
     FAST,
     GpuState,

@@ -11,8 +11,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from sidecar.testing.hostile import Prober, metric
+
 from .conftest import REPO, SidecarProcess, wait_until
-from .test_hostile_clients import Prober, metric
 
 CAP = 1000
 BURST = 10_000

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import http.client
 import json
 import logging
 import os
@@ -17,7 +16,6 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,9 @@ from sidecar.testing.manifests import (
     validate,
 )
 from sidecar.testing.webhook import (
+    IMAGE,
     OPT_IN,
+    Client,
     app_container,
     decode_patch,
     models_volume,
@@ -45,7 +45,6 @@ from sidecar.testing.webhook import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGE = "registry.example.com/trt-health-sidecar:0.1.0"
 
 
 # -- RFC 6902 ----------------------------------------------------------------------------------
@@ -99,76 +98,6 @@ def test_patch_applier_follows_rfc6902_examples() -> None:
     assert apply_patch({"m": {}}, [{"op": "add", "path": "/m/a~1b~0c", "value": 1}]) == {"m": {"a/b~c": 1}}
     with pytest.raises((KeyError, IndexError, AssertionError)):
         apply_patch({}, [{"op": "add", "path": "/missing/x", "value": 1}])
-
-
-# -- fixtures ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> TestCA:
-    return TestCA(tmp_path, cn="webhook test CA")
-
-
-@pytest.fixture
-def certs(ca: TestCA) -> CertFiles:
-    return ca.issue("webhook", sans=("localhost",))
-
-
-class Client:
-    """An HTTPS client that trusts the test CA and talks to the webhook on localhost."""
-
-    def __init__(self, port: int, ca_path: Path) -> None:
-        self.port = port
-        self.ctx = ssl.create_default_context(cafile=str(ca_path))
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, bytes]:
-        conn = http.client.HTTPSConnection("localhost", self.port, context=self.ctx, timeout=10)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
-
-    def review(self, body: bytes | dict[str, Any]) -> dict[str, Any]:
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        status, data = self.request("POST", "/mutate", raw, {"Content-Type": "application/json"})
-        assert status == 200, data
-        answer = json.loads(data)
-        assert answer["apiVersion"] == "admission.k8s.io/v1"
-        assert answer["kind"] == "AdmissionReview"
-        assert answer["response"]["allowed"] is True
-        return dict(answer["response"])
-
-    def peer_fingerprint(self) -> str:
-        with socket.create_connection(("localhost", self.port), timeout=5) as raw:
-            with self.ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-                der = tls.getpeercert(binary_form=True)
-        assert der is not None
-        return hashlib.sha256(der).hexdigest()
-
-
-@pytest.fixture
-def server(certs: CertFiles) -> Iterator[webhook.WebhookServer]:
-    opts = webhook.WebhookOptions(
-        tls_cert=certs.cert,
-        tls_key=certs.key,
-        sidecar_image=IMAGE,
-        port=0,
-        bind="127.0.0.1",
-        cert_reload_interval_s=0.05,
-    )
-    srv = webhook.WebhookServer(opts)
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def client(server: webhook.WebhookServer, certs: CertFiles) -> Client:
-    return Client(server.port, certs.ca)
 
 
 # -- AdmissionReview and pods ------------------------------------------------------------------

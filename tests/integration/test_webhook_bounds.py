@@ -8,11 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration import test_webhook as wh
-from tests.integration.test_webhook import OPT_IN, Client, pod, review
-
-# the webhook server fixtures of test_webhook.py
-ca, certs, server, client = wh.ca, wh.certs, wh.server, wh.client
+from sidecar.testing.webhook import OPT_IN, Client, pod, review
 
 DEEP = 100_000
 
