@@ -472,8 +472,7 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         id="latch-store-corrupt",
-        fault="latch state file corrupt at start (not UTF-8; also truncated, `{}`, unknown"
-        " `version`)",
+        fault="latch state file corrupt at start (not UTF-8; also truncated, `{}`, unknown `version`)",
         injection="`kill -TERM`, 300 bytes starting `\\xff` written over"
         " `<state-dir>/gpu-latches.json`, restart",
         group="restart",
@@ -486,8 +485,7 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         id="latch-store-unwritable",
-        fault="latch state dir unwritable (full disk, read-only, gone) when Xid 79 must be"
-        " persisted",
+        fault="latch state dir unwritable (full disk, read-only, gone) when Xid 79 must be persisted",
         injection="`<state-dir>` replaced by a regular file, then `gpus: [{xid: [79]}]`",
         group="restart",
         action="latch_store_unwritable",
@@ -518,6 +516,43 @@ ROWS: tuple[Row, ...] = (
         expect={},
         reasons={},
         metric='trt_health_http_connections_closed_total{reason="evicted"} += 300',
+    ),
+    Row(
+        id="scenario-huge",
+        fault="a 50 MB scenario file (it blocked the event loop 44 s, hiding a dead canary worker),"
+        " then Xid 79",
+        injection="50 MB written over the scenario file: refused before parsing (one bounded log line), "
+        "then `gpus: [{xid: [79]}]`; liveness stays SERVING throughout",
+        action="scenario_huge",
+        gpu={"xid": [79]},
+        expect=GPU_DOWN,
+        reasons={f"{GPU}/xid": "XidFatal79"},
+        metric='trt_health_gpu_xid_events_total{code="79",class="node_fatal"} += 1',
+        recovery="sticky",
+        evidence="scenario `reset` changed (GPU reset observed)",
+    ),
+    Row(
+        id="sighup-storm",
+        fault="a config change followed by a storm of 20 SIGHUPs (concurrent reloads ran two canary workers)",
+        injection="`canary.interval` changed in the config file, then 20 x `kill -HUP`",
+        group="reload",
+        action="sighup_storm",
+        expect={},
+        reasons={},
+        metric='trt_health_config_reloads_total{result="rejected"} == 0',
+        evidence="one reload applies the change, the rest coalesce into one that finds nothing new; "
+        "one canary worker",
+    ),
+    Row(
+        id="unix-socket-regular-file",
+        fault="`--unix-socket PATH` where PATH is a regular file with data (it used to be deleted)",
+        injection="`serve --unix-socket FILE` with FILE holding 4 KiB of data",
+        group="startup",
+        action="unix_socket_file",
+        expect={s: N for s in ALL_SERVING},
+        reasons={},
+        metric="exit status == 3",
+        evidence="the file is left as it was; `serve` exits 3 naming it (never starts serving)",
     ),
 )
 

@@ -17,6 +17,8 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -464,6 +466,7 @@ BAD_SCENARIOS = {
         "expands to more than",
     ),
     "scenario_deep": ("gpus: " + "[" * 20000 + "]" * 20000 + "\n", "nested deeper than"),
+    "scenario_huge": ("gpus: []\n" + "#" * (50 << 20) + "\n", "larger than the limit"),
 }
 
 
@@ -874,6 +877,71 @@ def test_fault_matrix_doc_in_sync() -> None:
     )
 
 
+@pytest.mark.parametrize("row", [_row("sighup-storm")], ids=["sighup-storm"])
+def test_sighup_storm_is_one_reload_and_one_worker(own_sidecar: Sidecar, row: Row) -> None:
+    """A config change, then 20 SIGHUPs: reloads run one at a time and coalesce; nothing is
+    rejected, readiness never leaves SERVING (a Watch stream sees it), one canary worker."""
+    sc = own_sidecar
+    assert sc.proc is not None
+    watch = Watcher(sc.proc.addr, "readiness")
+    try:
+        wait_until(lambda: watch.seen == [health_pb2.HealthCheckResponse.SERVING], timeout=5)
+        applied = sc.metric("trt_health_config_reloads_total", {"result": "applied"})
+        cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in sc.config.items()}
+        cfg["canary"]["interval"] = "0.9s"
+        sc.write_config(cfg)
+        for _ in range(20):
+            sc.proc.proc.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: (
+                sc.metric("trt_health_config_reloads_total", {"result": "applied"}) == applied + 1
+                and sc.metric("trt_health_config_reloads_total", {"result": "unchanged"}) >= 1
+            ),
+            30,
+            sc,
+            "one reload applied, the storm coalesced",
+        )
+        assert sc.metric("trt_health_config_reloads_total", {"result": "rejected"}) == 0
+        wait_for(lambda: len(child_pids(sc.proc.proc.pid)) == 1, 10, sc, "one canary worker")
+        assert sc.healthy()
+        assert watch.seen == [health_pb2.HealthCheckResponse.SERVING], watch.seen
+        assert_probes(sc, row)
+    finally:
+        watch.close()
+
+
+@pytest.mark.parametrize("row", [_row("unix-socket-regular-file")], ids=["unix-socket-regular-file"])
+def test_unix_socket_path_holding_a_file_is_kept(tmp_path: Path, row: Row) -> None:
+    """`--unix-socket` at a regular file: exit 3 naming it, the file untouched."""
+    path = tmp_path / "data.bin"
+    data = os.urandom(4096)
+    path.write_bytes(data)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sidecar",
+            "serve",
+            "--simulate",
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--unix-socket",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert str(path) in proc.stderr and "not a socket" in proc.stderr
+    assert path.read_bytes() == data
+
+
 def test_every_group_has_a_runner() -> None:
     """Each row of the table is run by one of the tests above (no silently skipped rows)."""
     own = {
@@ -884,6 +952,8 @@ def test_every_group_has_a_runner() -> None:
         "latch-store-corrupt",
         "latch-store-unwritable",
         "config-reload-failed-rebuild",
+        "sighup-storm",
+        "unix-socket-regular-file",
     }
     for row in table.ROWS:
         assert row.group in ("main", "multi_gpu") or row.id in own, row.id
