@@ -232,6 +232,7 @@ class TrendComponent:
         self._violation: dict[str, tuple[float | None, float | None]] = {}
         self._violation_delta: dict[str, tuple[float, float]] = {}
         self._last_persist = 0.0
+        self._write_failing = False
         self._sink: ResultSink | None = None
 
     # -- Component ------------------------------------------------------------------------
@@ -487,7 +488,15 @@ class TrendComponent:
                 json.dump(state, f, separators=(",", ":"))
             os.replace(tmp, self.path)
         except OSError as exc:  # trends are advisory: losing history is reported, not fatal
-            log.warning("trend history not written", extra={"file": str(self.path), "error": str(exc)[:200]})
+            if not self._write_failing:  # once per failure streak, not every persist interval
+                log.warning(
+                    "trend history not written", extra={"file": str(self.path), "error": str(exc)[:200]}
+                )
+            self._write_failing = True
+            return
+        if self._write_failing:
+            log.info("trend history written again", extra={"file": str(self.path)})
+        self._write_failing = False
 
 
 def _kind_of(subject: str) -> str:

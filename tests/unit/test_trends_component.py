@@ -175,3 +175,22 @@ def test_config_parses_and_names_bad_fields() -> None:
         assert field in text, text
     with pytest.raises(ConfigError):
         raise ConfigError(errors)
+
+
+def test_unwritable_history_is_logged_once_per_streak(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state dir that cannot be written is reported once, not every persist interval."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    comp = TrendComponent(
+        TrendsConfig(persist_interval_s=1.0),
+        registry=CollectorRegistry(),
+        state_dir=blocker,  # a regular file: every write fails (also as root)
+        gpu_samples=FakeGpu(),
+        wall=iter(range(0, 100, 2)).__next__,
+    )
+    for _ in range(5):
+        run(comp)
+    warnings = [r for r in caplog.records if r.getMessage() == "trend history not written"]
+    assert len(warnings) == 1
