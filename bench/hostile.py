@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -439,6 +440,78 @@ async def _fanout_once(addr: str, srv: procs.Server, watchers: int) -> dict[str,
         "probe_after_ms": ms,
         "probe_after_error": why,
     }
+
+
+_BOMB_LEVELS = "".join(
+    f"  {n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdef", "bcdefg", strict=True)
+)
+FILE_ATTACKS: dict[str, str] = {
+    # 421 bytes of nested aliases under canary: (it froze the process ~11 s per run, RSS 2.1 GB)
+    "alias_bomb": 'canary:\n  a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + _BOMB_LEVELS
+    + "  mode: *g\n",
+    "deep_nesting": "gpus: " + "[" * 20000 + "]" * 20000 + "\n",
+    "huge_50mb": "gpus: [{}]\n" + "#" * (50 << 20) + "\n",
+}
+
+
+def file_attacks(gen: Generator, *, quick: bool) -> dict[str, Any]:
+    """Issue #10 items 2, 11, 12: hostile scenario files (an alias bomb, 20,000 levels of
+    nesting, 50 MB) rewritten again and again while kubelet-style probes of liveness run; the
+    server's peak RSS and its RSS after each (target: within 50 MB of the start)."""
+    srv_cpus, gen_cpus = procs.cpus()
+    seconds = 6 if quick else 12
+    rewrites = 4 if quick else 12
+    tmp = Path(tempfile.mkdtemp(prefix="bench-files-"))
+    scenario = tmp / "scenario.yaml"
+    healthy = "gpus: [{}]\ncanary: {mode: ok}\n"
+    scenario.write_text(healthy)
+
+    def write(text: str) -> None:
+        new = tmp / ".scenario.new"
+        new.write_text(text)
+        os.replace(new, scenario)
+
+    srv = procs.start_sidecar(srv_cpus, "--scenario", str(scenario))
+    results: dict[str, Any] = {"seconds": seconds, "rewrites": rewrites, "attacks": {}}
+    try:
+        procs.wait_for(lambda: procs.health_check(srv.addr, "readiness") == 1, 30)
+        rss_start = procs.rss_mb(srv.pid)
+        results["rss_start_mb"] = rss_start
+        for kind, text in FILE_ATTACKS.items():
+            box: dict[str, Any] = {}
+            t = threading.Thread(
+                target=_probe_into, args=(box, gen, srv.addr, gen_cpus, seconds), daemon=True
+            )
+            t.start()
+            peak = 0.0
+            for _ in range(rewrites):
+                write(text + f"# {time.monotonic()}\n")  # a new document every time
+                time.sleep(seconds / rewrites / 2)
+                peak = max(peak, procs.rss_mb(srv.pid))
+                write(healthy)
+                time.sleep(seconds / rewrites / 2)
+            t.join(seconds + 60)
+            lat = box.get("latency", {})
+            res = {
+                "probes": box.get("probes", 0),
+                "failed": box.get("probes", 0) - int(lat.get("n", 0)),
+                "latency": lat,
+                "peak_rss_mb": peak,
+                "rss_after_mb": procs.rss_mb(srv.pid),
+                "ready_after": procs.health_check(srv.addr, "readiness") == 1,
+            }
+            results["attacks"][kind] = res
+            print(
+                f"  {kind:13s} liveness probes {res['probes']}, failed {res['failed']}, p99 "
+                f"{lat.get('p99_ms', 0):.1f} ms; RSS {rss_start:.0f} -> peak {peak:.0f} -> "
+                f"{res['rss_after_mb']:.0f} MB; ready after: {res['ready_after']}",
+                flush=True,
+            )
+    finally:
+        srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results
 
 
 def _probe(addr: str) -> tuple[float, str]:
