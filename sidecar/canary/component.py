@@ -772,6 +772,9 @@ class CanaryComponent:
             # Not evidence of corruption, but no evidence of health either: fail closed.
             self.metrics.results.labels(outcome="error").inc()
             text = "; ".join(judged.problems)[:1000]
+            if self.latch.holds:  # a latched finding stays FATAL; recovery passes must be consecutive
+                self.latch.failed()
+                return [self._mismatch_result(self.latch.message)]
             results.append(
                 self._result(
                     CheckStatus.FAIL, "TensorCoreRoundInvalid", text, labels={"runner": outcome.runner}

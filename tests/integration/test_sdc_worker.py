@@ -304,3 +304,31 @@ async def test_an_unreadable_sdc_state_file_gates_readiness(tmp_path: Path) -> N
         assert st.severity is Severity.CRITICAL and "readiness" in st.gates  # fail closed
     finally:
         await comp.stop()
+
+
+async def test_an_invalid_round_while_recovering_stays_fatal_and_restarts_the_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round the screen cannot judge (no tensor-core outputs) while an SDC finding recovers is
+    no pass: the condition stays FATAL SilentDataCorruption and the passes start over."""
+    from sidecar.canary.supervisor import RunOutcome
+
+    monkeypatch.setenv(sdc.INJECTION_ENV, "1")
+    gpu = GpuState()
+    comp, sf, _ = make_tc(
+        tmp_path, scenario={"canary": {"gpu_fault": "sdc_flip:1:1"}}, gpu=gpu, inject=True, recovery_passes=2
+    )
+    assert sf is not None
+    await comp.start(Sink())
+    try:
+        await until(comp, reason("SilentDataCorruption"))
+        set_scenario(sf, {"canary": {"gpu_fault": "none"}})
+        gpu.generation += 1
+        assert "recovering: 1/2" in main(await comp.run_canary()).message
+        # an unjudgeable round, as a broken worker would report it (the screen's own input)
+        invalid = main(await comp._judge_sdc(RunOutcome(ok=True, runner="tensor-core"), gpu.generation))
+        assert invalid.reason == "SilentDataCorruption" and invalid.severity is Severity.FATAL
+        assert "recovering: 1/2" in main(await comp.run_canary()).message  # counted from zero again
+        assert main(await comp.run_canary()).reason == "CanaryPassed"
+    finally:
+        await comp.stop()
