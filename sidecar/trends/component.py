@@ -233,6 +233,8 @@ class TrendComponent:
         self._violation_delta: dict[str, tuple[float, float]] = {}
         self._last_persist = 0.0
         self._write_failing = False
+        self._inventory_seen = False
+        self._series: set[tuple[str, str]] = set()  # (uuid, counter) with a rate or forecast series
         self._sink: ResultSink | None = None
 
     # -- Component ------------------------------------------------------------------------
@@ -286,10 +288,15 @@ class TrendComponent:
         self._fold_host(host_probe_s)
         results = [self._latency_result()]
         samples = dict(self.gpu_samples.latest_samples()) if self.gpu_samples is not None else {}
-        self.book.forget(lambda s: not s.startswith("gpu/") or s.split("/")[1] in samples)
-        for gone in [u for u in self._violation if u not in samples]:
-            self._violation.pop(gone, None)
-            self._violation_delta.pop(gone, None)
+        self._inventory_seen = self._inventory_seen or bool(samples)
+        # before the first sample (start-up) nothing is known to have left: restored history stays
+        if self._inventory_seen:
+            self.book.forget(lambda s: not s.startswith("gpu/") or s.split("/")[1] in samples)
+            for gone in [u for u in self._violation if u not in samples]:
+                self._violation.pop(gone, None)
+                self._violation_delta.pop(gone, None)
+            for uuid, kind in [k for k in self._series if k[0] not in samples]:
+                self._counter_series(uuid, kind, None, None)
         for uuid, (wall, sample) in sorted(samples.items()):
             for kind, value in _counter_values(sample).items():
                 results.append(self._counter_result(uuid, kind, wall, value))
@@ -354,10 +361,7 @@ class TrendComponent:
             return CheckResult.passed(name, message="not tracked", severity=severity, gates=gates)
         r: CounterReading = trend.observe(wall, value)
         labels = {"uuid": uuid, "counter": kind}
-        if r.rate_per_hour is not None:
-            self.metrics.counter_rate.labels(uuid, kind).set(r.rate_per_hour)
-        if r.seconds_to_threshold is not None:
-            self.metrics.counter_forecast.labels(uuid, kind).set(r.seconds_to_threshold)
+        self._counter_series(uuid, kind, r.rate_per_hour, r.seconds_to_threshold)
         if r.rising and r.rate_per_hour is not None:
             self._export(name, (reason, kind))
             forecast = (
@@ -385,6 +389,20 @@ class TrendComponent:
             labels=labels,
             value=r.rate_per_hour,
         )
+
+    def _counter_series(self, uuid: str, kind: str, rate: float | None, eta: float | None) -> None:
+        """The rate and forecast series of one GPU counter; a value that is gone (no verdict,
+        no forecast, the GPU left) removes its series instead of leaving a stale one."""
+        for gauge, value in ((self.metrics.counter_rate, rate), (self.metrics.counter_forecast, eta)):
+            if value is not None:
+                gauge.labels(uuid, kind).set(value)
+            else:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(uuid, kind)
+        if rate is None and eta is None:
+            self._series.discard((uuid, kind))
+        else:
+            self._series.add((uuid, kind))
 
     def _export(self, subject: str, warning: tuple[str, str] | None) -> None:
         """One trt_health_trend_warning series per warning subject, removed when it clears."""

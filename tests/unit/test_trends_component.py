@@ -194,3 +194,35 @@ def test_unwritable_history_is_logged_once_per_streak(
         run(comp)
     warnings = [r for r in caplog.records if r.getMessage() == "trend history not written"]
     assert len(warnings) == 1
+
+
+def test_restored_counter_history_survives_a_start_before_the_first_gpu_sample(tmp_path: Path) -> None:
+    """At start-up the GPU component has not sampled yet (no samples): the counter history
+    read back from trends.json is kept, not forgotten and written over."""
+    gpu = FakeGpu()
+    comp, _ = make(tmp_path, gpu)
+    for minute in range(0, 31):
+        gpu.put(minute * 60.0, ecc=EccCounters(aggregate_corrected=minute * 10))
+        run(comp)
+    asyncio.run(comp.stop())
+    again, _ = make(tmp_path, FakeGpu())  # nothing sampled yet
+    asyncio.run(again.start(NullSink()))
+    run(again)
+    asyncio.run(again.stop())
+    doc = json.loads((tmp_path / "trends.json").read_text())
+    assert f"gpu/{UUID}/ecc_corrected" in doc["counters"]
+
+
+def test_counter_series_go_with_the_gpu(tmp_path: Path) -> None:
+    """A GPU that leaves takes its rate series with it (no stale rate or forecast)."""
+    gpu = FakeGpu()
+    comp, reg = make(tmp_path, gpu)
+    for minute in range(0, 31):
+        gpu.put(minute * 60.0, ecc=EccCounters(aggregate_corrected=minute))
+        run(comp)
+    labels = {"uuid": UUID, "counter": "ecc_corrected"}
+    assert reg.get_sample_value("trt_health_trend_counter_rate_per_hour", labels) is not None
+    gpu.samples.clear()
+    gpu.put(1900.0, uuid="GPU-1", ecc=EccCounters(aggregate_corrected=0))
+    run(comp)
+    assert reg.get_sample_value("trt_health_trend_counter_rate_per_hour", labels) is None
