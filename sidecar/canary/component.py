@@ -694,6 +694,7 @@ class CanaryComponent:
             self.metrics.results.labels(outcome="mismatch").inc()
             msg = f"{runner}: output differs from golden: {cmp.detail}"
             self.latch.mismatch(generation, msg)
+            self.digests.clear()  # no digest of a wrong answer stands for this pod
             log.error(
                 "canary mismatch",
                 extra={"runner": runner, "detail": cmp.detail, "max_abs_error": cmp.max_abs_error},
