@@ -387,6 +387,7 @@ class SidecarApp:
         self.overrides: Mapping[tuple[str, ...], Any] = {}
         self._http_snapshot = HttpSnapshot()
         self._diag_snapshot: tuple[list[Any], dict[str, Any]] = ([], {})
+        self._observers_failing: set[str] = set()  # ResultObservers in a failure streak
         self._ok_series: dict[str, str] = {}  # condition -> severity label of its ok series
         self._reason_series: set[str] = set()  # readiness reasons with a metric series
         self._tasks: list[asyncio.Task[Any]] = []
@@ -466,8 +467,24 @@ class SidecarApp:
             self._on_transition(t)
         for component in self.components:
             if isinstance(component, ResultObserver):
-                component.observe(results)
+                self._tell_observer(component, results)
         self._publish()
+
+    def _tell_observer(self, component: ResultObserver, results: Sequence[CheckResult]) -> None:
+        """A failing observer loses its own observation only: the results are still
+        published, the submitting check loop never sees the exception, and the fault is
+        logged once per failure streak (not once per result)."""
+        name = str(getattr(component, "name", type(component).__name__))
+        try:
+            component.observe(results)
+        except Exception:
+            if name not in self._observers_failing:
+                self._observers_failing.add(name)
+                log.exception("result observer failed", extra={"component": name})
+            return
+        if name in self._observers_failing:
+            self._observers_failing.discard(name)
+            log.info("result observer recovered", extra={"component": name})
 
     def _observe_run(self, check: str, outcome: str, seconds: float) -> None:
         self.policy.settle(check)
