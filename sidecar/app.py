@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -387,6 +386,13 @@ class SidecarApp:
         self.overrides: Mapping[tuple[str, ...], Any] = {}
         self._http_snapshot = HttpSnapshot()
         self._diag_snapshot: tuple[list[Any], dict[str, Any]] = ([], {})
+        # the loop's last verdict (conditions, verdicts, health-document checks) and the
+        # watchdog's override of it: both writers (the loop's _publish, the watchdog thread)
+        # derive every publisher from these under one lock, so neither overwrites the other
+        self._publish_lock = threading.Lock()
+        self._published: tuple[list[Any], dict[str, ServiceVerdict], dict[str, Any]] = ([], {}, {})
+        self._blocked: str | None = None  # EventLoopBlocked reason while the watchdog holds liveness
+        self._observers_failing: set[str] = set()  # ResultObservers in a failure streak
         self._ok_series: dict[str, str] = {}  # condition -> severity label of its ok series
         self._reason_series: set[str] = set()  # readiness reasons with a metric series
         self._tasks: list[asyncio.Task[Any]] = []
@@ -466,8 +472,24 @@ class SidecarApp:
             self._on_transition(t)
         for component in self.components:
             if isinstance(component, ResultObserver):
-                component.observe(results)
+                self._tell_observer(component, results)
         self._publish()
+
+    def _tell_observer(self, component: ResultObserver, results: Sequence[CheckResult]) -> None:
+        """A failing observer loses its own observation only: the results are still
+        published, the submitting check loop never sees the exception, and the fault is
+        logged once per failure streak (not once per result)."""
+        name = str(getattr(component, "name", type(component).__name__))
+        try:
+            component.observe(results)
+        except Exception:
+            if name not in self._observers_failing:
+                self._observers_failing.add(name)
+                log.exception("result observer failed", extra={"component": name})
+            return
+        if name in self._observers_failing:
+            self._observers_failing.discard(name)
+            log.info("result observer recovered", extra={"component": name})
 
     def _observe_run(self, check: str, outcome: str, seconds: float) -> None:
         self.policy.settle(check)
@@ -501,10 +523,6 @@ class SidecarApp:
     def _publish(self) -> None:
         verdicts = self.policy.verdicts()
         self._log_service_changes(verdicts)
-        serving = {name: v.serving for name, v in verdicts.items()}
-        self.health.set_statuses(to_wire_statuses(serving))
-        for name, ok in serving.items():
-            self.metrics.service_serving.labels(name).set(1 if ok else 0)
         readiness = verdicts.get(SERVICE_READINESS)
         self._publish_readiness_reasons(readiness.reasons if readiness is not None else ())
         conditions = self.policy.conditions()
@@ -530,12 +548,31 @@ class SidecarApp:
                 labels=c.last.labels,
                 value=c.last.value,
             )
+        with self._publish_lock:
+            self._published = (conditions, verdicts, checks)
+            self._swap_published()
+
+    def _swap_published(self, only: str | None = None) -> None:
+        """Under ``_publish_lock``: every publisher (gRPC health, the service metric, the
+        HTTP and Diagnostics snapshots) from the loop's last verdict, with liveness
+        NOT_SERVING while the watchdog holds it (``_blocked``). ``only``: the one service
+        whose gRPC status and metric to write (the watchdog's; the registry keeps services
+        absent from a write, so only the loop writes them all, a retired one stays gone)."""
+        conditions, verdicts, checks = self._published
+        if self._blocked is not None:
+            blocked = ServiceVerdict(SERVICE_LIVENESS, False, (self._blocked,))
+            verdicts = {**verdicts, SERVICE_LIVENESS: blocked}
+        serving = {name: v.serving for name, v in verdicts.items()}
+        written = serving if only is None else {only: serving[only]}
+        self.health.set_statuses(to_wire_statuses(written))
+        for name, ok in written.items():
+            self.metrics.service_serving.labels(name).set(1 if ok else 0)
         services = {name: service_entry(v.serving, v.reasons) for name, v in sorted(verdicts.items())}
         ready = serving.get(SERVICE_OVERALL, False)
         self._diag_snapshot = (conditions, verdicts)
         self._http_snapshot = HttpSnapshot(
             ready=ready,
-            live=serving.get("liveness", False),
+            live=serving.get(SERVICE_LIVENESS, False),
             body=healthz_document("trt-health-sidecar", ready, services, checks),
             services=serving,
         )
@@ -900,6 +937,9 @@ class SidecarApp:
             before = self.clock()
             await asyncio.sleep(interval)
             republish = self.watchdog.beat()
+            if republish:  # the watchdog held liveness while the loop was blocked: let go
+                with self._publish_lock:
+                    self._blocked = None
             now = self.clock()
             lag = max(0.0, now - before - interval)
             self.metrics.loop_lag.set(lag)
@@ -919,20 +959,15 @@ class SidecarApp:
 
     def _loop_blocked(self, quiet_s: float) -> None:
         """Watchdog thread: the loop missed its heartbeat. Liveness NOT_SERVING at once in
-        every publisher (the registry is thread-safe; snapshots are replaced whole); the
-        loop's next heartbeat publishes its own verdict again."""
+        every publisher, the /healthz body included. It never rewrites a snapshot the loop
+        wrote: it sets the override and derives every publisher from the loop's last verdict,
+        under the lock the loop's _publish takes, so whatever the loop publishes meanwhile
+        (a fresher ready=False) is served as it is, still with liveness NOT_SERVING. The
+        loop's next heartbeat lifts the override and publishes its own verdict again."""
         reason = f"EventLoopBlocked: no heartbeat for {quiet_s:.1f}s"
-        self.health.set_statuses({SERVICE_LIVENESS: NOT_SERVING})
-        snap = self._http_snapshot
-        self._http_snapshot = dataclasses.replace(
-            snap, live=False, services={**snap.services, SERVICE_LIVENESS: False}
-        )
-        conditions, verdicts = self._diag_snapshot
-        self._diag_snapshot = (
-            conditions,
-            {**verdicts, SERVICE_LIVENESS: ServiceVerdict(SERVICE_LIVENESS, False, (reason,))},
-        )
-        self.metrics.service_serving.labels(SERVICE_LIVENESS).set(0)
+        with self._publish_lock:
+            self._blocked = reason
+            self._swap_published(only=SERVICE_LIVENESS)
         log.error("event loop blocked: liveness NOT_SERVING", extra={"reason": reason})
 
     def _stat_config(self) -> tuple[int, int] | None:

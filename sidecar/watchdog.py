@@ -3,9 +3,11 @@
 The loop's heartbeat cannot report that the loop itself is blocked (a blocked loop runs no
 heartbeat, and the last published SERVING would stay). :class:`LoopWatchdog` runs on its own
 thread: the heartbeat calls :meth:`LoopWatchdog.beat`; when no beat came for longer than the
-limit, the watchdog calls ``on_blocked`` once, from its thread (the app then sets liveness
-NOT_SERVING directly in the thread-safe health registry). The next beat reports that the
-watchdog had tripped, so the loop republishes its own verdict.
+limit, the watchdog calls ``on_blocked`` once, from its thread (the app then holds liveness
+NOT_SERVING in every publisher: an override combined with the loop's last verdict under the
+lock the loop's publish takes, so it never rewrites what the loop published). The next beat
+reports that the watchdog had tripped, so the loop lifts the override and republishes its
+own verdict.
 
 The clock is injected: tests drive :meth:`LoopWatchdog.check` with a fake clock.
 """

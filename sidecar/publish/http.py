@@ -1,7 +1,8 @@
 """HTTP publisher on its own port: /healthz (JSON), /livez, /readyz, /metrics.
 
-It reads an immutable snapshot that the event loop swaps in after every change, so a slow HTTP
-client never touches the loop. Hostile clients cannot exhaust threads, memory or descriptors:
+It reads an immutable snapshot that the app swaps in whole (the event loop after every change,
+the loop watchdog while the loop is blocked, both under one lock), so a slow HTTP client never
+touches the loop. Hostile clients cannot exhaust threads, memory or descriptors:
 
 - One selector thread accepts connections and reads each request's header itself
   (non-blocking): a connection holds no thread until its whole header has arrived, so slowloris
