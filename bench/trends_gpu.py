@@ -62,7 +62,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gpu.refresh()
     with tempfile.TemporaryDirectory() as state:
         comp = TrendComponent(
-            TrendsConfig(), registry=CollectorRegistry(), state_dir=Path(state), gpu_samples=gpu
+            TrendsConfig(latency_enabled=True),
+            registry=CollectorRegistry(),
+            state_dir=Path(state),
+            gpu_samples=gpu,
         )
         trace: list[float] = []
 

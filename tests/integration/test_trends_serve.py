@@ -17,7 +17,7 @@ from tests.integration.conftest import SERVING, SidecarProcess, check, wait_unti
 
 CONFIG = {
     "canary": {"interval": "50ms", "allow_fast_interval": True},
-    "trends": {"interval": "100ms", "latency": {"warmup": 20}},
+    "trends": {"interval": "100ms", "latency": {"enabled": True, "warmup": 20}},
 }
 
 

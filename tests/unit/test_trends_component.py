@@ -47,7 +47,7 @@ class NullSink:
 
 
 def make(tmp_path: Path, gpu: FakeGpu, **kw: object) -> tuple[TrendComponent, CollectorRegistry]:
-    cfg = TrendsConfig(latency=DriftSettings(warmup=10), **kw)  # type: ignore[arg-type]
+    cfg = TrendsConfig(latency=DriftSettings(warmup=10), latency_enabled=True, **kw)  # type: ignore[arg-type]
     reg = CollectorRegistry()
     return TrendComponent(cfg, registry=reg, state_dir=tmp_path, gpu_samples=gpu, wall=lambda: 0.0), reg
 
@@ -226,3 +226,16 @@ def test_counter_series_go_with_the_gpu(tmp_path: Path) -> None:
     gpu.put(1900.0, uuid="GPU-1", ecc=EccCounters(aggregate_corrected=0))
     run(comp)
     assert reg.get_sample_value("trt_health_trend_counter_rate_per_hour", labels) is None
+
+
+def test_latency_drift_is_opt_in(tmp_path: Path) -> None:
+    """By default no latency condition exists and latencies are not folded (counter trends
+    still run): a host-timed canary on a busy host is not stationary enough to warn on."""
+    cfg, errors = parse({})
+    assert not errors and cfg.latency_enabled is False
+    comp = TrendComponent(cfg, registry=CollectorRegistry(), state_dir=tmp_path, gpu_samples=FakeGpu())
+    comp.observe([latency(1e-3)] * 10 + [latency(5e-3)] * 200)
+    assert all(r.name != COND_LATENCY for r in run(comp))
+    assert comp.book.to_state()["drift"] == {}
+    on, errors = parse({"latency": {"enabled": True}})
+    assert not errors and on.latency_enabled
