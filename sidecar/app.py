@@ -881,6 +881,8 @@ class SidecarApp:
                 self._sinks[section].retired = True
             if section == "gpu" and old is not None and obj is not None:
                 await asyncio.to_thread(_hand_over_latches, old, obj)
+            if section == "canary" and old is not None and obj is not None:
+                await _hand_over_canary(old, obj)
             if obj is not None:
                 self.scheduler.promote(new_checks[section])
                 # a check without a first result yet: readiness waits for it (fail closed)
@@ -1098,6 +1100,14 @@ def _hand_over_latches(old: Any, new: Any) -> None:
                 )
     new_store.mark_dirty()  # write even when nothing was handed over (see above)
     new_store.save()
+
+
+async def _hand_over_canary(old: Any, new: Any) -> None:
+    """The old canary component's findings (its mismatch, production and SDC latches) move to
+    the replacement, which started fresh: a reload is no evidence that the GPU recovered."""
+    take = getattr(new, "take_over_latches", None)
+    if take is not None:
+        await take(old)
 
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
