@@ -854,12 +854,10 @@ class SidecarApp:
            time to report them.
         """
         built: list[tuple[str, Any, CollectorRegistry, _SlotSink]] = []
-        flushed_at = time.time()
         for section in sections:
             old = self._slots.get(section)
             old_latches = getattr(old, "latches", None) if section == "gpu" else None
             if old_latches is not None:
-                flushed_at = time.time()
                 await asyncio.to_thread(old_latches.save)
             registry = CollectorRegistry()
             try:
@@ -919,7 +917,9 @@ class SidecarApp:
                 # late words of a stopped component (an event thread) are not evidence any more
                 self._sinks[section].retired = True
             if section == "gpu" and old is not None and obj is not None:
-                await asyncio.to_thread(_hand_over_latches, old, obj, flushed_at)
+                await asyncio.to_thread(_hand_over_latches, old, obj)
+            if section == "canary" and old is not None and obj is not None:
+                await _hand_over_canary(old, obj)
             if obj is not None:
                 self.scheduler.promote(new_checks[section])
                 # a check without a first result yet: readiness waits for it (fail closed)
@@ -1113,25 +1113,36 @@ class SidecarApp:
         log.info("sidecar stopped")
 
 
-def _hand_over_latches(old: Any, new: Any, flushed_at: float) -> None:
-    """GPU latches the old component set after its state was flushed for the replacement
-    (which read that file when it was built) move to the replacement, which then writes the
-    file whole: the old one may have rewritten it when it stopped, without a latch only the
-    replacement holds. Latches older than the flush were read by the replacement: one it no
-    longer holds was cleared on evidence, and stays cleared."""
+def _hand_over_latches(old: Any, new: Any) -> None:
+    """GPU latches the old component holds that were not in the file the replacement read
+    (when it was built, after the old one flushed its state) move to the replacement, which
+    then writes the file whole: the old one may have rewritten it when it stopped, without a
+    latch only the replacement holds. By set, not by time: a latch's ``since`` is when its
+    evidence started, not when it was added, so a latch added during the overlap may be dated
+    before the flush. A latch the replacement read and no longer holds was cleared on
+    evidence, and stays cleared."""
     old_store = getattr(old, "latches", None)
     new_store = getattr(new, "latches", None)
     if old_store is None or new_store is None:
         return
+    known = new_store.read_from_file()
     for uuid, latches in old_store.all_latches().items():
         for latch in latches:
-            if latch.since >= flushed_at and new_store.add(uuid, latch):
+            if (uuid, latch) not in known and new_store.add(uuid, latch):
                 log.warning(
                     "GPU latch handed over across the reload",
                     extra={"uuid": uuid, "reason": latch.reason},
                 )
     new_store.mark_dirty()  # write even when nothing was handed over (see above)
     new_store.save()
+
+
+async def _hand_over_canary(old: Any, new: Any) -> None:
+    """The old canary component's findings (its mismatch, production and SDC latches) move to
+    the replacement, which started fresh: a reload is no evidence that the GPU recovered."""
+    take = getattr(new, "take_over_latches", None)
+    if take is not None:
+        await take(old)
 
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"

@@ -303,6 +303,20 @@ class MismatchLatch:
         """True while results must stay failed (latched or still recovering)."""
         return self.latched or self.recovering
 
+    def holds_more_than(self, other: MismatchLatch) -> bool:
+        """Latched beats recovering beats clear; of two recovering, the one with fewer passes."""
+        if self.latched or other.latched:
+            return self.latched and not other.latched
+        if self.recovering != other.recovering:
+            return self.recovering
+        return self.recovering and self.passes < other.passes
+
+    def take(self, other: MismatchLatch) -> None:
+        """Take another latch's finding (a reload's replacement takes the old component's;
+        ``recovery_passes`` stays this one's, from the new config)."""
+        self.latched, self.recovering, self.passes = other.latched, other.recovering, other.passes
+        self.generation, self.message = other.generation, other.message
+
 
 @dataclass(frozen=True, slots=True)
 class _Golden:
@@ -415,6 +429,7 @@ class CanaryComponent:
                 self.latch.latched = False
                 self.latch.recovering = True
         self.production_latch = MismatchLatch(config.recovery_passes)
+        self.production_failed: CheckResult | None = None  # the last result while it holds
         self.production_released = False
         self.last_pass_at: float | None = None
         self.passes = 0
@@ -448,6 +463,33 @@ class CanaryComponent:
                 await self._task
             self._task = None
         await self.supervisor.stop()
+
+    async def take_over_latches(self, old: CanaryComponent) -> None:
+        """A reload's swap: the findings of the component this one replaces move here (a
+        config change is no evidence). Its mismatch and production latches (with their
+        reason, reset generation and recovery progress) are taken where they hold more than
+        this one's own; an SDC finding beats a plain mismatch (only tensor-core rounds clear
+        it). SDC latches it persisted after this one read the state file are added here and
+        the file is rewritten whole (the old one may have rewritten it without this one's)."""
+        now: list[CheckResult] = []  # what this component reports from now on
+        old_sdc = old.latch_reason == SDC_REASON and old.latch.holds
+        mine_sdc = self.latch_reason == SDC_REASON and self.latch.holds
+        if (old_sdc and not mine_sdc) or (old_sdc == mine_sdc and old.latch.holds_more_than(self.latch)):
+            self.latch.take(old.latch)
+            self.latch_reason = old.latch_reason
+            now.append(self._mismatch_result(self.latch.message))
+            log.warning(
+                "canary latch handed over across the reload",
+                extra={"reason": self.latch_reason, "recovering": self.latch.recovering},
+            )
+        if old.production_latch.holds_more_than(self.production_latch):
+            self.production_latch.take(old.production_latch)
+            if old.production_failed is not None:
+                now.append(old.production_failed)
+            log.warning("canary production-engine latch handed over across the reload")
+        if now and self._sink is not None:  # replaces a pass this one held before it knew
+            self._sink.submit(now)
+        await self.sdc.take_over(old.sdc)
 
     # --- background keeper ------------------------------------------------------------------
 
@@ -971,15 +1013,15 @@ class CanaryComponent:
         else:
             self.production_latch.passed()
         if self.production_latch.holds:
-            return [
-                CheckResult.failed(
-                    name,
-                    "CanaryMismatch",
-                    self.production_latch.message,
-                    severity=Severity.FATAL,
-                    gates=gates,
-                )
-            ]
+            self.production_failed = CheckResult.failed(
+                name,
+                "CanaryMismatch",
+                self.production_latch.message,
+                severity=Severity.FATAL,
+                gates=gates,
+            )
+            return [self.production_failed]
+        self.production_failed = None
         if prod.release_after_verify:
             await self.supervisor.release_production()
             self.production_released = True

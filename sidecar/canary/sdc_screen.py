@@ -216,6 +216,19 @@ class SdcScreen:
             self.store.remove(uuid, LATCH_KIND)
         await asyncio.to_thread(self.store.save)
 
+    async def take_over(self, old: SdcScreen) -> None:
+        """A reload's swap: the SDC latches the old screen holds that were not in the file this
+        one read move here (by set, not time), then the file is written whole (off the loop)."""
+        if self.store is None or old.store is None:
+            return
+        known = self.store.read_from_file()
+        for uuid, latches in old.store.all_latches().items():
+            for latch in latches:
+                if latch.kind == LATCH_KIND and (uuid, latch) not in known:
+                    self.store.add(uuid, latch)
+        self.store.mark_dirty()
+        await asyncio.to_thread(self.store.save)
+
     @property
     def problem(self) -> str | None:
         return self.store.problem if self.store is not None else None

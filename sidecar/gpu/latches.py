@@ -224,6 +224,7 @@ class LatchStore:
         self._unwritable: str | None = None
         self._corrupt: str | None = None  # why the last corrupt file was set aside
         self._aside_failed: str | None = None  # a corrupt file that could not be moved aside
+        self._read: set[tuple[str, Latch]] = set()  # every latch read from the file
 
     # -- load / save --------------------------------------------------------------------------
 
@@ -258,6 +259,7 @@ class LatchStore:
         for uuid, st in gpus.items():  # merge: latches set meanwhile stay
             mine = self.gpu(uuid)
             for latch in st.latches:
+                self._read.add((uuid, latch))
                 if not any(x.kind == latch.kind and x.reason == latch.reason for x in mine.latches):
                     mine.latches.append(latch)
             if mine.observed == Observed():
@@ -304,6 +306,12 @@ class LatchStore:
             return []
         prefix = f"{self.path.name}{ASIDE_INFIX}"
         return [self.path.with_name(n) for n in sorted(names) if n.startswith(prefix)]
+
+    def read_from_file(self) -> frozenset[tuple[str, Latch]]:
+        """Every (uuid, latch) this store read from its file (at :meth:`load`, or a later
+        retry of an unreadable file): what it knew from there, whether it still holds it."""
+        with self._lock:
+            return frozenset(self._read)
 
     def rebooted(self) -> bool:
         """True when the file was written during an earlier boot of this node."""
