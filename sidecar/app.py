@@ -253,6 +253,7 @@ class _SlotSink:
         self.fatal = False  # a held result is a FATAL failure: swap at once
         self.retired = False  # the component was replaced: what it still sends is dropped
         self._retires: list[tuple[list[str], list[str]]] = []  # asked while staged
+        self._dropped: list[str] = []  # CheckErrors its check loops retired while staged
         self.changed = asyncio.Event()
 
     def submit(self, results: Iterable[CheckResult]) -> None:
@@ -291,6 +292,23 @@ class _SlotSink:
         else:
             self._app._retire_now(prefixes, services)
 
+    def retire_checks(self, names: Sequence[str]) -> None:
+        """A check loop of this component retires the CheckError it reported under the
+        check's own name (the check works again; its results use other names). Staged, the
+        error leaves what this component holds (it would otherwise stay "no evidence yet"
+        and be recorded at the swap) and the live condition of that name is dropped only at
+        the swap: until then it is the old component's."""
+        if self.retired:
+            return
+        if not self.staged:
+            self._app._drop_conditions(names)
+            return
+        for name in names:
+            self.held.pop(name, None)
+            self.reported.discard(name)
+            self._dropped.append(name)
+        self.changed.set()
+
     def take(self, results: Sequence[CheckResult]) -> None:
         """Scheduler and event results of this component (loop thread)."""
         if self.retired:
@@ -302,13 +320,21 @@ class _SlotSink:
         for r in results:
             self.held.pop(r.name, None)
             self.held[r.name] = r
+            if r.name in self._dropped:  # reported again since: not to be dropped
+                self._dropped = [n for n in self._dropped if n != r.name]
             if r.status is CheckStatus.FAIL and r.severity >= Severity.FATAL:
                 self.fatal = True
         self.changed.set()
 
     def observe_run(self, check: str, outcome: str, seconds: float) -> None:
+        """A run of one of this component's checks ended. Staged, only its metrics are
+        recorded: the run is no first result of the live check of that name (the swap
+        settles the checks that ran)."""
         self.ran.add(check)
-        self._app._observe_run(check, outcome, seconds)
+        if self.staged:
+            self._app._record_run(check, outcome, seconds)
+        else:
+            self._app._observe_run(check, outcome, seconds)
         self.changed.set()
 
     def settled(self, checks: Iterable[str]) -> bool:
@@ -326,6 +352,10 @@ class _SlotSink:
         self.held.clear()
         if held:
             self._app._submit_now(held)
+        # after the held results: dropping first could publish a verdict without either
+        dropped, self._dropped = self._dropped, []
+        if dropped:
+            self._app._drop_conditions(dropped)
 
 
 class SidecarApp:
@@ -493,6 +523,9 @@ class SidecarApp:
 
     def _observe_run(self, check: str, outcome: str, seconds: float) -> None:
         self.policy.settle(check)
+        self._record_run(check, outcome, seconds)
+
+    def _record_run(self, check: str, outcome: str, seconds: float) -> None:
         self.metrics.check_runs.labels(check, outcome).inc()
         if outcome in ("ok", "fail", "error", "late"):
             self.metrics.check_duration.labels(check).observe(seconds)
@@ -792,14 +825,19 @@ class SidecarApp:
             self.gpu_state.swap(obj)
 
     async def _start_component(
-        self, section: str, obj: Any, sink: _SlotSink, *, expect: bool
+        self, section: str, obj: Any, sink: _SlotSink, *, expect: bool, jitter: float | None = None
     ) -> None:
         if section in COMPONENT_SECTIONS:
             checks = obj.checks()
             if expect:  # readiness waits for a check's first result
                 self.policy.expect(c.name for c in checks)
             self.scheduler.add(
-                checks, submit=sink.take, observe_run=sink.observe_run, staged=sink.staged
+                checks,
+                submit=sink.take,
+                observe_run=sink.observe_run,
+                retire=sink.retire_checks,
+                staged=sink.staged,
+                jitter=jitter,
             )
             await obj.start(sink)
         else:
@@ -837,7 +875,9 @@ class SidecarApp:
             return
         await self._stop_component(section, obj)
 
-    async def _restart_sections(self, new: SidecarConfig, sections: list[str]) -> None:
+    async def _restart_sections(
+        self, new: SidecarConfig, sections: list[str], commit: Callable[[], None] | None = None
+    ) -> None:
         """Replace the components of the changed sections, make-before-break.
 
         1. Every replacement is built (nothing starts; the GPU component first flushes its
@@ -846,12 +886,18 @@ class SidecarApp:
         2. The replacements start *staged*: their checks run beside the old ones, their
            results are held (:class:`_SlotSink`), the old components keep reporting. A start
            that fails stops the replacements started so far and raises.
-        3. Once each replacement's checks ran and none of its results is still "no evidence
-           yet" (or one is FATAL, or the first timeouts passed), the swap: the old checks and
-           component stop, GPU latches the old one set meanwhile are handed over, the held
-           results are recorded. Conditions carry over (same names), so an unchanged verdict
-           does not blink; conditions no longer reported are dropped once every check had
-           time to report them.
+           What a staged loop does stays with its replacement: a run settles no live
+           check, a retired CheckError leaves only the held results.
+        3. Each section swaps as soon as its replacement's checks ran and none of its
+           results is still "no evidence yet", or one of them is FATAL (never waiting for
+           another section), and every section once the first timeouts passed: the old
+           checks and component stop, GPU latches the old one set meanwhile are handed over,
+           the held results are recorded. Just before the first swap ``commit`` runs (the
+           reload's other changes apply only once it can no longer be rejected).
+           Conditions carry over (same names), so an unchanged verdict does not blink;
+           conditions no longer reported are dropped once every check had time to report
+           them. A failed start or a cancellation (shutdown) stops every replacement not
+           swapped in yet.
         """
         built: list[tuple[str, Any, CollectorRegistry, _SlotSink]] = []
         for section in sections:
@@ -869,12 +915,14 @@ class SidecarApp:
                 raise
             built.append((section, obj, registry, _SlotSink(self, staged=True)))
         started: list[tuple[str, Any, CollectorRegistry, _SlotSink]] = []
+        swapped: set[str] = set()
+        committed = False
         try:
             for item in built:
                 section, obj, _registry, sink = item
                 if obj is not None:
                     started.append(item)
-                    await self._start_component(section, obj, sink, expect=False)
+                    await self._start_component(section, obj, sink, expect=False, jitter=new.jitter)
             # each staged check runs at once; its first results come within its (first) timeout
             new_checks = {
                 section: [c.name for c in obj.checks()] if section in COMPONENT_SECTIONS else []
@@ -892,42 +940,89 @@ class SidecarApp:
             )
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace + 1.0
-            for section, obj, _registry, sink in built:
-                if obj is None:
+            waiting = list(built)
+            while waiting:
+                for *_rest, sink in waiting:
+                    sink.changed.clear()  # before looking: a change from now on wakes us
+                # a section swaps once its own replacement settled (or found a FATAL fault):
+                # never waiting for another section's slow first run
+                ready = [
+                    item
+                    for item in waiting
+                    if item[1] is None or item[3].fatal or item[3].settled(new_checks[item[0]])
+                ]
+                left = deadline - loop.time()
+                if not ready and left <= 0:
+                    log.warning(
+                        "config reload: replacement component still without evidence; swapping",
+                        extra={"components": [item[0] for item in waiting]},
+                    )
+                    ready = list(waiting)
+                if not ready:
+                    waits = [asyncio.ensure_future(item[3].changed.wait()) for item in waiting]
+                    try:
+                        await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for w in waits:
+                            w.cancel()
                     continue
-                while not (sink.fatal or sink.settled(new_checks[section])):
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        log.warning(
-                            "config reload: replacement component still without evidence; swapping",
-                            extra={"component": section},
-                        )
-                        break
-                    sink.changed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(sink.changed.wait(), left)
+                if not committed:  # the point of no return: the reload applies from here
+                    committed = True
+                    if commit is not None:
+                        commit()
+                for item in ready:
+                    waiting.remove(item)
+                    section, obj, registry, sink = item
+                    await self._swap_section(
+                        section, obj, registry, sink, new_checks.get(section, [])
+                    )
+                    swapped.add(section)
         except BaseException:  # a failed start, or the reload cancelled (shutdown)
+            # every replacement not yet swapped in is stopped: nothing else would stop it
             for section, obj, _registry, _sink in started:
-                await self._stop_component(section, obj, staged=True)
+                if section not in swapped:
+                    await self._stop_component(section, obj, staged=True)
             raise
-        for section, obj, registry, sink in built:
-            old = self._slots.get(section)
-            if old is not None:
-                await self._stop_component(section, old)
-                # late words of a stopped component (an event thread) are not evidence any more
-                self._sinks[section].retired = True
-            if section == "gpu" and old is not None and obj is not None:
-                await asyncio.to_thread(_hand_over_latches, old, obj)
-            if section == "canary" and old is not None and obj is not None:
-                await _hand_over_canary(old, obj)
-            if obj is not None:
-                self.scheduler.promote(new_checks[section])
-                # a check without a first result yet: readiness waits for it (fail closed)
-                self.policy.expect(n for n in new_checks[section] if n not in sink.ran)
-            self._put(section, obj, registry, sink)
-            sink.go_live()
         swap_at = self.clock()
         loop.call_later(grace + 1.0, self._forget_stale, swap_at)
+
+    async def _swap_section(
+        self,
+        section: str,
+        obj: Any,
+        registry: CollectorRegistry,
+        sink: _SlotSink,
+        new_checks: list[str],
+    ) -> None:
+        """The old component of ``section`` stops, its replacement (staged) becomes the live
+        one and its held results are recorded. Nothing is awaited after the promotion: a
+        cancellation leaves the section either swapped or not."""
+        old = self._slots.get(section)
+        old_checks: list[str] = []
+        if old is not None:
+            if section in COMPONENT_SECTIONS:
+                old_checks = [c.name for c in old.checks()]
+            await self._stop_component(section, old)
+            # late words of a stopped component (an event thread) are not evidence any more
+            self._sinks[section].retired = True
+        if section == "gpu" and old is not None and obj is not None:
+            await asyncio.to_thread(_hand_over_latches, old, obj)
+        if section == "canary" and old is not None and obj is not None:
+            await _hand_over_canary(old, obj)
+        if obj is not None:
+            self.scheduler.promote(new_checks)
+        # the staged runs were no first results of the live checks: the swap settles the
+        # checks that ran; one without a first result yet holds readiness (fail closed); an
+        # old check the replacement no longer has was removed
+        for name in old_checks:
+            if name not in new_checks:
+                self.policy.settle(name)
+        for name in new_checks:
+            if name in sink.ran:
+                self.policy.settle(name)
+        self.policy.expect(n for n in new_checks if n not in sink.ran)
+        self._put(section, obj, registry, sink)
+        sink.go_live()
 
     async def _heartbeat(self) -> None:
         """Liveness: the loop wakes on time and every check loop keeps beating."""
@@ -1030,13 +1125,18 @@ class SidecarApp:
             return True
         if new.grpc != old.grpc or new.http != old.http or new.simulate != old.simulate:
             log.warning("config reload: listener or simulation changes need a restart")
-        self.policy.reconfigure(new.policy)
-        configure_logging(new.log_level, new.log_format)
-        self.scheduler._jitter = new.jitter
+
+        def apply() -> None:  # only once the reload can no longer be rejected
+            self.policy.reconfigure(new.policy)
+            configure_logging(new.log_level, new.log_format)
+            self.scheduler._jitter = new.jitter
+
         changed = [s for s in ALL_SECTIONS if new.components.get(s) != old.components.get(s)]
-        if changed:
+        if not changed:
+            apply()
+        else:
             try:
-                await self._restart_sections(new, changed)
+                await self._restart_sections(new, changed, commit=apply)
             except Exception as exc:
                 self.metrics.config_reloads.labels("rejected").inc()
                 log.exception(
@@ -1271,9 +1371,17 @@ async def serve(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(app.stop(), timeout=config.shutdown_grace_s + 5.0)
         return EXIT_INTERNAL
-    if ports_file:
-        write_ports_file(ports_file, app)
-    await app.wait_stopped()
-    log.info("shutdown requested")
-    await app.stop()
+    try:
+        if ports_file:
+            write_ports_file(ports_file, app)
+    except Exception:  # a bug (an OSError is reported inside): stopped, exit 1, never a hang
+        log.exception("cannot write the ports file", extra={"path": ports_file[:200] if ports_file else ""})
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(app.stop(), timeout=config.shutdown_grace_s + 5.0)
+        return EXIT_INTERNAL
+    try:
+        await app.wait_stopped()
+        log.info("shutdown requested")
+    finally:
+        await app.stop()  # a cancelled serve stops the app too
     return EXIT_OK

@@ -217,8 +217,14 @@ class Scheduler:
         *,
         submit: Submit | None = None,
         observe_run: RunObserver | None = None,
+        retire: Retire | None = None,
         staged: bool = False,
+        jitter: float | None = None,
     ) -> None:
+        """Start a loop per check. ``submit``, ``observe_run``, ``retire`` and ``jitter``
+        default to the scheduler's own; a staged component passes its own sink's, so nothing
+        its loops do reaches the live conditions before the swap (and the jitter of the
+        config being applied)."""
         target = self.staged if staged else self.loops
         checks = list(checks)
         for check in checks:
@@ -228,10 +234,10 @@ class Scheduler:
             loop = CheckLoop(
                 check,
                 submit or self._submit,
-                jitter=self._jitter,
+                jitter=self._jitter if jitter is None else jitter,
                 clock=self._clock,
                 observe_run=observe_run or self._observe_run,
-                retire=self._retire,
+                retire=retire or self._retire,
             )
             target[check.name] = loop
             loop.task = asyncio.create_task(loop.run_forever(), name=f"check:{check.name}")
