@@ -630,7 +630,12 @@ def hostile_only(a: argparse.Namespace) -> int:
     res["file_attacks"] = hostile.file_attacks(gen, quick=a.quick)
     print("== 6. Watch fan-out")
     res["fanout"] = hostile.watch_fanout()
-    rows = hostile_targets(res)
+    print("== 8. trend detectors (synthetic traces)")
+    res["trends"] = {
+        "latency": trends.latency_stats(seeds=40 if a.quick else 200, samples=20_000),
+        "counters": trends.counter_rows(),
+    }
+    rows = hostile_targets(res) + trend_targets(res)
     path = Path(a.out)
     text = path.read_text()
     head, _, _ = text.partition("\n## 5. ")
@@ -643,6 +648,7 @@ def hostile_only(a: argparse.Namespace) -> int:
         "server RSS after the Watch burst",
         "liveness probes failed during hostile scenario files",
         "server RSS after each hostile scenario file",
+        "trend: ",
     )
     kept = [ln for ln in lines if not any(ln.startswith(f"| {n}") for n in names)]
     table_end = max(i for i, ln in enumerate(kept) if ln.startswith("| ") and "**" in ln) + 1
@@ -653,15 +659,18 @@ def hostile_only(a: argparse.Namespace) -> int:
     ]
     kept[table_end:table_end] = new_rows
     note = (
-        f"- sections 5-6 and their targets: re-measured {res['date']} with `--hostile-only`"
+        f"- sections 5-6 and 8 and their targets: re-measured {res['date']} with `--hostile-only`"
         f"{' --quick' if a.quick else ''}; generator: {gen.why}"
     )
-    kept = [ln for ln in kept if not ln.startswith("- sections 5-6 and their targets:")]
+    kept = [
+        ln for ln in kept if not ln.startswith(("- sections 5-6 and their targets:", "- sections 5-6 and 8"))
+    ]
     first_blank = kept.index("", kept.index("# Benchmarks") + 3)
     load_line = max(i for i, ln in enumerate(kept[: first_blank + 8]) if ln.startswith("- "))
     kept.insert(load_line + 1, note)
+    body = render_hostile(res) + render_trends(res)
     path.write_text(
-        "\n".join(kept).rstrip("\n") + "\n\n" + "\n".join(render_hostile(res)).rstrip("\n") + "\n"
+        "\n".join(kept).rstrip("\n") + "\n\n" + "\n".join(body).rstrip("\n") + "\n" + kept_image_section(path)
     )
     for r in rows:
         print(f"  {r['claim']}: {r['measured']} (target {r['target']}) -> {'met' if r['ok'] else 'MISSED'}")
