@@ -615,26 +615,33 @@ def hostile_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def hostile_only(a: argparse.Namespace) -> int:
-    """Re-measure sections 5-6 and replace them, and their target rows, in an existing report."""
-    gen = loadgen.choose(prefer_go=not a.python_generator)
-    print(f"generator: {gen.why}")
-    res: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+def measure_hostile_and_trends(gen: loadgen.Generator, quick: bool) -> dict[str, Any]:
+    """Sections 5-6 (hostile clients, hostile files, Watch fan-out) and 8 (trend detectors)."""
+    res: dict[str, Any] = {}
     print("== 5. probe under Watch streams")
-    res["hostile"] = hostile.probe_under_watchers(gen, quick=a.quick)
+    res["hostile"] = hostile.probe_under_watchers(gen, quick=quick)
     print("== 5b. probe under a Watch burst on one connection")
-    res["flood"] = hostile.probe_under_watch_flood(gen, quick=a.quick)
+    res["flood"] = hostile.probe_under_watch_flood(gen, quick=quick)
     print("== 5c. HTTP port attacks")
-    res["http_attacks"] = hostile.http_attacks(gen, quick=a.quick)
+    res["http_attacks"] = hostile.http_attacks(gen, quick=quick)
     print("== 5d. hostile scenario files")
-    res["file_attacks"] = hostile.file_attacks(gen, quick=a.quick)
+    res["file_attacks"] = hostile.file_attacks(gen, quick=quick)
     print("== 6. Watch fan-out")
     res["fanout"] = hostile.watch_fanout()
     print("== 8. trend detectors (synthetic traces)")
     res["trends"] = {
-        "latency": trends.latency_stats(seeds=40 if a.quick else 200, samples=20_000),
+        "latency": trends.latency_stats(seeds=40 if quick else 200, samples=20_000),
         "counters": trends.counter_rows(),
     }
+    return res
+
+
+def hostile_only(a: argparse.Namespace) -> int:
+    """Re-measure sections 5-6 and 8 and replace them, and their target rows, in an existing report."""
+    gen = loadgen.choose(prefer_go=not a.python_generator)
+    print(f"generator: {gen.why}")
+    res: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    res.update(measure_hostile_and_trends(gen, a.quick))
     rows = hostile_targets(res) + trend_targets(res)
     path = Path(a.out)
     text = path.read_text()
@@ -716,19 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     res["detection"] = detection.run(quick=a.quick)
     print("== 4b. detection latency: canary hang, engine files, polled signal; re-hash cost")
     res["detection_more"] = detection_more.run(quick=a.quick)
-    print("== 5. probe under Watch streams")
-    res["hostile"] = hostile.probe_under_watchers(gen, quick=a.quick)
-    print("== 5b. probe under a Watch burst on one connection")
-    res["flood"] = hostile.probe_under_watch_flood(gen, quick=a.quick)
-    print("== 5c. HTTP port attacks")
-    res["http_attacks"] = hostile.http_attacks(gen, quick=a.quick)
-    print("== 6. Watch fan-out")
-    res["fanout"] = hostile.watch_fanout()
-    print("== 7. trend detectors (synthetic traces)")
-    res["trends"] = {
-        "latency": trends.latency_stats(seeds=40 if a.quick else 200, samples=20_000),
-        "counters": trends.counter_rows(),
-    }
+    res.update(measure_hostile_and_trends(gen, a.quick))
     res["targets"] = targets(res)
     elapsed = time.monotonic() - t0
     text = render(res, a.quick, elapsed)
