@@ -374,9 +374,12 @@ async def test_mig_unsupported_signals_and_instance_filter(h: Harness) -> None:
     mig = {"uuid": "MIG-sim-a", "gi": 1, "ci": 0}
     await h.start()
     h.write({"gpus": [gpu(0, mig=True, mig_instances=[mig])]})
-    r = await h.reason(f"gpu/{U0}/remap", "Unmonitored")
+    # one sample may still carry the inventory enumerated before the MIG change: wait for the
+    # one that knows the instance (the witness), then check what it says
+    r = await h.until(
+        f"gpu/{U0}/remap", lambda r: r.reason == "Unmonitored" and "gpu/MIG-sim-a" in r.gates
+    )
     assert r.ok and r.severity is Severity.INFO
-    assert "gpu/MIG-sim-a" in r.gates
     h.write(
         {
             "gpus": [
