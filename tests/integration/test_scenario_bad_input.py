@@ -7,16 +7,15 @@ the watcher keeps watching (a later valid Xid 79 is seen), and no phantom GPU ap
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from sidecar.engine import watch
 from sidecar.model import Severity
+from sidecar.testing import await_until
 from sidecar.testing.gpu import U0, Harness, fast_config, gpu
 
 BOMB = """\
@@ -57,14 +56,6 @@ def write_text(h: Harness, text: str) -> None:
     tmp.replace(h.path)
 
 
-async def wait_for(pred: Callable[[], bool], what: str, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {within}s: {what}")
-        await asyncio.sleep(0.005)
-
-
 async def rejected(caplog: pytest.LogCaptureFixture, fragment: str) -> None:
     """The positive witness: the sidecar read the bad document and logged the problem."""
 
@@ -74,7 +65,7 @@ async def rejected(caplog: pytest.LogCaptureFixture, fragment: str) -> None:
             for r in caplog.records
         )
 
-    await wait_for(logged, f"a 'scenario file ignored' log naming {fragment!r}")
+    await await_until(logged, timeout=5.0, what=f"a 'scenario file ignored' log naming {fragment!r}")
 
 
 async def xid79_still_seen(h: Harness, uuid: str = U0) -> None:
