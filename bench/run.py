@@ -233,7 +233,7 @@ def render(res: dict[str, Any], quick: bool, elapsed: float) -> str:
             a(f"| {label} | {_ms(p, 'p50_ms')} | {_ms(p, 'p99_ms')} | {_ms(p, 'max_ms')} |")
         a("")
         a(
-            "The path: scenario file watcher (`sidecar/scenario.py`: inotify, else a stat poll) "
+            "The path: scenario file watcher (`sidecar/runtime/scenario.py`: inotify, else a stat poll) "
             "-> simulated NVML event -> Xid listener -> policy -> Check / Watch; a real Xid comes "
             "from NVML's event wait instead of the file watcher. With the recommended "
             "kubelet readiness probe (`periodSeconds: 2`, `failureThreshold: 2`, "

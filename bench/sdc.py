@@ -41,7 +41,11 @@ from typing import Any
 import numpy as np
 
 from sidecar.canary import sdc
-from sidecar.canary.runners.tensor_core import INJECTION_ENV, SimulatedTensorCoreDevice, TensorCoreRunner
+from sidecar.canary.worker.runners.tensor_core import (
+    INJECTION_ENV,
+    SimulatedTensorCoreDevice,
+    TensorCoreRunner,
+)
 
 MATMUL_CHILD = r"""
 import json, sys, time, torch

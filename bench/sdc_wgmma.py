@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from sidecar.canary import sdc
-from sidecar.canary.runners.cuda_kernel import check
+from sidecar.canary.worker.runners.cuda_kernel import check
 
 WG_SOURCE = rb"""
 __device__ __forceinline__ unsigned long long wg_desc(const void* p, int lbo, int sbo) {

@@ -127,7 +127,7 @@ async def run_ours(host: str, port: int, max_watchers: int) -> None:
 
     from sidecar.app import SidecarApp
     from sidecar.config import GrpcConfig, HttpConfig, SidecarConfig
-    from sidecar.model import CheckResult, Severity
+    from sidecar.core.values import CheckResult, Severity
 
     config = SidecarConfig(
         grpc=GrpcConfig(host=host, port=port, max_watchers=max_watchers),

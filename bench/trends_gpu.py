@@ -31,10 +31,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from bench.sdc import MATMUL_CHILD
-from sidecar.canary.runners.tensor_core import TensorCoreRunner
+from sidecar.canary.worker.runners.tensor_core import TensorCoreRunner
+from sidecar.core.values import CheckResult
 from sidecar.gpu.backend import GpuSample
 from sidecar.gpu.real import RealNvmlBackend
-from sidecar.model import CheckResult
 from sidecar.trends.component import COND_LATENCY, TrendComponent, TrendsConfig
 
 

@@ -33,11 +33,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sidecar import __version__
-from sidecar.checks.base import Component, ResultObserver, TransitionListener
 from sidecar.config import SidecarConfig, load_config
 from sidecar.configfields import ConfigError
-from sidecar.errors import BindError, TlsMaterialError
-from sidecar.model import (
+from sidecar.core.errors import BindError, TlsMaterialError
+from sidecar.core.policy import HealthPolicy
+from sidecar.core.protocols import Component, ResultObserver, TransitionListener
+from sidecar.core.values import (
     SERVICE_LIVENESS,
     SERVICE_OVERALL,
     SERVICE_READINESS,
@@ -47,7 +48,6 @@ from sidecar.model import (
     Severity,
     Transition,
 )
-from sidecar.policy import HealthPolicy
 from sidecar.proto import diagnostics_pb2_grpc
 from sidecar.publish.diagnostics import DiagnosticsService, check_entry, service_entry
 from sidecar.publish.grpc_health import (
@@ -61,9 +61,9 @@ from sidecar.publish.grpc_health import (
 from sidecar.publish.http import HttpPublisher, HttpSnapshot, healthz_document
 from sidecar.publish.log import configure_logging
 from sidecar.publish.tls import TlsCredentialsWatcher
-from sidecar.scenario import ScenarioFile
-from sidecar.scheduler import Scheduler
-from sidecar.watchdog import LoopWatchdog
+from sidecar.runtime.scenario import ScenarioFile
+from sidecar.runtime.scheduler import Scheduler
+from sidecar.runtime.watchdog import LoopWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -1343,13 +1343,13 @@ async def serve(
 ) -> int:
     """Run until SIGTERM/SIGINT. Returns the process exit code. With ``ports_file``, the bound
     ports are written there as JSON once serving (the way to learn what port 0 became)."""
-    from sidecar import stopsignals
-    from sidecar.errors import EXIT_BIND, EXIT_INTERNAL, EXIT_OK, EXIT_TLS
+    from sidecar.core.errors import EXIT_BIND, EXIT_INTERNAL, EXIT_OK, EXIT_TLS
+    from sidecar.runtime import stopsignals
 
     app = SidecarApp(config)
     app.overrides = overrides
     loop = asyncio.get_running_loop()
-    # SIGTERM/SIGINT: handlers installed first thing in main (sidecar/stopsignals.py), kept
+    # SIGTERM/SIGINT: handlers installed first thing in main (sidecar/runtime/stopsignals.py), kept
     # past the loop's close; from here on they stop the app gracefully
     stopsignals.install()
     stopsignals.on_stop(lambda: loop.call_soon_threadsafe(app.request_stop))

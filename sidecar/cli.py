@@ -1,6 +1,6 @@
 """Command line: serve, probe, status, engine, webhook, version. The only place that exits.
 
-Exit codes of ``serve`` (see sidecar/errors.py and the README):
+Exit codes of ``serve`` (see sidecar/core/errors.py and the README):
 0 clean shutdown, 1 internal error, 2 config error, 3 cannot bind, 4 bad TLS material.
 ``probe`` uses grpc_health_probe's codes 0/1/2/3/4.
 """
@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from sidecar import __version__, defaults
-from sidecar.errors import EXIT_CONFIG, EXIT_INTERNAL
+from sidecar.core.errors import EXIT_CONFIG, EXIT_INTERNAL
 
 
 def _serve_parser(sub: Any) -> None:
@@ -139,7 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import grpc
 
-    from sidecar.errors import PROBE_CONNECTION_FAILURE, PROBE_RPC_FAILURE
+    from sidecar.core.errors import PROBE_CONNECTION_FAILURE, PROBE_RPC_FAILURE
     from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
 
     target = args.addr if not args.addr.startswith(":") else f"localhost{args.addr}"
@@ -196,8 +196,8 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
     import grpc
 
-    from sidecar.consistency import PeerReport, compare_with_peers, report_from_labels
-    from sidecar.errors import PROBE_CONNECTION_FAILURE, PROBE_RPC_FAILURE, PROBE_UNHEALTHY
+    from sidecar.canary.consistency import PeerReport, compare_with_peers, report_from_labels
+    from sidecar.core.errors import PROBE_CONNECTION_FAILURE, PROBE_RPC_FAILURE, PROBE_UNHEALTHY
 
     if len(args.peers) > 64:
         print("error: at most 64 peers", file=sys.stderr)
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "serve":
         # before anything slow: a SIGTERM/SIGINT during start-up exits 0, not 143 / 130
-        from sidecar import stopsignals
+        from sidecar.runtime import stopsignals
 
         stopsignals.install()
     if argv and argv[0] == "probe":

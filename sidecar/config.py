@@ -24,8 +24,8 @@ from typing import Any
 
 from sidecar import defaults
 from sidecar.configfields import ConfigError, Section
-from sidecar.policy import PolicyConfig, Thresholds
-from sidecar.safeload import (
+from sidecar.core.policy import PolicyConfig, Thresholds
+from sidecar.runtime.safeload import (
     MAX_CONFIG_BYTES,
     UnsafeDocumentError,
     clip,

@@ -2,7 +2,7 @@
 
 Every config section (core, gpu, canary, engines, workload, events) is read through a
 :class:`Section`, so a bad config reports *all* its problems at once as ``field.path: problem``
-and the process exits with :data:`sidecar.errors.EXIT_CONFIG`.
+and the process exits with :data:`sidecar.core.errors.EXIT_CONFIG`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from sidecar.safeload import clip, short_repr
+from sidecar.core.errors import SidecarError
+from sidecar.runtime.safeload import clip, short_repr
 
 T = TypeVar("T")
 
@@ -59,7 +60,7 @@ def parse_go_duration(text: str) -> float:
     return sign * total
 
 
-class ConfigError(Exception):
+class ConfigError(SidecarError):
     """A config that cannot be used. ``problems`` holds one ``field: message`` per error."""
 
     MAX_PROBLEMS = 50  # a file of a thousand typos must not make a megabyte log line

@@ -55,7 +55,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from sidecar.configfields import parse_go_duration
-from sidecar.errors import (
+from sidecar.core.errors import (
     PROBE_CONNECTION_FAILURE,
     PROBE_INVALID_ARGUMENTS,
     PROBE_OK,

@@ -53,8 +53,7 @@ from socketserver import TCPServer
 from typing import Any
 
 from sidecar import __version__
-from sidecar.defaults import CONFIG_PATH, GRPC_PORT, HTTP_PORT, STATE_DIR, WEBHOOK_PORT
-from sidecar.errors import (
+from sidecar.core.errors import (
     EXIT_BIND,
     EXIT_CONFIG,
     EXIT_OK,
@@ -62,12 +61,13 @@ from sidecar.errors import (
     BindError,
     TlsMaterialError,
 )
-from sidecar.model import (
+from sidecar.core.values import (
     SERVICE_LIVENESS,
     SERVICE_READINESS,
     SERVICE_STARTUP,
     SERVICE_WORKLOAD_LIVENESS,
 )
+from sidecar.defaults import CONFIG_PATH, GRPC_PORT, HTTP_PORT, STATE_DIR, WEBHOOK_PORT
 
 log = logging.getLogger(__name__)
 
@@ -860,7 +860,7 @@ def _ensure_logging() -> None:
 def run_webhook(
     argv_or_options: Sequence[str] | argparse.Namespace | WebhookOptions | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; returns the process exit code (sidecar.errors)."""
+    """Serve until SIGTERM/SIGINT; returns the process exit code (sidecar.core.errors)."""
     _ensure_logging()
     if isinstance(argv_or_options, WebhookOptions):
         options = argv_or_options

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from sidecar.canary.consistency import DigestGauge, DigestKey, output_digest
 from sidecar.canary.golden import (
     KERNEL_TOLERANCE,
     Comparison,
@@ -54,11 +55,9 @@ from sidecar.canary.supervisor import (
     RunOutcome,
     SupervisorSettings,
 )
-from sidecar.checks.base import Check, GpuStateView, ResultSink
 from sidecar.configfields import Section
-from sidecar.consistency import DigestGauge, DigestKey, output_digest
-from sidecar.engine.manifest import EngineManifest, Tolerance, load_manifest
-from sidecar.model import (
+from sidecar.core.protocols import Check, GpuStateView, ResultSink
+from sidecar.core.values import (
     SERVICE_CANARY,
     SERVICE_READINESS,
     CheckResult,
@@ -66,8 +65,9 @@ from sidecar.model import (
     Severity,
     engine_service,
 )
-from sidecar.safeload import short_repr
-from sidecar.scenario import ScenarioFile
+from sidecar.engine.manifest import EngineManifest, Tolerance, load_manifest
+from sidecar.runtime.safeload import short_repr
+from sidecar.runtime.scenario import ScenarioFile
 
 log = logging.getLogger(__name__)
 

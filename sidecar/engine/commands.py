@@ -29,6 +29,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from sidecar.configfields import ConfigError
+from sidecar.core.errors import SidecarError
 from sidecar.engine.config import EnginesConfig, EngineSpec
 from sidecar.engine.files import MISSING, path_problem
 from sidecar.engine.manifest import (
@@ -48,7 +49,7 @@ EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
 
 
-class UsageError(Exception):
+class UsageError(SidecarError):
     """Bad command-line input; the message names the flag."""
 
 

@@ -29,8 +29,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from sidecar.checks.base import Check, ResultSink
 from sidecar.configfields import ConfigError
+from sidecar.core.protocols import Check, ResultSink
+from sidecar.core.values import SERVICE_READINESS, CheckResult, CheckStatus, Severity, engine_service
 from sidecar.engine.config import EnginesConfig, EngineSpec, parse_engines_config
 from sidecar.engine.files import (
     DANGLING,
@@ -46,7 +47,6 @@ from sidecar.engine.files import (
 from sidecar.engine.manifest import EngineManifest, dump_manifest, load_manifest
 from sidecar.engine.plan import PlanHeader, compare_versions, read_plan_header
 from sidecar.engine.watch import FileWatcher, choose_watcher
-from sidecar.model import SERVICE_READINESS, CheckResult, CheckStatus, Severity, engine_service
 
 log = logging.getLogger(__name__)
 

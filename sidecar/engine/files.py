@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sidecar.core.errors import SidecarError
+
 CHUNK_BYTES = 4 << 20
 GB = 1e9
 
@@ -88,7 +90,7 @@ def stat_stamp(path: Path) -> FileStamp | None:
     return FileStamp(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
-class HashTimeout(Exception):
+class HashTimeout(SidecarError):
     """Hashing did not finish before its deadline. ``done`` bytes were read in ``seconds``."""
 
     def __init__(self, done: int, seconds: float) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from sidecar.configfields import ConfigError, Section
-from sidecar.safeload import MAX_MANIFEST_BYTES, UnsafeDocumentError, load_yaml_file
+from sidecar.runtime.safeload import MAX_MANIFEST_BYTES, UnsafeDocumentError, load_yaml_file
 
 FORMATS = ("onnx", "tensorrt-plan")
 HARDWARE_COMPAT = ("none", "ampere+", "same-compute-capability")

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeAlias, TypeVar, Union
 
-from sidecar.errors import SidecarError
+from sidecar.core.errors import SidecarError
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ constructs and starts, and reports ``nvml`` failing (``NvmlUnavailable`` / ``Dri
 so readiness is NOT_SERVING with the reason: it never falls back to simulation silently.
 
 Fault policy (``../shared/reference/gpu-health-anchors.md`` (b)): see the condition builders in
-:mod:`sidecar.checks.nvml` and :mod:`sidecar.checks.xid`. Sticky latches (fatal Xids,
+:mod:`sidecar.gpu.conditions` and :mod:`sidecar.gpu.xid_conditions`. Sticky latches (fatal Xids,
 uncontained ECC, remap failure, lost GPU) are persisted in ``state_dir/<state_file>`` and clear
 only on evidence of a reset: the node's boot id changed, a volatile ECC counter went down, the
 recovery action went from a reset / reboot class back to none, or (simulated) the ``reset``
@@ -41,29 +41,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.checks.base import Check, ConditionRetirer, ResultSink
-from sidecar.checks.nvml import (
-    GPU_GATES,
-    GpuPollCheck,
-    GpuRef,
-    InforomCheck,
-    compute_mode_result,
-    ecc_result,
-    events_result,
-    inforom_result,
-    inventory_result,
-    lost_result,
-    memory_result,
-    nvml_failed,
-    nvml_ok,
-    pcie_result,
-    recovery_action_result,
-    remap_result,
-    state_file_result,
-    thermal_result,
-)
-from sidecar.checks.xid import XidRecord, xid_result
 from sidecar.configfields import Section
+from sidecar.core.protocols import Check, ConditionRetirer, ResultSink
+from sidecar.core.values import SERVICE_GPU, CheckResult, Severity
 from sidecar.gpu.backend import (
     CLOCKS_HW_MASK,
     MIG_ID_ANY,
@@ -90,6 +70,26 @@ from sidecar.gpu.backend import (
     value_or_none,
 )
 from sidecar.gpu.caller import NvmlCaller
+from sidecar.gpu.conditions import (
+    GPU_GATES,
+    GpuPollCheck,
+    GpuRef,
+    InforomCheck,
+    compute_mode_result,
+    ecc_result,
+    events_result,
+    inforom_result,
+    inventory_result,
+    lost_result,
+    memory_result,
+    nvml_failed,
+    nvml_ok,
+    pcie_result,
+    recovery_action_result,
+    remap_result,
+    state_file_result,
+    thermal_result,
+)
 from sidecar.gpu.latches import Latch, LatchStore, StoreProblem, read_boot_id
 from sidecar.gpu.listener import XidListener
 from sidecar.gpu.metrics import GpuMetrics
@@ -104,8 +104,8 @@ from sidecar.gpu.xid import (
     parse_xid_class,
     xid_reason,
 )
-from sidecar.model import SERVICE_GPU, CheckResult, Severity
-from sidecar.scenario import ScenarioFile
+from sidecar.gpu.xid_conditions import XidRecord, xid_result
+from sidecar.runtime.scenario import ScenarioFile
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sidecar.safeload import NotRegularFileError, TooLargeError, read_bounded_bytes
+from sidecar.core.errors import SidecarError
+from sidecar.runtime.safeload import NotRegularFileError, TooLargeError, read_bounded_bytes
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class StoreProblem:
     message: str
 
 
-class CorruptStateError(ValueError):
+class CorruptStateError(SidecarError, ValueError):
     """The state file's content is not a state document this version understands."""
 
 

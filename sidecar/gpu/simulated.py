@@ -51,8 +51,8 @@ from sidecar.gpu.backend import (
     ResetRequiredError,
     SystemInfo,
 )
-from sidecar.safeload import short_repr
-from sidecar.scenario import ScenarioFile
+from sidecar.runtime.safeload import short_repr
+from sidecar.runtime.scenario import ScenarioFile
 
 log = logging.getLogger(__name__)
 

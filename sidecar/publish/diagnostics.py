@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from sidecar import __version__
-from sidecar.model import CheckStatus, Condition, ServiceVerdict
+from sidecar.core.values import CheckStatus, Condition, ServiceVerdict
 from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
 
 _STATUS = {

@@ -42,7 +42,7 @@ from urllib.parse import quote, urlsplit
 from prometheus_client import CollectorRegistry, Counter
 
 from sidecar.configfields import Section
-from sidecar.model import Severity, Transition
+from sidecar.core.values import Severity, Transition
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def _rfc3339(t: float) -> str:
 
 
 class KubeEventEmitter:
-    """A :class:`~sidecar.checks.base.TransitionListener` that posts Events about its pod."""
+    """A :class:`~sidecar.core.protocols.TransitionListener` that posts Events about its pod."""
 
     def __init__(
         self,

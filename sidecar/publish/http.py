@@ -48,7 +48,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sidecar.errors import BindError
+from sidecar.core.errors import BindError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from sidecar.errors import TlsMaterialError
+from sidecar.core.errors import TlsMaterialError
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from sidecar.model import CheckResult
+from sidecar.core.values import CheckResult
 
 T = TypeVar("T")
 

@@ -13,8 +13,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from sidecar.canary.component import CanaryComponent, CanaryConfig
-from sidecar.model import CheckResult
-from sidecar.scenario import ScenarioFile
+from sidecar.core.values import CheckResult
+from sidecar.runtime.scenario import ScenarioFile
 
 ENGINES = Path(__file__).resolve().parents[2] / "engines"  # the repository's bundled canary engines
 

@@ -11,11 +11,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from sidecar.core.values import CheckResult
 from sidecar.engine.component import EngineComponent
 from sidecar.engine.config import EnginesConfig, EngineSpec
 from sidecar.engine.manifest import EngineManifest, TensorSpec, dump_manifest
 from sidecar.engine.plan import make_plan_header
-from sidecar.model import CheckResult
 
 PLAN_VERSION = (10, 13, 0, 35)
 

@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
+from sidecar.core.values import CheckResult, Severity
 from sidecar.gpu.component import GpuComponent, GpuConfig
-from sidecar.model import CheckResult, Severity
-from sidecar.scenario import ScenarioFile
+from sidecar.runtime.scenario import ScenarioFile
 from sidecar.testing import RecordingSink, await_until
 
 U0 = "GPU-sim-0"

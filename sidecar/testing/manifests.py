@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from sidecar import defaults, webhook
-from sidecar.model import (
+from sidecar.core.values import (
     SERVICE_LIVENESS,
     SERVICE_READINESS,
     SERVICE_STARTUP,

@@ -38,10 +38,10 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from sidecar.checks.base import Check, ResultSink
 from sidecar.configfields import Section
+from sidecar.core.protocols import Check, ResultSink
+from sidecar.core.values import SERVICE_READINESS, CheckResult, Severity
 from sidecar.gpu.backend import EccCounters, GpuSample, RemappedRows, value_or_none
-from sidecar.model import SERVICE_READINESS, CheckResult, Severity
 from sidecar.trends.detectors import (
     CounterReading,
     CounterSettings,

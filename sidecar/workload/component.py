@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from sidecar.checks.base import Check, GpuStateView, ResultSink
-from sidecar.model import (
+from sidecar.core.protocols import Check, GpuStateView, ResultSink
+from sidecar.core.values import (
     SERVICE_READINESS,
     SERVICE_WORKLOAD_LIVENESS,
     CheckResult,

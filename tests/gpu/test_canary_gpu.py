@@ -28,9 +28,9 @@ from prometheus_client import CollectorRegistry
 from sidecar.canary.component import CanaryComponent, CanaryConfig
 from sidecar.canary.protocol import LoadRequest
 from sidecar.canary.supervisor import CanaryMetrics, CanarySupervisor, SupervisorSettings
+from sidecar.core.values import CheckResult
 from sidecar.engine.manifest import EngineManifest, TensorSpec, dump_manifest
-from sidecar.model import CheckResult
-from sidecar.scenario import ScenarioFile
+from sidecar.runtime.scenario import ScenarioFile
 
 pytestmark = [
     pytest.mark.gpu,

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from sidecar.core.values import Severity
 from sidecar.gpu.component import GpuComponent, GpuConfig
-from sidecar.model import Severity
 from sidecar.testing import RecordingSink, xid31
 
 pytestmark = pytest.mark.gpu

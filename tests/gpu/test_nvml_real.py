@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from sidecar.core.values import Severity
 from sidecar.gpu.backend import SIGNALS, SignalError, Unsupported
 from sidecar.gpu.component import GpuComponent, GpuConfig
 from sidecar.gpu.real import RealNvmlBackend
-from sidecar.model import Severity
 from sidecar.testing import RecordingSink
 
 pytestmark = pytest.mark.gpu

@@ -27,11 +27,11 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.canary import sdc
 from sidecar.canary.component import CanaryComponent, CanaryConfig
-from sidecar.canary.runners.base import RunnerError
-from sidecar.canary.runners.tensor_core import INJECTION_ENV, TensorCoreRunner
 from sidecar.canary.sdc_screen import STATE_FILE, TensorCoreConfig
-from sidecar.model import CheckResult, Severity
-from sidecar.scenario import ScenarioFile
+from sidecar.canary.worker.runners.base import RunnerError
+from sidecar.canary.worker.runners.tensor_core import INJECTION_ENV, TensorCoreRunner
+from sidecar.core.values import CheckResult, Severity
+from sidecar.runtime.scenario import ScenarioFile
 
 pytestmark = [
     pytest.mark.gpu,

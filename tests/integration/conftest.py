@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar import testing, webhook
 from sidecar.app import SidecarApp
 from sidecar.config import GrpcConfig, HttpConfig, SidecarConfig
-from sidecar.model import CheckResult
+from sidecar.core.values import CheckResult
 from sidecar.testing import SidecarProcess, wait_until
 from sidecar.testing.certs import CertFiles, TestCA
 from sidecar.testing.webhook import IMAGE, Client

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.canary.protocol import LoadRequest
 from sidecar.canary.supervisor import CanaryMetrics, CanarySupervisor, SupervisorSettings
-from sidecar.model import CheckResult, CheckStatus, Severity
+from sidecar.core.values import CheckResult, CheckStatus, Severity
 from sidecar.testing import SteppableClock, await_until
 from sidecar.testing.canary import ENGINES, GpuState, Sink, main, make, reason, set_scenario, until
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sidecar.model import CheckResult
+from sidecar.core.values import CheckResult
 
 from .conftest import NOT_SERVING, SERVING, AppThread, check, wait_until
 

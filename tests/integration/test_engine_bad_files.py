@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.core.values import CheckStatus
 from sidecar.engine.config import EngineSpec
-from sidecar.model import CheckStatus
 from sidecar.testing.engine import config, is_, plan_bytes, started
 from tests.integration.conftest import REPO
 

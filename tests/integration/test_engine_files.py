@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from sidecar.core.values import CheckStatus, Severity
 from sidecar.engine.component import EngineComponent
 from sidecar.engine.config import EngineSpec
 from sidecar.engine.plan import make_plan_header
 from sidecar.engine.watch import PollWatcher, choose_watcher
-from sidecar.model import CheckStatus, Severity
 from sidecar.testing.engine import PLAN_VERSION, Sink, config, is_, plan_bytes, started, write_engine
 
 

@@ -16,7 +16,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from sidecar.configfields import Section
-from sidecar.model import Severity, Transition
+from sidecar.core.values import Severity, Transition
 from sidecar.publish import events
 from sidecar.publish.events import EventsConfig, KubeEventEmitter, parse_events_config
 from sidecar.testing import await_until

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.model import CheckStatus, Severity
+from sidecar.core.values import CheckStatus, Severity
 from sidecar.testing import await_until
 from sidecar.testing.gpu import U0, U1, Harness, fast_config, gating, gpu
 

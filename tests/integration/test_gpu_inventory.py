@@ -17,11 +17,11 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from sidecar.core.values import Severity
 from sidecar.gpu.component import GpuComponent
 from sidecar.gpu.simulated import SimulatedBackend
-from sidecar.model import Severity
 from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
-from sidecar.scenario import ScenarioFile
+from sidecar.runtime.scenario import ScenarioFile
 from sidecar.testing import RecordingSink
 from sidecar.testing.gpu import fast_config, gating
 

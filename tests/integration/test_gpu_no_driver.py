@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from sidecar.core.values import CheckStatus, Severity
 from sidecar.gpu.component import GpuComponent, GpuConfig
-from sidecar.model import CheckStatus, Severity
 from sidecar.testing import RecordingSink, await_until
 
 pynvml = pytest.importorskip("pynvml")

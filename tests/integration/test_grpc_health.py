@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sidecar.model import CheckResult, Severity
+from sidecar.core.values import CheckResult, Severity
 from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
 
 from .conftest import NOT_SERVING, SERVICE_UNKNOWN, SERVING, AppThread, check, health_stub, wait_until

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from sidecar.config import LivenessConfig
-from sidecar.model import CheckResult, Severity
+from sidecar.core.values import CheckResult, Severity
 from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
 
 from .conftest import NOT_SERVING, SERVING, AppThread, check, core_config, wait_until

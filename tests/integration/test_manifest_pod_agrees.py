@@ -31,7 +31,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar import defaults
-from sidecar.errors import EXIT_OK
+from sidecar.core.errors import EXIT_OK
 from sidecar.testing import read_ports_file, wait_until
 from sidecar.testing.kube import FakeApiServer
 from sidecar.testing.manifests import (

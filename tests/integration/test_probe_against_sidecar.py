@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sidecar.model import CheckResult, Severity
+from sidecar.core.values import CheckResult, Severity
 
 from .conftest import REPO, AppThread
 

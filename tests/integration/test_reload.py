@@ -51,7 +51,7 @@ def test_conditions_no_longer_reported_are_dropped_with_their_metrics(make_app: 
 
     app: AppThread = make_app(parse_config({**BASE, "state_dir": str(tmp_path)}))
     wait_until(lambda: check(app.addr, "readiness") == SERVING, timeout=15)
-    from sidecar.model import CheckResult
+    from sidecar.core.values import CheckResult
 
     app.submit(CheckResult.passed("old/only", gates=frozenset({"readiness"})))
     app.call(app.app.reload_config(overrides({**BASE, "gpu": {"poll_interval": "0.3s"}}, tmp_path)))

@@ -23,8 +23,8 @@ import pytest
 import sidecar.app as appmod
 from sidecar.app import SidecarApp
 from sidecar.config import SidecarConfig
-from sidecar.model import CheckResult, Severity
-from sidecar.policy import PolicyConfig, Thresholds
+from sidecar.core.policy import PolicyConfig, Thresholds
+from sidecar.core.values import CheckResult, Severity
 from sidecar.testing import await_until
 
 from .conftest import NOT_SERVING, SERVING, check, core_config

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from sidecar.app import SidecarApp
-from sidecar.checks.base import Check, ResultSink
-from sidecar.model import CheckResult, Severity
+from sidecar.core.protocols import Check, ResultSink
+from sidecar.core.values import CheckResult, Severity
 
 from .conftest import NOT_SERVING, SERVING, AppThread, check, core_config, wait_until
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.core.values import Severity
 from sidecar.engine import watch
-from sidecar.model import Severity
 from sidecar.testing import await_until
 from sidecar.testing.gpu import U0, Harness, fast_config, gpu
 

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 from sidecar.canary import sdc
 from sidecar.canary.component import CanaryComponent, CanaryConfig
 from sidecar.canary.sdc_screen import STATE_FILE, TensorCoreConfig
-from sidecar.model import CheckResult, CheckStatus, Severity
-from sidecar.scenario import ScenarioFile
+from sidecar.core.values import CheckResult, CheckStatus, Severity
+from sidecar.runtime.scenario import ScenarioFile
 from sidecar.testing.canary import (
     ENGINES,
     FAST,

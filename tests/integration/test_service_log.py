@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from sidecar.model import CheckResult, Severity
+from sidecar.core.values import CheckResult, Severity
 
 from .conftest import NOT_SERVING, SERVING, AppThread, check, wait_until
 

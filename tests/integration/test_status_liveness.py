@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sidecar.model import CheckResult, Severity
+from sidecar.core.values import CheckResult, Severity
 from sidecar.testing import await_until
 
 from .conftest import NOT_SERVING, REPO, SERVING, AppThread, check, wait_until

@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.config import TlsConfig
-from sidecar.model import CheckResult, Severity
+from sidecar.core.values import CheckResult, Severity
 from sidecar.testing.certs import TestCA
 
 from .conftest import SERVING, AppThread, check

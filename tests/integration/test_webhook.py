@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from sidecar import defaults, webhook
-from sidecar.errors import EXIT_CONFIG, EXIT_OK, EXIT_TLS
-from sidecar.model import SERVICE_WORKLOAD_LIVENESS
+from sidecar.core.errors import EXIT_CONFIG, EXIT_OK, EXIT_TLS
+from sidecar.core.values import SERVICE_WORKLOAD_LIVENESS
 from sidecar.testing import log_records, wait_until
 from sidecar.testing.certs import CertFiles, TestCA
 from sidecar.testing.manifests import (

@@ -4,8 +4,8 @@ the number the README and docs/scenario.md state (issue #9 item 9)."""
 from __future__ import annotations
 
 from sidecar.canary.component import MismatchLatch
-from sidecar.model import CheckResult, Severity
-from sidecar.policy import HealthPolicy, PolicyConfig
+from sidecar.core.policy import HealthPolicy, PolicyConfig
+from sidecar.core.values import CheckResult, Severity
 
 
 def _canary_result(latch: MismatchLatch) -> CheckResult:

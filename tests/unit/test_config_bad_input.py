@@ -10,8 +10,8 @@ import pytest
 
 from sidecar.config import load_config, parse_config
 from sidecar.configfields import ConfigError
-from sidecar.model import CheckResult, CheckStatus, Severity
-from sidecar.policy import HealthPolicy
+from sidecar.core.policy import HealthPolicy
+from sidecar.core.values import CheckResult, CheckStatus, Severity
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,11 +1,11 @@
-"""Replica consistency (sidecar/consistency.py): digests of exact outputs, peer comparison."""
+"""Replica consistency (sidecar/canary/consistency.py): digests of exact outputs, peer comparison."""
 
 from __future__ import annotations
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from sidecar.consistency import DigestGauge, DigestKey, PeerReport, compare_with_peers, output_digest
+from sidecar.canary.consistency import DigestGauge, DigestKey, PeerReport, compare_with_peers, output_digest
 
 KEY = DigestKey("tensorrt", "ab12", "NVIDIA H200", "580.159.04", "13.0", "11.4.0", "c0ffee")
 

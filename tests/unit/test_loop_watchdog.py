@@ -3,7 +3,7 @@ beat tells the loop to publish its own verdict again."""
 
 from __future__ import annotations
 
-from sidecar.watchdog import LoopWatchdog
+from sidecar.runtime.watchdog import LoopWatchdog
 
 
 class FakeClock:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.model import CheckResult, Severity
-from sidecar.policy import HealthPolicy, PolicyConfig, Thresholds
+from sidecar.core.policy import HealthPolicy, PolicyConfig, Thresholds
+from sidecar.core.values import CheckResult, Severity
 
 OK = "ok"
 FAIL = "fail"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sidecar import probe
-from sidecar.errors import PROBE_INVALID_ARGUMENTS, PROBE_OK
+from sidecar.core.errors import PROBE_INVALID_ARGUMENTS, PROBE_OK
 from sidecar.probe import ProbeArgError, ProbeOptions, format_go_duration, parse_args
 
 
@@ -351,7 +351,7 @@ def test_probe_module_imports_no_heavy_sidecar_modules() -> None:
         for line in source.splitlines()
         if line.strip().startswith(("from sidecar", "import sidecar"))
     }
-    assert imported <= {"sidecar", "sidecar.configfields", "sidecar.errors"}, imported
+    assert imported <= {"sidecar", "sidecar.configfields", "sidecar.core.errors"}, imported
 
 
 # --------------------------------------------------------------------------- formatting

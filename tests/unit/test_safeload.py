@@ -10,7 +10,7 @@ import pytest
 from sidecar.configfields import ConfigError
 from sidecar.engine.manifest import load_manifest
 from sidecar.gpu.latches import LatchStore
-from sidecar.safeload import (
+from sidecar.runtime.safeload import (
     UnsafeDocumentError,
     load_yaml_bounded,
     read_bounded,

@@ -6,8 +6,8 @@ import asyncio
 import threading
 from collections.abc import Sequence
 
-from sidecar.model import CheckResult
-from sidecar.scheduler import Scheduler
+from sidecar.core.values import CheckResult
+from sidecar.runtime.scheduler import Scheduler
 from sidecar.testing import await_until
 
 

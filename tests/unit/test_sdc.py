@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.canary import sdc
 from sidecar.canary.component import MismatchLatch, parse_canary_config
-from sidecar.canary.runners.base import RunnerError
-from sidecar.canary.runners.tensor_core import SimulatedTensorCoreDevice, TensorCoreRunner
 from sidecar.canary.sdc_screen import STATE_FILE, SdcScreen
+from sidecar.canary.worker.runners.base import RunnerError
+from sidecar.canary.worker.runners.tensor_core import SimulatedTensorCoreDevice, TensorCoreRunner
 from sidecar.configfields import Section
 
 ENV = {sdc.INJECTION_ENV: "1"}
@@ -253,7 +253,7 @@ def test_determinism_self_test_compares_bits_then_tolerance_and_hashes_the_engin
     step: float, bitwise: bool, within: bool
 ) -> None:
     from sidecar.canary.protocol import LoadRequest
-    from sidecar.canary.worker import determinism_self_test
+    from sidecar.canary.worker.main import determinism_self_test
 
     manifest = Path(__file__).resolve().parents[2] / "engines" / "canary" / "manifest.yaml"
     req = LoadRequest(runner="onnxruntime", manifest=str(manifest), tensorrt_manifest=None)

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from sidecar.canary.runners.tensorrt_runner import (
+from sidecar.canary.worker.runners.tensorrt_runner import (
     TRT_API,
     TRT_MODULES,
     make_logger,
@@ -49,7 +49,7 @@ def test_used_attributes_exist(trt: ModuleType, cls: str, attrs: tuple[str, ...]
 
 def test_removed_apis_are_not_used() -> None:
     """APIs removed in TensorRT 10/11 are absent from the runner's list and source."""
-    from sidecar.canary.runners import tensorrt_runner
+    from sidecar.canary.worker.runners import tensorrt_runner
 
     src = open(tensorrt_runner.__file__, encoding="utf-8").read()
     for gone in (
@@ -92,7 +92,7 @@ def test_every_attribute_the_runner_touches_is_listed() -> None:
     TRT_API, so the conformance list cannot drift from the code."""
     import re
 
-    from sidecar.canary.runners import tensorrt_runner
+    from sidecar.canary.worker.runners import tensorrt_runner
 
     src = open(tensorrt_runner.__file__, encoding="utf-8").read()
     listed = {cls: set(attrs) for cls, attrs in TRT_API}

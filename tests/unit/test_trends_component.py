@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.configfields import ConfigError, Section
+from sidecar.core.values import CheckResult, CheckStatus, Severity
 from sidecar.gpu.backend import EccCounters, GpuInfo, GpuSample
-from sidecar.model import CheckResult, CheckStatus, Severity
 from sidecar.trends.component import (
     COND_LATENCY,
     TrendComponent,

@@ -8,7 +8,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from sidecar.configfields import Section
-from sidecar.model import CheckStatus, Severity
+from sidecar.core.values import CheckStatus, Severity
 from sidecar.workload.component import WorkloadComponent
 from sidecar.workload.config import Tensor, WorkloadConfig, parse_workload_config
 from sidecar.workload.probes import ProbeOutcome, compare_outputs

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
-from sidecar.model import CheckResult, Transition
+from sidecar.core.values import CheckResult, Transition
 
 
 @runtime_checkable

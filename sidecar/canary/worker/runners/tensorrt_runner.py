@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from sidecar.canary.runners.base import LoadInfo, RunnerError, RunnerUnavailable, load_golden_inputs
-from sidecar.canary.runners.cuda_kernel import STICKY_ERRORS, cuda_reason
+from sidecar.canary.worker.runners.base import LoadInfo, RunnerError, RunnerUnavailable, load_golden_inputs
+from sidecar.canary.worker.runners.cuda_kernel import STICKY_ERRORS, cuda_reason
 from sidecar.engine.manifest import EngineManifest
 
 TRT_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings")

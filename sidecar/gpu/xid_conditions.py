@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sidecar.checks.nvml import GpuRef
+from sidecar.core.values import CheckResult, Severity
+from sidecar.gpu.conditions import GpuRef
 from sidecar.gpu.latches import Latch
 from sidecar.gpu.xid import XidClass, xid_reason
-from sidecar.model import CheckResult, Severity
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,8 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from sidecar.checks.base import Check
-from sidecar.model import (
+from sidecar.core.protocols import Check
+from sidecar.core.values import (
     SERVICE_LIVENESS,
     SERVICE_READINESS,
     SERVICE_WORKLOAD_LIVENESS,

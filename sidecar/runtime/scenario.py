@@ -6,7 +6,7 @@ editor, i.e. not written yet), or whose shape is wrong (an unknown top-level key
 instead of a list) is ignored, logged once in a bounded line, and the last good document stays
 in force, so a user never sees a flap caused by their editor. Until a first good document is
 read the simulated GPU backend reports NVML unavailable (fail closed, never a default GPU).
-The file is read with the bounds of :mod:`sidecar.safeload` (size, nesting, aliases).
+The file is read with the bounds of :mod:`sidecar.runtime.safeload` (size, nesting, aliases).
 
 Only used with ``serve --simulate``. The keys are documented in ``docs/scenario.md``:
 ``gpus:`` and ``nvml:`` (simulated GPU backend), ``canary:`` (worker fault modes).
@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sidecar.safeload import MAX_SCENARIO_BYTES, clip, load_yaml_bounded, read_bounded
+from sidecar.runtime.safeload import MAX_SCENARIO_BYTES, clip, load_yaml_bounded, read_bounded
 
 if TYPE_CHECKING:
     from sidecar.engine.watch import InotifyWatcher

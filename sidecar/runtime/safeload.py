@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from sidecar.errors import SidecarError
+from sidecar.core.errors import SidecarError
 
 # Defaults, documented in docs/config.md ("Input limits").
 MAX_CONFIG_BYTES = 1 << 20

@@ -14,10 +14,11 @@ from typing import Protocol
 
 import numpy as np
 
+from sidecar.core.errors import SidecarError
 from sidecar.engine.manifest import EngineManifest
 
 
-class RunnerError(Exception):
+class RunnerError(SidecarError):
     """A runner failure with a reason (``CudaError``, ``EngineDeserializeFailed`` ...).
 
     ``sticky`` marks a poisoned CUDA context: the process must be replaced.

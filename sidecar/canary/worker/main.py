@@ -25,7 +25,7 @@ import numpy as np
 
 from sidecar.canary import protocol
 from sidecar.canary.protocol import FaultSpec, LoadRequest, WorkerError
-from sidecar.canary.runners.base import Runner, RunnerError, RunnerUnavailable
+from sidecar.canary.worker.runners.base import Runner, RunnerError, RunnerUnavailable
 from sidecar.engine.manifest import EngineManifest, load_manifest
 
 log = logging.getLogger("sidecar.canary.worker")
@@ -128,15 +128,15 @@ def _manifest(path: str | None, what: str) -> EngineManifest:
 def build_runner(req: LoadRequest, kind: str) -> Runner:
     """The runner for one kind (imports stay inside: only the chosen library is loaded)."""
     if kind == "onnxruntime":
-        from sidecar.canary.runners.onnxruntime_runner import OnnxRuntimeRunner
+        from sidecar.canary.worker.runners.onnxruntime_runner import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(_manifest(req.manifest, "ONNX canary"))
     if kind == "cuda-kernel":
-        from sidecar.canary.runners.cuda_kernel import CudaKernelRunner
+        from sidecar.canary.worker.runners.cuda_kernel import CudaKernelRunner
 
         return CudaKernelRunner(req.devices)
     if kind == "tensor-core":
-        from sidecar.canary.runners.tensor_core import SimulatedTensorCoreDevice, TensorCoreRunner
+        from sidecar.canary.worker.runners.tensor_core import SimulatedTensorCoreDevice, TensorCoreRunner
 
         sim: tuple[SimulatedTensorCoreDevice, ...] = ()
         if req.tc_simulated_sms > 0:
@@ -148,7 +148,7 @@ def build_runner(req: LoadRequest, kind: str) -> Runner:
             simulated=sim,
         )
     if kind == "tensorrt":
-        from sidecar.canary.runners.tensorrt_runner import TensorRTRunner
+        from sidecar.canary.worker.runners.tensorrt_runner import TensorRTRunner
 
         return TensorRTRunner(
             _manifest(req.tensorrt_manifest, "TensorRT canary plan"),
@@ -240,7 +240,7 @@ class Worker:
             self.runner_name = self.runner.name
             prod_detail = ""
             if req.production is not None:
-                from sidecar.canary.runners.tensorrt_runner import TensorRTRunner
+                from sidecar.canary.worker.runners.tensorrt_runner import TensorRTRunner
 
                 spec = req.production
                 self.production = TensorRTRunner(

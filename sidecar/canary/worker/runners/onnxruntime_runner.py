@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from sidecar.canary.runners.base import LoadInfo, RunnerError, RunnerUnavailable, load_golden_inputs
+from sidecar.canary.worker.runners.base import LoadInfo, RunnerError, RunnerUnavailable, load_golden_inputs
 from sidecar.engine.manifest import EngineManifest
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sidecar.core.values import SERVICE_GPU, SERVICE_READINESS, CheckResult, Severity, gpu_service
 from sidecar.gpu.backend import (
     CLOCKS_HW_MASK,
     REBOOT_CLASS_ACTIONS,
@@ -31,7 +32,6 @@ from sidecar.gpu.backend import (
     recovery_action_name,
 )
 from sidecar.gpu.latches import Latch, StoreProblem
-from sidecar.model import SERVICE_GPU, SERVICE_READINESS, CheckResult, Severity, gpu_service
 
 if TYPE_CHECKING:
     from sidecar.gpu.component import GpuComponent

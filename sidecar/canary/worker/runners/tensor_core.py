@@ -30,8 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from sidecar.canary import sdc
-from sidecar.canary.runners.base import LoadInfo, RunnerError, RunnerUnavailable
-from sidecar.canary.runners.cuda_kernel import check, open_cuda
+from sidecar.canary.worker.runners.base import LoadInfo, RunnerError, RunnerUnavailable
+from sidecar.canary.worker.runners.cuda_kernel import check, open_cuda
 
 INJECTION_ENV = sdc.INJECTION_ENV
 DEFAULT_BLOCKS_PER_SM = 8  # measured on an H200: 1,056 one-warp blocks landed on 132/132 SMs

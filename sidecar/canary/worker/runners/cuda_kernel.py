@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sidecar.canary.golden import KERNEL_N, kernel_input
-from sidecar.canary.runners.base import LoadInfo, RunnerError, RunnerUnavailable
+from sidecar.canary.worker.runners.base import LoadInfo, RunnerError, RunnerUnavailable
 
 KERNEL_SOURCE = rb"""
 extern "C" __global__ void canary(const float* x, float* y, int n) {

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from sidecar.model import (
+from sidecar.core.values import (
     SERVICE_LIVENESS,
     SERVICE_OVERALL,
     SERVICE_READINESS,
