@@ -9,10 +9,15 @@ waiting for the next poll.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, TypeAlias, runtime_checkable
 
 from sidecar.core.values import CheckResult, Transition
+
+Clock: TypeAlias = Callable[[], float]
+"""Seconds from a monotonic clock (``time.monotonic``). Every component that measures time
+takes one, so the rules that depend on time are tested by driving a clock, not by waiting.
+Wall-clock stamps (Events, Diagnostics) take a separate ``wall`` clock (``time.time``)."""
 
 
 @runtime_checkable
