@@ -40,6 +40,7 @@ test: $(VENV)/.installed-test $(MLSERVER_VENV)/.installed system-deps
 	TRT_HEALTH_TEST_MLSERVER=$(CURDIR)/$(MLSERVER_VENV)/bin/mlserver $(BIN)/python -m pytest -q
 	$(BIN)/ruff check sidecar tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 ## Debian tools the suite needs (podman/buildah/runc/mmdebstrap for tests/e2e, promtool for the
 ## rule pack): installs only the missing ones (root)
