@@ -35,7 +35,8 @@ from sidecar.canary.worker.runners.tensor_core import TensorCoreRunner
 from sidecar.core.values import CheckResult
 from sidecar.gpu.backend import GpuSample
 from sidecar.gpu.real import RealNvmlBackend
-from sidecar.trends.component import COND_LATENCY, TrendComponent, TrendsConfig
+from sidecar.trends.component import COND_LATENCY, TrendComponent
+from sidecar.trends.config import TrendsConfig
 
 
 class NvmlSamples:

@@ -103,12 +103,12 @@ MAX_LOOP_LAG_S = 600.0
 
 # section name -> (module, parse function); imported lazily so `probe` stays light
 _COMPONENT_PARSERS = {
-    "gpu": ("sidecar.gpu.component", "parse_gpu_config"),
-    "canary": ("sidecar.canary.component", "parse_canary_config"),
-    "engines": ("sidecar.engine.component", "parse_engines_config"),
-    "workload": ("sidecar.workload.component", "parse_workload_config"),
-    "trends": ("sidecar.trends.component", "parse_trends_config"),
-    "events": ("sidecar.publish.events", "parse_events_config"),
+    "gpu": ("sidecar.gpu.config", "parse_gpu_config"),
+    "canary": ("sidecar.canary.config", "parse_canary_config"),
+    "engines": ("sidecar.engine.config", "parse_engines_config"),
+    "workload": ("sidecar.workload.config", "parse_workload_config"),
+    "trends": ("sidecar.trends.config", "parse_trends_config"),
+    "events": ("sidecar.publish.events_config", "parse_events_config"),
 }
 
 

@@ -24,7 +24,6 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sidecar.canary import sdc
-from sidecar.configfields import Section
 from sidecar.gpu.latches import Latch, LatchStore, read_boot_id
 
 STATE_FILE = "sdc-latches.json"
@@ -32,32 +31,6 @@ LATCH_KIND = "sdc"
 REASON = "SilentDataCorruption"
 MAX_MESSAGE = 2000  # characters of one SDC message (the mismatch count is always in it)
 MAX_GPU_LABELS = 64  # metric series per SDC metric (one per GPU; more is a malformed worker)
-
-
-@dataclass(frozen=True, slots=True)
-class TensorCoreConfig:
-    """The ``canary.tensor_core:`` section."""
-
-    blocks_per_sm: int = 8
-    allow_fault_injection: bool = False  # test-only; also needs TRT_HEALTH_SDC_FAULT_INJECTION=1
-    simulated_sms: int = 0  # simulation only: the numpy model of the kernel with this many SMs
-
-
-def parse_tensor_core(sec: Section, env: dict[str, str]) -> TensorCoreConfig:
-    """Read ``canary.tensor_core``; ``allow_fault_injection: true`` is an error unless the
-    environment also says ``TRT_HEALTH_SDC_FAULT_INJECTION=1`` (two switches, never one)."""
-    d = TensorCoreConfig()
-    bps = sec.integer("blocks_per_sm", d.blocks_per_sm, minimum=1, maximum=64)
-    inject = sec.flag("allow_fault_injection", d.allow_fault_injection)
-    if inject and env.get(sdc.INJECTION_ENV) != "1":
-        sec.error(
-            "allow_fault_injection",
-            f"test-only: refused unless the environment also sets {sdc.INJECTION_ENV}=1",
-        )
-        inject = False
-    sims = sec.integer("simulated_sms", d.simulated_sms, minimum=0, maximum=1024)
-    sec.reject_unknown()
-    return TensorCoreConfig(blocks_per_sm=bps, allow_fault_injection=inject, simulated_sms=sims)
 
 
 class SdcMetrics:

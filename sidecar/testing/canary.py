@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
-from sidecar.canary.component import CanaryComponent, CanaryConfig
+from sidecar.canary.component import CanaryComponent
+from sidecar.canary.config import CanaryConfig
 from sidecar.core.values import CheckResult
 from sidecar.runtime.scenario import ScenarioFile
 

@@ -13,7 +13,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from sidecar.core.values import CheckResult, Severity
-from sidecar.gpu.component import GpuComponent, GpuConfig
+from sidecar.gpu.component import GpuComponent
+from sidecar.gpu.config import GpuConfig
 from sidecar.runtime.scenario import ScenarioFile
 from sidecar.testing import RecordingSink, await_until
 

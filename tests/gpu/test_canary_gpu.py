@@ -25,7 +25,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from sidecar.canary.component import CanaryComponent, CanaryConfig
+from sidecar.canary.component import CanaryComponent
+from sidecar.canary.config import CanaryConfig
 from sidecar.canary.protocol import LoadRequest
 from sidecar.canary.supervisor import CanaryMetrics, CanarySupervisor, SupervisorSettings
 from sidecar.core.values import CheckResult

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.core.values import Severity
 from sidecar.gpu.backend import SIGNALS, SignalError, Unsupported
-from sidecar.gpu.component import GpuComponent, GpuConfig
+from sidecar.gpu.component import GpuComponent
+from sidecar.gpu.config import GpuConfig
 from sidecar.gpu.real import RealNvmlBackend
 from sidecar.testing import RecordingSink
 

@@ -26,8 +26,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from sidecar.canary import sdc
-from sidecar.canary.component import CanaryComponent, CanaryConfig
-from sidecar.canary.sdc_screen import STATE_FILE, TensorCoreConfig
+from sidecar.canary.component import CanaryComponent
+from sidecar.canary.config import CanaryConfig, TensorCoreConfig
+from sidecar.canary.sdc_screen import STATE_FILE
 from sidecar.canary.worker.runners.base import RunnerError
 from sidecar.canary.worker.runners.tensor_core import INJECTION_ENV, TensorCoreRunner
 from sidecar.core.values import CheckResult, Severity

@@ -21,7 +21,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.core.values import Severity
-from sidecar.gpu.component import GpuComponent, GpuConfig
+from sidecar.gpu.component import GpuComponent
+from sidecar.gpu.config import GpuConfig
 from sidecar.testing import RecordingSink, xid31
 
 pytestmark = pytest.mark.gpu

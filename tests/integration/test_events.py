@@ -17,8 +17,9 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.configfields import Section
 from sidecar.core.values import Severity, Transition
-from sidecar.publish import events
-from sidecar.publish.events import EventsConfig, KubeEventEmitter, parse_events_config
+from sidecar.publish import events, events_config
+from sidecar.publish.events import KubeEventEmitter
+from sidecar.publish.events_config import EventsConfig, parse_events_config
 from sidecar.testing import await_until
 from sidecar.testing.certs import TestCA
 from sidecar.testing.kube import Call, FakeApiServer
@@ -119,7 +120,7 @@ def test_config_defaults_come_from_downward_api_env_and_in_cluster_service() -> 
     assert errors == []
     assert (cfg.pod_name, cfg.namespace, cfg.pod_uid, cfg.node_name) == ("p", "ns", "u", "n")
     assert cfg.api_server == "https://[fd00::1]:443"
-    assert cfg.token_file == events.SERVICE_ACCOUNT_DIR / "token"
+    assert cfg.token_file == events_config.SERVICE_ACCOUNT_DIR / "token"
     off = parse_events_config(Section(None, "events", []), {})
     assert off.enabled is False and off.api_server == ""
 

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.core.values import CheckStatus, Severity
-from sidecar.gpu.component import GpuComponent, GpuConfig
+from sidecar.gpu.component import GpuComponent
+from sidecar.gpu.config import GpuConfig
 from sidecar.testing import RecordingSink, await_until
 
 pynvml = pytest.importorskip("pynvml")

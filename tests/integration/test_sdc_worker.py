@@ -13,8 +13,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from sidecar.canary import sdc
-from sidecar.canary.component import CanaryComponent, CanaryConfig
-from sidecar.canary.sdc_screen import STATE_FILE, TensorCoreConfig
+from sidecar.canary.component import CanaryComponent
+from sidecar.canary.config import CanaryConfig, TensorCoreConfig
+from sidecar.canary.sdc_screen import STATE_FILE
 from sidecar.core.values import CheckResult, CheckStatus, Severity
 from sidecar.runtime.scenario import ScenarioFile
 from sidecar.testing.canary import (

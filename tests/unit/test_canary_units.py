@@ -11,12 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from sidecar.canary.component import (
-    CanaryConfig,
-    MismatchLatch,
-    fault_from_scenario,
-    parse_canary_config,
-)
+from sidecar.canary.component import MismatchLatch, fault_from_scenario
+from sidecar.canary.config import CanaryConfig, parse_canary_config
 from sidecar.canary.golden import compare_outputs, kernel_expected, kernel_input
 from sidecar.canary.protocol import (
     LoadRequest,

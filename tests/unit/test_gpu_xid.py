@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.configfields import Section
-from sidecar.gpu.component import GpuConfig, parse_gpu_config
+from sidecar.gpu.config import GpuConfig, parse_gpu_config
 from sidecar.gpu.xid import XidClass, XidTable, parse_xid_class, xid_reason
 
 

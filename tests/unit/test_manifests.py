@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sidecar import defaults, webhook
-from sidecar.publish import events
+from sidecar.publish import events, events_config
 from sidecar.testing.manifests import (
     CRD_KINDS,
     EXAMPLES,
@@ -405,7 +405,7 @@ def test_only_the_sidecar_mounts_an_api_token() -> None:
         assert bool(mounted) == (c["name"] == webhook.SIDECAR_NAME), c["name"]
     side = sidecar_of(spec)
     path = next(m["mountPath"] for m in side["volumeMounts"] if m["name"] in token_volumes)
-    assert Path(path) == events.SERVICE_ACCOUNT_DIR
+    assert Path(path) == events_config.SERVICE_ACCOUNT_DIR
 
 
 # -- Dockerfile --------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.canary import sdc
-from sidecar.canary.component import CanaryComponent, CanaryConfig
+from sidecar.canary.component import CanaryComponent
+from sidecar.canary.config import CanaryConfig
 from sidecar.canary.sdc_screen import SdcScreen
 from sidecar.canary.worker.runners.tensor_core import SimulatedTensorCoreDevice, TensorCoreRunner
 from sidecar.testing.canary import ENGINES, FAST, main

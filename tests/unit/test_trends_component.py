@@ -14,12 +14,8 @@ from prometheus_client import CollectorRegistry
 from sidecar.configfields import ConfigError, Section
 from sidecar.core.values import CheckResult, CheckStatus, Severity
 from sidecar.gpu.backend import EccCounters, GpuInfo, GpuSample
-from sidecar.trends.component import (
-    COND_LATENCY,
-    TrendComponent,
-    TrendsConfig,
-    parse_trends_config,
-)
+from sidecar.trends.component import COND_LATENCY, TrendComponent
+from sidecar.trends.config import TrendsConfig, parse_trends_config
 from sidecar.trends.detectors import CLOCK_EVENT_SW_POWER_CAP, DriftSettings
 
 UUID = "GPU-0"
