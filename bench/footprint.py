@@ -63,13 +63,13 @@ def probe_cost(*, quick: bool) -> dict[str, Any]:
         out[label] = _summ([_time_cmd(argv, gen_cpus) for _ in range(n)])
     srv = procs.start_sidecar(srv_cpus)
     try:
-        has_probe = (procs.REPO / "sidecar" / "probe.py").exists()
+        has_probe = (procs.REPO / "sidecar" / "probe").is_dir()
         if has_probe:
             argv = [py, "-m", "sidecar", "probe", f"-addr={srv.addr}", "-service=liveness"]
             _time_cmd(argv, gen_cpus)
             out["python -m sidecar probe"] = _summ([_time_cmd(argv, gen_cpus) for _ in range(n)])
         else:
-            out["python -m sidecar probe"] = {"skipped": "sidecar/probe.py absent"}
+            out["python -m sidecar probe"] = {"skipped": "sidecar/probe absent"}
     finally:
         srv.stop()
     for label, r in out.items():

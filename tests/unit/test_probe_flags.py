@@ -5,16 +5,18 @@ from __future__ import annotations
 import datetime
 import io
 import ipaddress
+import json
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from sidecar import probe
 from sidecar.core.errors import PROBE_INVALID_ARGUMENTS, PROBE_OK
 from sidecar.probe import ProbeArgError, ProbeOptions, format_go_duration, parse_args
+from sidecar.probe.tls import name_for_no_verify, socket_address
+from sidecar.probe.wire import grpc_target
 
 
 def _ok(argv: list[str]) -> ProbeOptions:
@@ -344,14 +346,17 @@ def test_version_does_not_import_grpc() -> None:
 
 
 def test_probe_module_imports_no_heavy_sidecar_modules() -> None:
-    """The probe imports only configfields/errors from the sidecar package."""
-    source = Path(probe.__file__).read_text()
-    imported = {
-        line.split()[1]
-        for line in source.splitlines()
-        if line.strip().startswith(("from sidecar", "import sidecar"))
-    }
-    assert imported <= {"sidecar", "sidecar.configfields", "sidecar.core.errors"}, imported
+    """The probe loads only configfields/errors from the sidecar package (and its own parts)."""
+    code = (
+        "import json, sys; from sidecar import probe; probe.main(['-version']); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('sidecar'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    imported = {m for m in loaded if m != "sidecar.probe" and not m.startswith("sidecar.probe.")}
+    # configfields itself needs runtime.safeload (stdlib only); the packages' __init__ load too
+    allowed = {"sidecar", "sidecar.configfields", "sidecar.core", "sidecar.core.errors"}
+    assert imported <= allowed | {"sidecar.runtime", "sidecar.runtime.safeload"}, imported
 
 
 # --------------------------------------------------------------------------- formatting
@@ -390,7 +395,7 @@ def test_format_go_duration(seconds: float, text: str) -> None:
 )
 def test_grpc_target(addr: str, target: str) -> None:
     """`:port` means the local host (as grpc-go dials it); other forms pass through."""
-    assert probe._grpc_target(addr) == target
+    assert grpc_target(addr) == target
 
 
 @pytest.mark.parametrize(
@@ -409,7 +414,7 @@ def test_socket_address_for_certificate_fetch(
     addr: str, family: int, address: object, sni: str | None
 ) -> None:
     """-tls-no-verify dials the same place the channel does."""
-    assert probe._socket_address(addr) == (family, address, sni)
+    assert socket_address(addr) == (family, address, sni)
 
 
 def _der(dns: list[str], ips: list[str], cn: str) -> bytes:
@@ -455,7 +460,7 @@ def test_certificate_names_reads_sans_and_cn() -> None:
 )
 def test_no_verify_name_choice(dns: list[str], ips: list[str], cn: str, name: str) -> None:
     """-tls-no-verify overrides the checked name with one the certificate really carries."""
-    assert probe._name_for_no_verify(_der(dns, ips, cn)) == name
+    assert name_for_no_verify(_der(dns, ips, cn)) == name
 
 
 def test_certificate_names_rejects_garbage() -> None:
