@@ -31,6 +31,7 @@ from sidecar.canary.config import CanaryConfig, TensorCoreConfig
 from sidecar.canary.sdc_screen import STATE_FILE
 from sidecar.canary.worker.runners.base import RunnerError
 from sidecar.canary.worker.runners.tensor_core import INJECTION_ENV, TensorCoreRunner
+from sidecar.canary.worker.sdc_model import simulate_launch
 from sidecar.core.values import CheckResult, Severity
 from sidecar.runtime.scenario import ScenarioFile
 
@@ -82,7 +83,7 @@ def test_lane_model_matches_the_gpu_bit_for_bit(runner: TensorCoreRunner) -> Non
     inp = sdc.launch_inputs(meta.base_seed, meta.round_no, 0, meta.blocks)
     few = sdc.LaunchInputs(inp.a8[:4], inp.bt8[:4], inp.a16[:4], inp.bt16[:4])
     smid = out[f"{sdc.OUT_SMID}@0"][0][:4]
-    c8, c16, _ = sdc.simulate_launch(few, smid)
+    c8, c16, _ = simulate_launch(few, smid)
     assert (out[f"{sdc.OUT_I8}@0"][0][:4] == c8).all()
     assert (out[f"{sdc.OUT_BF16}@0"][0][:4] == c16).all()
 

@@ -16,6 +16,7 @@ from sidecar.canary.config import parse_canary_config
 from sidecar.canary.sdc_screen import STATE_FILE, SdcScreen
 from sidecar.canary.worker.runners.base import RunnerError
 from sidecar.canary.worker.runners.tensor_core import SimulatedTensorCoreDevice, TensorCoreRunner
+from sidecar.canary.worker.sdc_model import fast_simulate_launch, simulate_launch
 from sidecar.configfields import Section
 
 ENV = {sdc.INJECTION_ENV: "1"}
@@ -32,7 +33,7 @@ def sim_runner(sms: int = 16, *, skip: tuple[int, ...] = (), inject: bool = Fals
 def test_lane_level_model_of_the_kernel_equals_the_int64_golden() -> None:
     """Per-lane fragment loads (PTX layouts), two chained MMAs, per-lane stores == CPU golden."""
     inp = sdc.launch_inputs(5, 1, 0, 4)
-    c8, c16, smid = sdc.simulate_launch(inp, np.array([0, 1, 2, 3]))
+    c8, c16, smid = simulate_launch(inp, np.array([0, 1, 2, 3]))
     g8, g16 = sdc.golden(inp)
     assert (c8 == g8).all() and (c16 == g16).all()
     assert list(smid) == [0, 1, 2, 3]
@@ -49,8 +50,8 @@ def test_lane_level_injection_equals_the_vectorised_model() -> None:
     inp = sdc.launch_inputs(5, 2, 0, 6)
     placement = np.array([0, 1, 2, 0, 1, 2])
     for inj in (sdc.Injection(1, 0, "int8"), sdc.Injection(2, 31, "bf16")):
-        slow = sdc.simulate_launch(inp, placement, inj)
-        fast = sdc.fast_simulate_launch(inp, placement, inj)
+        slow = simulate_launch(inp, placement, inj)
+        fast = fast_simulate_launch(inp, placement, inj)
         assert all((a == b).all() for a, b in zip(slow, fast, strict=True))
 
 

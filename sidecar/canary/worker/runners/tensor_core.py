@@ -32,6 +32,7 @@ import numpy as np
 from sidecar.canary import sdc
 from sidecar.canary.worker.runners.base import LoadInfo, RunnerError, RunnerUnavailable
 from sidecar.canary.worker.runners.cuda_kernel import check, open_cuda
+from sidecar.canary.worker.sdc_model import fast_simulate_launch
 
 INJECTION_ENV = sdc.INJECTION_ENV
 DEFAULT_BLOCKS_PER_SM = 8  # measured on an H200: 1,056 one-warp blocks landed on 132/132 SMs
@@ -150,7 +151,7 @@ class SimulatedTensorCoreDevice:
         pool = np.array(usable or list(range(self.sms)), np.uint32)
         self.launches += 1
         placement = pool[np.arange(inp.blocks) % len(pool)] * np.uint32(self.id_stride)
-        return sdc.fast_simulate_launch(inp, placement, injection)
+        return fast_simulate_launch(inp, placement, injection)
 
     def close(self) -> None:
         return None
