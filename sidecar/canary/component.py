@@ -46,16 +46,12 @@ from sidecar.canary.golden import (
     kernel_expected,
     load_expected,
 )
+from sidecar.canary.metrics import CanaryMetrics
+from sidecar.canary.outcome import Death, RunOutcome
 from sidecar.canary.protocol import FAULT_MODES, GPU_FAULTS, FaultSpec, LoadRequest, ProductionSpec
 from sidecar.canary.sdc_screen import REASON as SDC_REASON
 from sidecar.canary.sdc_screen import Judged, SdcScreen
-from sidecar.canary.supervisor import (
-    CanaryMetrics,
-    CanarySupervisor,
-    Death,
-    RunOutcome,
-    SupervisorSettings,
-)
+from sidecar.canary.supervisor import CanarySupervisor, SupervisorSettings
 from sidecar.core.protocols import Check, GpuStateView, ResultSink
 from sidecar.core.values import (
     SERVICE_CANARY,

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from sidecar.canary import sdc
+from sidecar.canary.metrics import SdcMetrics
 from sidecar.gpu.latches import Latch, LatchStore, read_boot_id
 
 STATE_FILE = "sdc-latches.json"
@@ -31,43 +32,6 @@ LATCH_KIND = "sdc"
 REASON = "SilentDataCorruption"
 MAX_MESSAGE = 2000  # characters of one SDC message (the mismatch count is always in it)
 MAX_GPU_LABELS = 64  # metric series per SDC metric (one per GPU; more is a malformed worker)
-
-
-class SdcMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.sms_covered = Gauge(
-            "trt_health_sdc_sms_covered",
-            "Distinct SMs that ran tensor-core MMA work in the last SDC round",
-            ["gpu"],
-            registry=registry,
-        )
-        self.sms = Gauge(
-            "trt_health_sdc_sms", "SMs of the GPU (the coverage target)", ["gpu"], registry=registry
-        )
-        self.rounds = Counter(
-            "trt_health_sdc_rounds_total",
-            "Tensor-core SDC rounds judged, by outcome (pass, mismatch, invalid)",
-            ["gpu", "outcome"],
-            registry=registry,
-        )
-        self.round_us = Gauge(
-            "trt_health_sdc_round_microseconds",
-            "Device round trip of the last SDC round (copies, launches, sync), microseconds",
-            ["gpu"],
-            registry=registry,
-        )
-        self.sm_seconds_per_hour = Gauge(
-            "trt_health_sdc_sm_seconds_screened_per_hour",
-            "SMs covered x device seconds per round x rounds per hour at the current cadence",
-            ["gpu"],
-            registry=registry,
-        )
-        self.mismatched_elements = Counter(
-            "trt_health_sdc_mismatched_elements_total",
-            "Tensor-core result elements that differed from the CPU golden",
-            ["gpu"],
-            registry=registry,
-        )
 
 
 @dataclass(slots=True)

@@ -20,65 +20,18 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
 from sidecar.canary import protocol
+from sidecar.canary.metrics import CanaryMetrics
+from sidecar.canary.outcome import Death, RunOutcome
 from sidecar.canary.protocol import FaultSpec, LoadRequest, WorkerError
 
 log = logging.getLogger(__name__)
 
 EXIT_STICKY = 3  # the worker's exit code after reporting a sticky CUDA error (worker.py)
 _PIPE_LIMIT = 16 << 20
-
-
-class CanaryMetrics:
-    """The canary's metrics, all on the given registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.worker_gpu_memory = Gauge(
-            "trt_health_canary_worker_gpu_memory_bytes",
-            "GPU memory held by the canary worker process, as the worker measured it (NVML)",
-            ["gpu"],
-            registry=registry,
-        )
-        self.worker_rss = Gauge(
-            "trt_health_canary_worker_rss_bytes",
-            "Resident memory of the canary worker process",
-            registry=registry,
-        )
-        self.worker_startup = Gauge(
-            "trt_health_canary_worker_startup_seconds",
-            "Seconds from spawning the worker to its runner being loaded (last start)",
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "trt_health_canary_latency_seconds",
-            "Canary inference latency, warm-up excluded",
-            ["runner"],
-            buckets=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
-            registry=registry,
-        )
-        self.results = Counter(
-            "trt_health_canary_results_total",
-            "Canary outcomes: pass, mismatch, error, timeout, crashed, skipped, unmonitored",
-            ["outcome"],
-            registry=registry,
-        )
-        self.restarts = Counter(
-            "trt_health_canary_worker_restarts_total",
-            "Canary worker replacements by cause (signal, exit code, CUDA error, timeout ...)",
-            ["cause"],
-            registry=registry,
-        )
-        self.max_abs_error = Gauge(
-            "trt_health_canary_max_abs_error",
-            "Largest absolute difference from the golden output in the last canary",
-            registry=registry,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,31 +44,6 @@ class SupervisorSettings:
     allow_faults: bool = False  # simulation only: lets scenario faults reach the worker
     python: str = sys.executable
     env: dict[str, str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Death:
-    """Why a worker went away. ``cause`` is the bounded metric label."""
-
-    cause: str
-    reason: str
-    message: str
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class RunOutcome:
-    """One canary request: outputs on success, else an error and possibly a death."""
-
-    ok: bool
-    runner: str = ""
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)
-    production_outputs: dict[str, np.ndarray] | None = None
-    latency_s: float = 0.0
-    warmup_s: float = 0.0
-    rss_bytes: int = 0
-    error: WorkerError | None = None
-    death: Death | None = None
 
 
 def backoff_delay(failures: int, initial_s: float, max_s: float) -> float:

@@ -27,8 +27,9 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.canary.component import CanaryComponent
 from sidecar.canary.config import CanaryConfig
+from sidecar.canary.metrics import CanaryMetrics
 from sidecar.canary.protocol import LoadRequest
-from sidecar.canary.supervisor import CanaryMetrics, CanarySupervisor, SupervisorSettings
+from sidecar.canary.supervisor import CanarySupervisor, SupervisorSettings
 from sidecar.core.values import CheckResult
 from sidecar.engine.manifest import EngineManifest, TensorSpec, dump_manifest
 from sidecar.runtime.scenario import ScenarioFile

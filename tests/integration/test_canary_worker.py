@@ -11,8 +11,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from sidecar.canary.metrics import CanaryMetrics
 from sidecar.canary.protocol import LoadRequest
-from sidecar.canary.supervisor import CanaryMetrics, CanarySupervisor, SupervisorSettings
+from sidecar.canary.supervisor import CanarySupervisor, SupervisorSettings
 from sidecar.core.values import CheckResult, CheckStatus, Severity
 from sidecar.testing import SteppableClock, await_until
 from sidecar.testing.canary import ENGINES, GpuState, Sink, main, make, reason, set_scenario, until

@@ -312,7 +312,7 @@ async def test_an_invalid_round_while_recovering_stays_fatal_and_restarts_the_co
 ) -> None:
     """A round the screen cannot judge (no tensor-core outputs) while an SDC finding recovers is
     no pass: the condition stays FATAL SilentDataCorruption and the passes start over."""
-    from sidecar.canary.supervisor import RunOutcome
+    from sidecar.canary.outcome import RunOutcome
 
     monkeypatch.setenv(sdc.INJECTION_ENV, "1")
     gpu = GpuState()
