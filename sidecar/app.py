@@ -27,10 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
 from sidecar.config import SidecarConfig, load_config
@@ -39,202 +36,32 @@ from sidecar.core.errors import BindError, TlsMaterialError
 from sidecar.core.policy import HealthPolicy
 from sidecar.core.protocols import Component, ResultObserver, TransitionListener
 from sidecar.core.values import (
-    SERVICE_LIVENESS,
-    SERVICE_OVERALL,
-    SERVICE_READINESS,
     CheckResult,
     CheckStatus,
+    Condition,
     ServiceVerdict,
     Severity,
     Transition,
 )
-from sidecar.proto import diagnostics_pb2_grpc
-from sidecar.publish.diagnostics import DiagnosticsService, check_entry, service_entry
-from sidecar.publish.grpc_health import (
-    NOT_SERVING,
-    SERVICE_NAME,
-    HealthRegistry,
-    HealthService,
-    RpcExecutor,
-    to_wire_statuses,
-)
-from sidecar.publish.http import HttpPublisher, HttpSnapshot, healthz_document
+from sidecar.gpu.state_proxy import GpuStateProxy
+from sidecar.publish.diagnostics import DiagnosticsService, LatestVerdict
+from sidecar.publish.fanout import PublisherSet
+from sidecar.publish.grpc_health import NOT_SERVING, HealthRegistry, HealthService
+from sidecar.publish.grpc_server import GrpcServer, start_grpc_server
+from sidecar.publish.healthz import HealthzPublisher
+from sidecar.publish.http import HttpPublisher, HttpSnapshot
 from sidecar.publish.log import configure_logging
-from sidecar.publish.tls import TlsCredentialsWatcher
+from sidecar.publish.metrics import CoreMetrics, RpcCollector, SectionCollectors
+from sidecar.runtime.heartbeat import Heartbeat
 from sidecar.runtime.scenario import ScenarioFile
 from sidecar.runtime.scheduler import Scheduler
-from sidecar.runtime.watchdog import LoopWatchdog
 
 log = logging.getLogger(__name__)
-
-GRPC_SERVER_OPTIONS: list[tuple[str, Any]] = [
-    # A second sidecar (or anything else) on the same port must be an error, not a silent
-    # share of the port.
-    ("grpc.so_reuseport", 0),
-    # Health messages are tiny; a huge request is refused by the transport.
-    ("grpc.max_receive_message_length", 64 * 1024),
-    ("grpc.max_send_message_length", 4 * 1024 * 1024),
-    # Find dead Watch peers and idle connections, so hostile clients cannot hold resources.
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    ("grpc.max_connection_idle_ms", 300_000),
-]
-
-
-class _RpcCollector(Collector):
-    """Exports the hot-path plain counters of the health service."""
-
-    def __init__(self, service: HealthService) -> None:
-        self._service = service
-
-    def collect(self) -> Iterable[Any]:
-        calls = CounterMetricFamily(
-            "trt_health_grpc_requests",
-            "grpc.health.v1 RPCs handled, by method and status code",
-            labels=["method", "code"],
-        )
-        for (method, code), n in sorted(self._service.stats.calls.items()):
-            calls.add_metric([method, code], n)
-        yield calls
-        yield GaugeMetricFamily(
-            "trt_health_watch_streams",
-            "Open Watch streams",
-            value=self._service.stats.watchers_open,
-        )
-        yield CounterMetricFamily(
-            "trt_health_watch_rejected",
-            "Watch streams refused with RESOURCE_EXHAUSTED (cap reached)",
-            value=self._service.stats.watch_rejected,
-        )
-        yield CounterMetricFamily(
-            "trt_health_watch_stuck_cancelled",
-            "Watch streams cancelled because a send stayed blocked (client stopped reading)",
-            value=self._service.stats.watch_stuck_cancelled,
-        )
-
 
 # Config sections with a component, in start order (the GPU first: the others ask it).
 COMPONENT_SECTIONS = ("gpu", "canary", "engines", "workload", "trends")
 LISTENER_SECTIONS = ("events",)
 ALL_SECTIONS = COMPONENT_SECTIONS + LISTENER_SECTIONS
-
-
-class _DelegatingCollector(Collector):
-    """Forwards to each section's registry of component metrics (replaced on reload, so a
-    rebuilt component registers its metrics again without clashing with the old ones)."""
-
-    def __init__(self) -> None:
-        self.targets: dict[str, CollectorRegistry] = {}
-
-    def collect(self) -> Iterable[Any]:
-        for registry in list(self.targets.values()):
-            yield from registry.collect()
-
-
-class GpuStateProxy:
-    """The GpuStateView other components hold: forwards to the current GPU component, so a
-    reload that replaces it does not leave them asking a stopped one. Without a GPU
-    component it answers "no fault, not busy, nothing known"."""
-
-    def __init__(self) -> None:
-        self.target: Any = None
-        self._generation_base = 0
-
-    def swap(self, target: Any) -> None:
-        # keep reset_generation() unchanged across the swap: a new component is not a reset
-        before = self.reset_generation()
-        self.target = target
-        self._generation_base = before - (target.reset_generation() if target is not None else 0)
-
-    def exclusive_process(self) -> bool:
-        return bool(self.target is not None and self.target.exclusive_process())
-
-    def busy(self) -> bool:
-        return bool(self.target is not None and self.target.busy())
-
-    def reset_generation(self) -> int:
-        inner = int(self.target.reset_generation()) if self.target is not None else 0
-        return self._generation_base + inner
-
-    def gpu_fault(self) -> bool:
-        return bool(self.target is not None and self.target.gpu_fault())
-
-    def compute_capability(self) -> str | None:
-        fn = getattr(self.target, "compute_capability", None)
-        return fn() if fn is not None else None
-
-    def free_memory_mib(self) -> float | None:
-        fn = getattr(self.target, "free_memory_mib", None)
-        return fn() if fn is not None else None
-
-    def identity(self) -> Mapping[str, str]:
-        fn = getattr(self.target, "identity", None)
-        return fn() if fn is not None else {}
-
-    def latest_samples(self) -> Mapping[str, tuple[float, Any]]:
-        fn = getattr(self.target, "latest_samples", None)
-        return fn() if fn is not None else {}
-
-
-class CoreMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.condition_ok = Gauge(
-            "trt_health_condition_ok",
-            "Established state per condition: 1 healthy, 0 unhealthy, -1 not yet established",
-            ["condition", "severity"],
-            registry=registry,
-        )
-        self.condition_gating = Gauge(
-            "trt_health_condition_gating",
-            "1 while the condition holds its services NOT_SERVING",
-            ["condition"],
-            registry=registry,
-        )
-        self.readiness_reason = Gauge(
-            "trt_health_readiness_reason",
-            "1 for each reason holding readiness NOT_SERVING now (absent otherwise)",
-            ["reason"],
-            registry=registry,
-        )
-        self.service_serving = Gauge(
-            "trt_health_service_serving",
-            "1 when the grpc.health.v1 service is SERVING",
-            ["service"],
-            registry=registry,
-        )
-        self.transitions = Counter(
-            "trt_health_transitions",
-            "Changes of a condition's established state",
-            ["condition", "to", "reason"],
-            registry=registry,
-        )
-        self.check_duration = Histogram(
-            "trt_health_check_duration_seconds",
-            "Wall time of one check run",
-            ["check"],
-            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 120),
-            registry=registry,
-        )
-        self.check_runs = Counter(
-            "trt_health_check_runs",
-            "Check runs by outcome (ok, fail, timeout, inflight, late, error)",
-            ["check", "outcome"],
-            registry=registry,
-        )
-        self.config_reloads = Counter(
-            "trt_health_config_reloads",
-            "Config reload attempts by result (applied, rejected, unchanged)",
-            ["result"],
-            registry=registry,
-        )
-        self.loop_lag = Gauge(
-            "trt_health_event_loop_lag_seconds",
-            "How late the last heartbeat woke up (event loop responsiveness)",
-            registry=registry,
-        )
-        self.build = Gauge("trt_health_build_info", "Version of the sidecar", ["version"], registry=registry)
-        self.build.labels(__version__).set(1)
 
 
 class _SlotSink:
@@ -381,9 +208,12 @@ class SidecarApp:
             max_service_name_bytes=config.grpc.max_service_name_bytes,
         )
         self.metrics = CoreMetrics(self.registry)
-        self.registry.register(_RpcCollector(self.health_service))
-        self._components_registry = _DelegatingCollector()
+        self.registry.register(RpcCollector(self.health_service))
+        self._components_registry = SectionCollectors()
         self.registry.register(self._components_registry)
+        self._diagnostics = LatestVerdict()
+        self._healthz = HealthzPublisher()
+        self.publishers = PublisherSet([self.health, self.metrics, self._diagnostics, self._healthz])
         self.scheduler = Scheduler(
             self._submit_now,
             jitter=config.jitter,
@@ -397,34 +227,26 @@ class SidecarApp:
         self._reload_lock = asyncio.Lock()
         self._reload_again = False
         self._reload_task: asyncio.Task[None] | None = None
-        # liveness judged from outside the loop: a blocked loop beats no heartbeat
-        live = config.liveness
-        self.watchdog = LoopWatchdog(
-            live.heartbeat_interval_s + live.max_loop_lag_s, self._loop_blocked, clock=clock
+        self.heartbeat = Heartbeat(
+            config.liveness,
+            policy=self.policy,
+            scheduler=self.scheduler,
+            publishers=self.publishers,
+            republish=self._publish,
+            record_lag=self.metrics.loop_lag.set,
+            clock=clock,
         )
         self.gpu_state = GpuStateProxy()
         self.scenario: ScenarioFile | None = None
-        self.server: grpc.Server | None = None
+        self.grpc: GrpcServer | None = None
         self.http: HttpPublisher | None = None
         self.grpc_port = 0
         self.grpc_tls_port = 0
-        self._tls: TlsCredentialsWatcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._liveness: tuple[bool, str] = (True, "")
         # flag overrides of the command line, re-applied on every config reload
         self.overrides: Mapping[tuple[str, ...], Any] = {}
-        self._http_snapshot = HttpSnapshot()
-        self._diag_snapshot: tuple[list[Any], dict[str, Any]] = ([], {})
-        # the loop's last verdict (conditions, verdicts, health-document checks) and the
-        # watchdog's override of it: both writers (the loop's _publish, the watchdog thread)
-        # derive every publisher from these under one lock, so neither overwrites the other
-        self._publish_lock = threading.Lock()
-        self._published: tuple[list[Any], dict[str, ServiceVerdict], dict[str, Any]] = ([], {}, {})
-        self._blocked: str | None = None  # EventLoopBlocked reason while the watchdog holds liveness
         self._observers_failing: set[str] = set()  # ResultObservers in a failure streak
-        self._ok_series: dict[str, str] = {}  # condition -> severity label of its ok series
-        self._reason_series: set[str] = set()  # readiness reasons with a metric series
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
         self._stopped = False
@@ -468,19 +290,12 @@ class SidecarApp:
     def _retire_now(self, prefixes: list[str], services: list[str]) -> None:
         names = [c.name for c in self.policy.conditions() if c.name.startswith(tuple(prefixes))]
         self.policy.forget(names)
-        self._drop_condition_series(names)
+        self.metrics.drop_conditions(names)
         gone = self.policy.forget_services(services)
         self.health.remove(gone)
         if names or gone:
             log.info("conditions retired", extra={"conditions": names, "services": gone})
         self._publish()
-
-    def _drop_condition_series(self, names: Iterable[str]) -> None:
-        for name in names:
-            severity = self._ok_series.pop(name, None)
-            if severity is not None:
-                self.metrics.condition_ok.remove(name, severity)
-                self.metrics.condition_gating.remove(name)
 
     # -- policy -> publishers -------------------------------------------------------------
     def _submit_now(self, results: Sequence[CheckResult]) -> None:
@@ -526,9 +341,7 @@ class SidecarApp:
         self._record_run(check, outcome, seconds)
 
     def _record_run(self, check: str, outcome: str, seconds: float) -> None:
-        self.metrics.check_runs.labels(check, outcome).inc()
-        if outcome in ("ok", "fail", "error", "late"):
-            self.metrics.check_duration.labels(check).observe(seconds)
+        self.metrics.record_run(check, outcome, seconds)
 
     def _on_transition(self, t: Transition) -> None:
         to = "unknown" if t.healthy is None else ("healthy" if t.healthy else "unhealthy")
@@ -546,80 +359,20 @@ class SidecarApp:
                 "labels": dict(t.labels),
             },
         )
-        self.metrics.transitions.labels(t.condition, to, t.reason or "").inc()
+        self.metrics.record_transition(t, to)
         for listener in self.listeners:
             try:
                 listener.on_transition(t)
             except Exception:
                 log.exception("transition listener failed")
 
-    def _publish(self) -> None:
+    def publish(self) -> None:
+        """The policy's verdict, to every publisher (event loop)."""
         verdicts = self.policy.verdicts()
         self._log_service_changes(verdicts)
-        readiness = verdicts.get(SERVICE_READINESS)
-        self._publish_readiness_reasons(readiness.reasons if readiness is not None else ())
-        conditions = self.policy.conditions()
-        checks: dict[str, Any] = {}
-        for c in conditions:
-            severity = c.last.severity.name.lower()
-            previous = self._ok_series.get(c.name)
-            if previous is not None and previous != severity:
-                # one series per condition: drop the one labelled with the old severity
-                self.metrics.condition_ok.remove(c.name, previous)
-            self._ok_series[c.name] = severity
-            self.metrics.condition_ok.labels(c.name, severity).set(
-                -1 if c.healthy is None else (1 if c.healthy else 0)
-            )
-            self.metrics.condition_gating.labels(c.name).set(1 if c.gating else 0)
-            checks[c.name] = check_entry(
-                status=c.last.status,
-                established=c.healthy,
-                gating=c.gating,
-                severity=severity,
-                reason=c.last.reason,
-                message=c.last.message,
-                labels=c.last.labels,
-                value=c.last.value,
-            )
-        with self._publish_lock:
-            self._published = (conditions, verdicts, checks)
-            self._swap_published()
+        self.publishers.publish(self.policy.conditions(), verdicts)
 
-    def _swap_published(self, only: str | None = None) -> None:
-        """Under ``_publish_lock``: every publisher (gRPC health, the service metric, the
-        HTTP and Diagnostics snapshots) from the loop's last verdict, with liveness
-        NOT_SERVING while the watchdog holds it (``_blocked``). ``only``: the one service
-        whose gRPC status and metric to write (the watchdog's; the registry keeps services
-        absent from a write, so only the loop writes them all, a retired one stays gone)."""
-        conditions, verdicts, checks = self._published
-        if self._blocked is not None:
-            blocked = ServiceVerdict(SERVICE_LIVENESS, False, (self._blocked,))
-            verdicts = {**verdicts, SERVICE_LIVENESS: blocked}
-        serving = {name: v.serving for name, v in verdicts.items()}
-        written = serving if only is None else {only: serving[only]}
-        self.health.set_statuses(to_wire_statuses(written))
-        for name, ok in written.items():
-            self.metrics.service_serving.labels(name).set(1 if ok else 0)
-        services = {name: service_entry(v.serving, v.reasons) for name, v in sorted(verdicts.items())}
-        ready = serving.get(SERVICE_OVERALL, False)
-        self._diag_snapshot = (conditions, verdicts)
-        self._http_snapshot = HttpSnapshot(
-            ready=ready,
-            live=serving.get(SERVICE_LIVENESS, False),
-            body=healthz_document("trt-health-sidecar", ready, services, checks),
-            services=serving,
-        )
-
-    def _publish_readiness_reasons(self, reasons: Sequence[str]) -> None:
-        """``trt_health_readiness_reason{reason}`` is 1 for each machine-readable reason that
-        holds readiness NOT_SERVING now (``gpu/<uuid>/xid: XidFatal79`` -> ``XidFatal79``); a
-        series goes when its reason does. Bounded: reasons are codes, not free text."""
-        now = {r.rsplit(": ", 1)[-1][:64] for r in reasons}
-        for gone in self._reason_series - now:
-            self.metrics.readiness_reason.remove(gone)
-        for reason in now - self._reason_series:
-            self.metrics.readiness_reason.labels(reason).set(1)
-        self._reason_series = now
+    _publish = publish
 
     def _log_service_changes(self, verdicts: Mapping[str, Any]) -> None:
         """One line per service whose status changed (every service starts NOT_SERVING)."""
@@ -641,13 +394,13 @@ class SidecarApp:
             )
         self._served = now
 
-    def snapshot(self) -> tuple[list[Any], dict[str, Any]]:
-        """The latest conditions and verdicts; safe to read from RPC threads (published whole
-        by the event loop after every change)."""
-        return self._diag_snapshot
+    def snapshot(self) -> tuple[Sequence[Condition], Mapping[str, ServiceVerdict]]:
+        """The latest conditions and verdicts as served; safe to read from RPC threads
+        (published whole by the event loop after every change)."""
+        return self._diagnostics()
 
     def http_snapshot(self) -> HttpSnapshot:
-        return self._http_snapshot
+        return self._healthz.snapshot()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -673,9 +426,8 @@ class SidecarApp:
             self._install(section, cfg)
         for section in ALL_SECTIONS:
             await self._start_slot(section)
-        self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
-        beat = self.config.liveness.heartbeat_interval_s
-        self.watchdog.start(min(beat, self.config.liveness.max_loop_lag_s) / 2)
+        self._tasks.append(asyncio.create_task(self.heartbeat.run(), name="heartbeat"))
+        self.heartbeat.start_watchdog()
         if cfg.config_file:
             self._config_stamp = self._stat_config()
             self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
@@ -696,60 +448,14 @@ class SidecarApp:
         )
 
     async def _start_grpc(self) -> None:
-        cfg = self.config.grpc
-        # grpcio's sync server: Check/List answer on a small pool (no Watch ever holds one of
-        # its threads, see publish/grpc_health.py); measured faster per core than grpc.aio.
-        # Under a burst of thousands of Watch calls a probe's Check neither waits in Watch's
-        # queue of unrequested calls (registered methods: one queue each in grpc-core) nor
-        # behind their registrations in the pool (RpcExecutor): BENCHMARKS.md section 5b.
-        pool = RpcExecutor(cfg.threads, thread_name_prefix="grpc-rpc")
-        pool.background = self.health_service.watch_behavior
-        server = grpc.server(
-            pool,
-            options=GRPC_SERVER_OPTIONS,
+        diagnostics = DiagnosticsService(
+            self.snapshot,
+            monotonic=self.clock,
+            started_unix=self.started_unix,
+            simulated=self.config.simulate,
         )
-        self.health_service.add_to_server(server)
-        diagnostics_pb2_grpc.add_DiagnosticsServicer_to_server(
-            DiagnosticsService(
-                self.snapshot,
-                monotonic=self.clock,
-                started_unix=self.started_unix,
-                simulated=self.config.simulate,
-            ),
-            server,
-        )
-        if cfg.reflection:
-            _enable_reflection(server, (SERVICE_NAME, "trt_health.diagnostics.v1.Diagnostics"))
-        address = f"{cfg.host}:{cfg.port}"
-        try:
-            self.grpc_port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise BindError(f"grpc {address}: {exc}") from exc
-        if self.grpc_port == 0:
-            raise BindError(f"grpc {address}: cannot bind")
-        if cfg.unix_socket:
-            remove_stale_socket(cfg.unix_socket)  # raises BindError for anything else there
-            try:
-                server.add_insecure_port(f"unix:{cfg.unix_socket}")
-            except RuntimeError as exc:
-                raise BindError(f"grpc unix:{cfg.unix_socket}: {exc}") from exc
-        if cfg.tls is not None:
-            self._tls = TlsCredentialsWatcher(
-                cert_file=cfg.tls.cert_file,
-                key_file=cfg.tls.key_file,
-                client_ca_file=cfg.tls.client_ca_file,
-                require_client_cert=cfg.tls.require_client_cert,
-            )
-            creds = self._tls.server_credentials()  # raises TlsMaterialError
-            tls_address = f"{cfg.host}:{cfg.tls.port}"
-            try:
-                self.grpc_tls_port = server.add_secure_port(tls_address, creds)
-            except RuntimeError as exc:
-                raise BindError(f"grpc tls {tls_address}: {exc}") from exc
-            if self.grpc_tls_port == 0:
-                raise BindError(f"grpc tls {tls_address}: cannot bind")
-        server.start()
-        self.server = server
+        self.grpc = start_grpc_server(self.config.grpc, self.health_service, diagnostics)
+        self.grpc_port, self.grpc_tls_port = self.grpc.port, self.grpc.tls_port
 
     def _build_section(self, section: str, cfg: SidecarConfig, registry: CollectorRegistry) -> Any:
         """Instantiate the component of one config section (nothing starts here), or None.
@@ -973,9 +679,7 @@ class SidecarApp:
                 for item in ready:
                     waiting.remove(item)
                     section, obj, registry, sink = item
-                    await self._swap_section(
-                        section, obj, registry, sink, new_checks.get(section, [])
-                    )
+                    await self._swap_section(section, obj, registry, sink, new_checks.get(section, []))
                     swapped.add(section)
         except BaseException:  # a failed start, or the reload cancelled (shutdown)
             # every replacement not yet swapped in is stopped: nothing else would stop it
@@ -1023,47 +727,6 @@ class SidecarApp:
         self.policy.expect(n for n in new_checks if n not in sink.ran)
         self._put(section, obj, registry, sink)
         sink.go_live()
-
-    async def _heartbeat(self) -> None:
-        """Liveness: the loop wakes on time and every check loop keeps beating."""
-        interval = self.config.liveness.heartbeat_interval_s
-        max_lag = self.config.liveness.max_loop_lag_s
-        while True:
-            before = self.clock()
-            await asyncio.sleep(interval)
-            republish = self.watchdog.beat()
-            if republish:  # the watchdog held liveness while the loop was blocked: let go
-                with self._publish_lock:
-                    self._blocked = None
-            now = self.clock()
-            lag = max(0.0, now - before - interval)
-            self.metrics.loop_lag.set(lag)
-            stalled = self.scheduler.stalled(now, lambda c: c.timeout_s + c.interval_s * 1.6 + max_lag + 1.0)
-            if lag > max_lag:
-                alive, reason = False, f"EventLoopLag: {lag:.1f}s"
-            elif stalled:
-                alive, reason = False, "SchedulerStalled: " + ", ".join(sorted(stalled))
-            else:
-                alive, reason = True, ""
-            if (alive, reason) != self._liveness:
-                self._liveness = (alive, reason)
-                self.policy.set_liveness(alive, reason)
-                self._publish()
-            elif republish:  # the watchdog overrode liveness while the loop was blocked
-                self._publish()
-
-    def _loop_blocked(self, quiet_s: float) -> None:
-        """Watchdog thread: the loop missed its heartbeat. Liveness NOT_SERVING at once in
-        every publisher, the /healthz body included. It never rewrites a snapshot the loop
-        wrote: it sets the override and derives every publisher from the loop's last verdict,
-        under the lock the loop's _publish takes, so whatever the loop publishes meanwhile
-        (a fresher ready=False) is served as it is, still with liveness NOT_SERVING. The
-        loop's next heartbeat lifts the override and publishes its own verdict again."""
-        reason = f"EventLoopBlocked: no heartbeat for {quiet_s:.1f}s"
-        with self._publish_lock:
-            self._blocked = reason
-            self._swap_published(only=SERVICE_LIVENESS)
-        log.error("event loop blocked: liveness NOT_SERVING", extra={"reason": reason})
 
     def _stat_config(self) -> tuple[int, int] | None:
         try:
@@ -1156,9 +819,7 @@ class SidecarApp:
         keep: set[str] = set()
         for sink in self._sinks.values():
             keep |= sink.reported
-        stale = [
-            c.name for c in self.policy.conditions() if c.last_result_at < since and c.name not in keep
-        ]
+        stale = [c.name for c in self.policy.conditions() if c.last_result_at < since and c.name not in keep]
         if stale:
             log.info("conditions no longer reported after reload", extra={"conditions": stale})
             self._drop_conditions(stale)
@@ -1169,7 +830,7 @@ class SidecarApp:
         if not names:
             return
         self.policy.forget(names)
-        self._drop_condition_series(names)
+        self.metrics.drop_conditions(names)
         self._publish()
 
     def request_stop(self) -> None:
@@ -1183,7 +844,7 @@ class SidecarApp:
         if self._stopped:
             return
         self._stopped = True
-        self.watchdog.stop()
+        self.heartbeat.stop_watchdog()
         self.policy.set_shutting_down()
         self._publish()
         self.health.set_statuses({s: NOT_SERVING for s in self.health.snapshot()})
@@ -1198,8 +859,8 @@ class SidecarApp:
             # a task that raised was reported by _report_task_end; it must not block the stop
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self.server is not None:
-            stopped = self.server.stop(grace)
+        if self.grpc is not None:
+            stopped = self.grpc.server.stop(grace)
             await asyncio.to_thread(stopped.wait, grace + 1.0)
         async with self._reload_lock:  # a reload called directly finishes (or cleans up) first
             pass
@@ -1243,64 +904,6 @@ async def _hand_over_canary(old: Any, new: Any) -> None:
     take = getattr(new, "take_over_latches", None)
     if take is not None:
         await take(old)
-
-
-REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
-
-
-def _enable_reflection(server: grpc.Server, services: Sequence[str]) -> None:
-    """Server reflection as grpc-go serves it: ``grpc.reflection.v1`` and ``v1alpha``.
-
-    grpcio-reflection ships only v1alpha; v1's messages are wire-identical (the same
-    fields and numbers), so its servicer answers under both service names."""
-    from grpc_reflection.v1alpha import reflection, reflection_pb2
-
-    servicer = reflection.ReflectionServicer((*services, reflection.SERVICE_NAME, REFLECTION_V1))
-    method = grpc.stream_stream_rpc_method_handler(
-        servicer.ServerReflectionInfo,
-        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-    )
-    server.add_generic_rpc_handlers(
-        tuple(
-            grpc.method_handlers_generic_handler(name, {"ServerReflectionInfo": method})
-            for name in (REFLECTION_V1, reflection.SERVICE_NAME)
-        )
-    )
-
-
-def remove_stale_socket(path: str) -> None:
-    """Make room for our Unix socket at ``path``: remove only a *stale* socket (a socket
-    file nobody listens on: connect() is refused). A live socket or anything else (a regular
-    file, a folder...) is left alone and is a ``BindError`` naming the path."""
-    import socket
-    import stat
-
-    from sidecar.engine.files import mode_kind
-
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise BindError(f"grpc unix:{path}: cannot examine it: {exc.strerror or exc}") from exc
-    if not stat.S_ISSOCK(st.st_mode):
-        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else mode_kind(st.st_mode)
-        raise BindError(f"grpc unix:{path}: exists and is {kind}, not a socket; not removed")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        pass  # stale: left by a process that died
-    except OSError as exc:
-        raise BindError(f"grpc unix:{path}: cannot tell whether it is in use: {exc}") from exc
-    else:
-        raise BindError(f"grpc unix:{path}: another process is listening on it")
-    finally:
-        probe.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def _report_task_end(task: asyncio.Task[Any]) -> None:

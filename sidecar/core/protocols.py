@@ -9,10 +9,11 @@ waiting for the next poll.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias, runtime_checkable
 
-from sidecar.core.values import CheckResult, Transition
+from sidecar.core.values import CheckResult, Condition, ServiceVerdict, Transition
 
 Clock: TypeAlias = Callable[[], float]
 """Seconds from a monotonic clock (``time.monotonic``). Every component that measures time
@@ -113,3 +114,22 @@ class ResultObserver(Protocol):
     event loop thread: trend detectors read canary latencies this way. Must not block."""
 
     def observe(self, results: Iterable[CheckResult]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Publication:
+    """One verdict, whole, as every publisher receives it: the conditions and the verdict of
+    each service (liveness already NOT_SERVING while the loop watchdog holds it)."""
+
+    conditions: Sequence[Condition] = ()
+    verdicts: Mapping[str, ServiceVerdict] = field(default_factory=dict)
+
+
+class Publisher(Protocol):
+    """Serves verdicts (gRPC health, /healthz, /metrics, Diagnostics). Publishers only read:
+    nothing they do changes a verdict. Called under the app's publish lock, from the event
+    loop or (liveness only) the loop watchdog's thread, so it must be quick and never block.
+    ``only``: the one service whose verdict changed (the watchdog's liveness); a publisher of
+    per-service state writes just that one, a publisher of whole documents writes them whole."""
+
+    def publish(self, publication: Publication, only: str | None = None) -> None: ...

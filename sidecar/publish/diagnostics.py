@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
 from sidecar import __version__
+from sidecar.core.protocols import Publication
 from sidecar.core.values import CheckStatus, Condition, ServiceVerdict
 from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
 
@@ -134,7 +135,21 @@ def document_parts(resp: Any) -> tuple[bool, dict[str, Any], dict[str, Any]]:
     return overall, services, checks
 
 
-Snapshot = Callable[[], tuple[list[Condition], dict[str, ServiceVerdict]]]
+Snapshot = Callable[[], tuple[Sequence[Condition], Mapping[str, ServiceVerdict]]]
+
+
+class LatestVerdict:
+    """Publisher: the newest conditions and verdicts, replaced whole, read by the
+    Diagnostics RPC threads (and anything else that wants the verdict as it is served)."""
+
+    def __init__(self) -> None:
+        self._latest: tuple[Sequence[Condition], Mapping[str, ServiceVerdict]] = ([], {})
+
+    def publish(self, publication: Publication, only: str | None = None) -> None:
+        self._latest = (publication.conditions, publication.verdicts)
+
+    def __call__(self) -> tuple[Sequence[Condition], Mapping[str, ServiceVerdict]]:
+        return self._latest
 
 
 class DiagnosticsService(diagnostics_pb2_grpc.DiagnosticsServicer):

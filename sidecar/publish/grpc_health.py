@@ -35,6 +35,8 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
+from sidecar.core.protocols import Publication
+
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "grpc.health.v1.Health"
@@ -140,6 +142,12 @@ class HealthRegistry:
                 changed.append(service)
         if changed:
             self._notify(changed)
+
+    def publish(self, publication: Publication, only: str | None = None) -> None:
+        """Publisher: the services' statuses (``only``: that one; the others keep theirs)."""
+        verdicts = publication.verdicts
+        written = verdicts if only is None else {only: verdicts[only]}
+        self.set_statuses({name: SERVING if v.serving else NOT_SERVING for name, v in written.items()})
 
     def remove(self, services: Iterable[str]) -> None:
         gone = [s for s in services if self._status.pop(s, None) is not None]

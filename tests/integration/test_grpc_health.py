@@ -75,7 +75,7 @@ def test_services_start_not_serving(make_app: Any) -> None:
 
 async def _expect(app: AppThread, names: list[str]) -> None:
     app.app.policy.expect(names)
-    app.app._publish()
+    app.app.publish()
 
 
 def test_check_unknown_service_is_not_found(app: AppThread) -> None:

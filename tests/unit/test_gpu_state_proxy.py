@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.app import GpuStateProxy
+from sidecar.gpu.state_proxy import GpuStateProxy
 
 
 class FakeGpu:
