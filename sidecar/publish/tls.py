@@ -1,25 +1,138 @@
-"""TLS / mTLS server credentials that pick up renewed certificate files without a restart.
+"""TLS server material that picks up renewed certificate files without a restart.
 
-grpcio's dynamic credentials call the fetcher on every new handshake; it returns a new
-certificate configuration only when one of the files changed (stat), so rotation by
-cert-manager or a mounted Secret takes effect for new connections at once.
+:class:`CertificateReloader` is the package's one certificate reloader: it holds what was built
+from a set of PEM files and rebuilds it when their content changes, so rotation by cert-manager
+or a mounted Secret takes effect for new connections. Its users decide when to look:
+:class:`TlsCredentialsWatcher` (the gRPC TLS port) on every new handshake, through grpcio's
+dynamic credentials; the webhook from a thread of its own (``sidecar.webhook.server``).
 """
 
 from __future__ import annotations
 
+import binascii
+import hashlib
 import logging
 import os
+import ssl
 import threading
-from typing import Any
-
-import grpc
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sidecar.core.errors import TlsMaterialError
 
+if TYPE_CHECKING:
+    import grpc
+
+__all__ = ["CertificateReloader", "TlsCredentialsWatcher", "certificate_fingerprint"]
+
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def certificate_fingerprint(pem: bytes) -> str:
+    """SHA-256 (hex) of the first certificate in ``pem``; empty when there is none."""
+    try:
+        der = ssl.PEM_cert_to_DER_cert(pem.decode("ascii", "replace"))
+    except (ValueError, binascii.Error):
+        return ""
+    return hashlib.sha256(der).hexdigest()
+
+
+class CertificateReloader(Generic[T]):
+    """The material ``build`` made from ``files``, made again when their content changes.
+
+    ``build`` gets the files' bytes, in the order given (the first file is the certificate), and
+    raises :class:`TlsMaterialError` when they do not make usable material. :meth:`load` is the
+    first build; :meth:`check` rebuilds after a change. A change that does not build (e.g. the
+    certificate renewed, its key not yet) or files that cannot be read keep the previous
+    material; each such state is logged once (as a warning, on ``logger``), and the next change
+    is tried again. ``reloads`` counts the rebuilds that took effect.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str | os.PathLike[str]],
+        build: Callable[[list[bytes]], T],
+        *,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if not files:
+            raise ValueError("CertificateReloader needs at least the certificate file")
+        self.files = tuple(os.fspath(f) for f in files)
+        self.reloads = 0
+        self._build = build
+        self._log = logger or log
+        self._lock = threading.Lock()
+        self._current: T | None = None
+        self._seen = b""  # digest of the content last built from, or last refused
+        self._unreadable = ""  # the error last logged for unreadable files
+
+    def _read(self) -> tuple[list[bytes], bytes]:
+        """The files' bytes and one digest of them all (this is how a change is noticed)."""
+        contents: list[bytes] = []
+        digest = hashlib.sha256()
+        for path in self.files:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            contents.append(data)
+            digest.update(len(data).to_bytes(8, "big") + data)
+        return contents, digest.digest()
+
+    def load(self) -> T:
+        """The first build; raises :class:`TlsMaterialError` naming the file that failed."""
+        try:
+            contents, digest = self._read()
+        except OSError as exc:
+            raise TlsMaterialError(f"{exc.filename}: {exc.strerror}") from exc
+        material = self._build(contents)
+        with self._lock:
+            self._current, self._seen = material, digest
+        return material
+
+    @property
+    def current(self) -> T:
+        """The material in use (the last that built); :class:`TlsMaterialError` before :meth:`load`."""
+        with self._lock:
+            if self._current is None:
+                raise TlsMaterialError("TLS material not loaded")
+            return self._current
+
+    def check(self) -> bool:
+        """Rebuild if the files' content changed; True when new material is now :attr:`current`."""
+        with self._lock:  # handshakes may call this concurrently: one rebuild per change
+            try:
+                contents, digest = self._read()
+            except OSError as exc:
+                if str(exc) != self._unreadable:
+                    self._unreadable = str(exc)
+                    self._log.warning("certificate files unreadable", extra={"error": str(exc)})
+                return False
+            self._unreadable = ""
+            if digest == self._seen:
+                return False
+            self._seen = digest
+            try:
+                material = self._build(contents)
+            except TlsMaterialError as exc:
+                self._log.warning("new certificate does not load yet", extra={"error": str(exc)})
+                return False
+            self._current = material
+            self.reloads += 1
+        self._log.info(
+            "certificate reloaded",
+            extra={"cert": self.files[0], "sha256": certificate_fingerprint(contents[0])},
+        )
+        return True
 
 
 class TlsCredentialsWatcher:
+    """gRPC server credentials (TLS, or mTLS with a client CA) that follow the files.
+
+    grpcio's dynamic credentials ask for a configuration on every new handshake; a new one is
+    returned only when the files changed, so a renewed certificate serves the next connection.
+    """
+
     def __init__(
         self,
         *,
@@ -32,35 +145,19 @@ class TlsCredentialsWatcher:
         self.key_file = key_file
         self.client_ca_file = client_ca_file
         self.require_client_cert = require_client_cert
-        self._stamp: tuple[Any, ...] | None = None
-        self._lock = threading.Lock()
-        self.reloads = 0
+        files = [cert_file, key_file] + ([client_ca_file] if client_ca_file else [])
+        self.certs: CertificateReloader[Any] = CertificateReloader(files, self._configuration)
 
-    def _files(self) -> list[str]:
-        return [f for f in (self.cert_file, self.key_file, self.client_ca_file) if f]
+    @property
+    def reloads(self) -> int:
+        """How many renewed certificates took effect."""
+        return self.certs.reloads
 
-    def _current_stamp(self) -> tuple[Any, ...]:
-        out: list[tuple[Any, ...]] = []
-        for f in self._files():
-            try:
-                st = os.stat(f)
-                out.append((f, st.st_mtime_ns, st.st_size, st.st_ino))
-            except OSError:
-                out.append((f, None))
-        return tuple(out)
+    def _configuration(self, contents: list[bytes]) -> Any:
+        import grpc
 
-    def _read(self) -> Any:
-        try:
-            with open(self.cert_file, "rb") as fh:
-                cert = fh.read()
-            with open(self.key_file, "rb") as fh:
-                key = fh.read()
-            ca = None
-            if self.client_ca_file:
-                with open(self.client_ca_file, "rb") as fh:
-                    ca = fh.read()
-        except OSError as exc:
-            raise TlsMaterialError(f"{exc.filename}: {exc.strerror}") from exc
+        cert, key, *rest = contents
+        ca = rest[0] if rest else None
         if b"-----BEGIN" not in cert or b"-----BEGIN" not in key:
             raise TlsMaterialError(f"{self.cert_file} / {self.key_file}: not PEM")
         if ca is not None and b"-----BEGIN" not in ca:
@@ -69,8 +166,9 @@ class TlsCredentialsWatcher:
 
     def server_credentials(self) -> grpc.ServerCredentials:
         """Credentials for add_secure_port. Raises TlsMaterialError when the files are bad."""
-        initial = self._read()
-        self._stamp = self._current_stamp()
+        import grpc
+
+        initial = self.certs.load()
         return grpc.dynamic_ssl_server_credentials(
             initial,
             self._fetch,
@@ -78,19 +176,5 @@ class TlsCredentialsWatcher:
         )
 
     def _fetch(self) -> Any:
-        """Called by grpc on each handshake: a new configuration only when files changed."""
-        with self._lock:
-            stamp = self._current_stamp()
-            if stamp == self._stamp:
-                return None
-            try:
-                config = self._read()
-            except TlsMaterialError as exc:
-                # keep serving with the previous certificate; report once per change
-                log.error("TLS material reload failed, keeping the old", extra={"error": str(exc)})
-                self._stamp = stamp
-                return None
-            self._stamp = stamp
-            self.reloads += 1
-            log.info("TLS material reloaded", extra={"cert_file": self.cert_file})
-            return config
+        """Called by grpc on each handshake: a new configuration only when the files changed."""
+        return self.certs.current if self.certs.check() else None
