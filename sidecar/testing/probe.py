@@ -197,6 +197,12 @@ def _cert(
     return builder.sign(signing_key, hashes.SHA256())
 
 
+def leaf_der(dns: Iterable[str], ips: Iterable[str], cn: str) -> bytes:
+    """A self-signed leaf certificate (DER) with these DNS / IP SANs and subject CN."""
+    key = _key()
+    return _cert(cn, key, None, dns=dns, ips=ips).public_bytes(serialization.Encoding.DER)
+
+
 def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if key is not None:

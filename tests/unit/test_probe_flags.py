@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
 import io
-import ipaddress
 import json
 import socket
 import subprocess
@@ -17,6 +15,7 @@ from sidecar.core.errors import PROBE_INVALID_ARGUMENTS, PROBE_OK
 from sidecar.probe import ProbeArgError, ProbeOptions, format_go_duration, parse_args
 from sidecar.probe.tls import name_for_no_verify, socket_address
 from sidecar.probe.wire import grpc_target
+from sidecar.testing.probe import leaf_der
 
 
 def _ok(argv: list[str]) -> ProbeOptions:
@@ -417,35 +416,9 @@ def test_socket_address_for_certificate_fetch(
     assert socket_address(addr) == (family, address, sni)
 
 
-def _der(dns: list[str], ips: list[str], cn: str) -> bytes:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    )
-    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
-
-
 def test_certificate_names_reads_sans_and_cn() -> None:
     """The DER reader finds DNS SANs, IP SANs and the subject CN."""
-    der = _der(["a.test", "b.test"], ["10.1.2.3", "::1"], "the-cn")
+    der = leaf_der(["a.test", "b.test"], ["10.1.2.3", "::1"], "the-cn")
     assert probe.certificate_names(der) == (["a.test", "b.test"], ["10.1.2.3", "::1"], "the-cn")
 
 
@@ -460,7 +433,7 @@ def test_certificate_names_reads_sans_and_cn() -> None:
 )
 def test_no_verify_name_choice(dns: list[str], ips: list[str], cn: str, name: str) -> None:
     """-tls-no-verify overrides the checked name with one the certificate really carries."""
-    assert name_for_no_verify(_der(dns, ips, cn)) == name
+    assert name_for_no_verify(leaf_der(dns, ips, cn)) == name
 
 
 def test_certificate_names_rejects_garbage() -> None:
