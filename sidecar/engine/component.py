@@ -426,6 +426,13 @@ class EngineComponent:
         lab = {"engine": s.spec.name}
         if s.path is not None:
             lab["path"] = str(s.path)
+        m = s.manifest
+        if m is not None and m.version is not None:  # what the actions component acts on
+            lab["version"] = m.version
+            if m.sha256:
+                lab["sha256"] = m.sha256
+            if m.fallback:
+                lab["fallback"] = m.fallback
         if labels:
             lab.update(labels)
         return CheckResult(

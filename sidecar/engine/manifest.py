@@ -24,6 +24,8 @@ Example::
       outputs: {y: golden_output_y.npy}
     tolerance: {atol: 1.0e-4, rtol: 1.0e-3}
     latency_budget_ms: 50
+    version: "2"                 # optional: the main server's version of this engine (actions)
+    fallback: canary-fp16        # optional: the engine (under engines.list) to degrade to
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class EngineManifest:
     golden_outputs: dict[str, str] = field(default_factory=dict)
     tolerance: Tolerance = Tolerance()
     latency_budget_ms: float | None = None
+    version: str | None = None
+    fallback: str | None = None
 
     @property
     def path(self) -> Path:
@@ -107,6 +111,8 @@ class EngineManifest:
             "golden": {"inputs": dict(self.golden_inputs), "outputs": dict(self.golden_outputs)},
             "tolerance": {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol},
             "latency_budget_ms": self.latency_budget_ms,
+            **({"version": self.version} if self.version is not None else {}),
+            **({"fallback": self.fallback} if self.fallback is not None else {}),
         }
 
 
@@ -158,6 +164,12 @@ def parse_manifest(raw: Any, directory: Path, *, where: str = "manifest") -> Eng
     )
     tol.reject_unknown()
     budget = sec.number("latency_budget_ms", 0.0, minimum=0.0) if sec.has("latency_budget_ms") else None
+    version = sec.opt_text("version")
+    if version is not None and (not version or "/" in version or len(version) > 64):
+        sec.error("version", f"must be a short name without '/', got {version!r}")
+    fallback = sec.opt_text("fallback")
+    if fallback is not None and (not fallback or "/" in fallback):
+        sec.error("fallback", f"must be an engine name without '/', got {fallback!r}")
     sec.reject_unknown()
     if errors:
         raise ConfigError(errors)
@@ -178,6 +190,8 @@ def parse_manifest(raw: Any, directory: Path, *, where: str = "manifest") -> Eng
         golden_outputs=golden_outputs,
         tolerance=tolerance,
         latency_budget_ms=budget,
+        version=version,
+        fallback=fallback,
     )
 
 

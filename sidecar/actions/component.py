@@ -1,0 +1,390 @@
+"""The actions component: from verdict to action (engine rollback, degraded serving).
+
+Wiring: ``ActionsComponent(parse_actions_config(sec), registry=..., announce=...)``; the app
+tells it every result it records (:meth:`observe`, the ``ResultObserver`` protocol) and runs
+its one check, ``actions``, every ``interval`` (and at once when evidence changed: the
+component triggers it). ``announce`` receives one :class:`~sidecar.model.Transition` per action
+(the Kubernetes Event emitter is such a listener).
+
+Conditions reported (all gate only the ``primary`` service, never ``readiness``):
+
+- ``degraded/<engine>``: CRITICAL ``ServingFallback`` while the fallback serves, so ``primary``
+  is NOT_SERVING while readiness stays SERVING; OK otherwise (reason ``UnderPressure``,
+  ``FallbackNotVerified``, ``DegradeGaveUp`` or a dry-run note while it only reports);
+- ``actions/<engine>/rollback``: WARNING ``RolledBack`` (pinned to the last good version),
+  ``RollbackPending``, ``NoGoodVersion``, ``RollbackGaveUp``, ``RollbackFlapping``; OK with
+  ``GpuFaultNoRollback`` while a GPU-level fault blocks a rollback.
+
+Every action is a log line, a ``trt_health_actions`` count, an announced transition (Event)
+and the labels of those conditions (Diagnostics): evidence, versions, the calls and result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from sidecar.actions.config import ActionsConfig, EngineActions
+from sidecar.actions.degrade import DegradeMachine
+from sidecar.actions.evidence import EvidenceBook
+from sidecar.actions.metrics import ActionMetrics
+from sidecar.actions.repository import ActionCallError, Driver, RepositoryClient, make_driver
+from sidecar.actions.rollback import DEGRADE, RESTORE, ROLLBACK, Decision, RollbackMachine
+from sidecar.checks.base import Check, ResultSink
+from sidecar.model import CheckResult, CheckStatus, Severity, Transition
+from sidecar.workload.probes import WorkloadProbe
+
+log = logging.getLogger(__name__)
+
+CHECK_NAME = "actions"
+SERVICE_PRIMARY = "primary"
+GATES = frozenset({SERVICE_PRIMARY})
+WORKLOAD = "workload"
+ACTION_REASONS = {
+    ROLLBACK: "EngineRolledBack",
+    "release": "EngineRolledForward",
+    DEGRADE: "ServingFallback",
+    RESTORE: "RestoredPrimary",
+}
+
+ProbeFactory = Callable[[str, str | None], WorkloadProbe | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRecord:
+    """One action taken (or, in dry-run, that would have been)."""
+
+    engine: str
+    model: str
+    kind: str
+    target: str | None
+    previous: str | None
+    evidence: str
+    outcome: str  # ok | failed | dry_run
+    calls: str
+    server: str  # what the server serves afterwards
+    verdict_at: float  # when the evidence that caused it was first seen
+    started_at: float
+    called_at: float
+    verified_at: float
+
+    @property
+    def total_s(self) -> float:
+        return self.verified_at - self.verdict_at
+
+
+@dataclass
+class _Engine:
+    spec: EngineActions
+    rollback: RollbackMachine
+    degrade: DegradeMachine
+    fault_seen_at: float | None = None
+    last: ActionRecord | None = None
+    dry_run_last: tuple[str, str | None] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class _ActionsCheck:
+    def __init__(self, comp: ActionsComponent) -> None:
+        self._c = comp
+        self.name = CHECK_NAME
+        self.interval_s = comp.config.interval_s
+        self.timeout_s = 4 * comp.config.timeout_s + 5.0
+
+    async def run(self) -> Sequence[CheckResult]:
+        return await self._c.tick()
+
+    def on_timeout(self, elapsed_s: float) -> Sequence[CheckResult]:
+        return []
+
+
+class ActionsComponent:
+    name = "actions"
+
+    def __init__(
+        self,
+        config: ActionsConfig,
+        *,
+        registry: CollectorRegistry,
+        clock: Callable[[], float] = time.monotonic,
+        announce: Callable[[Transition], None] | None = None,
+        probe_factory: ProbeFactory | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.announce = announce
+        self.probe_factory = probe_factory
+        self.metrics = ActionMetrics(registry)
+        self.book = EvidenceBook()
+        self.history: deque[ActionRecord] = deque(maxlen=32)
+        self.client = RepositoryClient(config.url, config.timeout_s, transport)
+        self.driver: Driver | None = None
+        self.driver_problem = ""
+        try:
+            self.driver = make_driver(config.server, self.client, config.repository_dir)
+        except ActionCallError as exc:
+            self.driver_problem = str(exc)
+        self._engines = [
+            _Engine(
+                e,
+                RollbackMachine(e.engine, config.rollback),
+                DegradeMachine(e.engine, config.degrade, config.rollback),
+            )
+            for e in config.engines
+        ]
+        self._sink: ResultSink | None = None
+        self._check = _ActionsCheck(self)
+
+    # -- Component / ResultObserver --------------------------------------------------------
+
+    def checks(self) -> Sequence[Check]:
+        return [self._check] if self.config.enabled and self._engines else []
+
+    async def start(self, sink: ResultSink) -> None:
+        self._sink = sink
+
+    async def stop(self) -> None:
+        await self.client.close()
+
+    def observe(self, results: Iterable[CheckResult]) -> None:
+        """Fold results into the evidence (never blocks); trigger the check on news."""
+        relevant = False
+        now = self.clock()
+        for r in results:
+            if r.name.startswith(("actions/", "degraded/")):
+                continue
+            self.book.add((r,))
+            relevant = True
+            if r.name == WORKLOAD and r.ok and isinstance(r.value, int | float):
+                for e in self._engines:
+                    if r.labels.get("model", e.spec.model) == e.spec.model:
+                        e.rollback.latency_sample(float(r.value))
+        for e in self._engines:
+            ev = self.book.engine(e.spec.engine)
+            if ev.fault is None:
+                e.fault_seen_at = None
+            elif e.fault_seen_at is None:
+                e.fault_seen_at = now
+        if relevant and self._sink is not None and self.checks():
+            self._sink.trigger(CHECK_NAME)
+
+    # -- the decision loop -----------------------------------------------------------------
+
+    async def tick(self) -> list[CheckResult]:
+        """Update every machine from the evidence, take due actions, report."""
+        cfg = self.config
+        if not cfg.enabled:
+            return []
+        gpu = self.book.gpu_fault()
+        d = cfg.degrade
+        pressure = self.book.pressure(
+            min_free_mib=d.min_free_mib, canary_latency=d.canary_latency, throttling=d.throttling
+        )
+        out: list[CheckResult] = []
+        for e in self._engines:
+            now = self.clock()
+            ev = self.book.engine(e.spec.engine)
+            e.rollback.update(ev, gpu)
+            fb_version, fb_ready, fb_why = self._fallback(e, ev.fallback)
+            e.degrade.update(pressure if e.spec.degrade else None, fb_ready, fb_why, now)
+            decision: Decision | None = None
+            if e.spec.degrade:
+                decision = e.degrade.decide(now, fb_version)
+            if decision is None and e.spec.rollback:
+                decision = e.rollback.decide(now)
+            if decision is not None:
+                await self._act(e, decision, now)
+            out.extend(self._results(e))
+        return out
+
+    def _fallback(self, e: _Engine, named: str | None) -> tuple[str | None, bool, str]:
+        if not named:
+            return e.spec.fallback_version, False, "the manifest names no fallback"
+        fb = self.book.engine(named)
+        version = e.spec.fallback_version or fb.version
+        if not fb.verified:
+            return version, False, f"fallback {named} not verified ({fb.fault or 'not reported yet'})"
+        if self.config.degrade.require_fallback_canary and not fb.canary_passed:
+            return version, False, f"fallback {named}: its canary (canary/engine/{named}) has not passed"
+        if version is None:
+            return None, False, f"fallback {named} has no version"
+        return version, True, f"fallback {named} version {version} verified"
+
+    async def _act(self, e: _Engine, decision: Decision, now: float) -> None:
+        spec = e.spec
+        verdict_at = (
+            e.degrade.pressure_since
+            if decision.kind == DEGRADE
+            else e.degrade.clear_since
+            if decision.kind == RESTORE
+            else e.fault_seen_at
+        )
+        verdict_at = now if verdict_at is None else verdict_at
+        target = decision.target
+        if decision.kind == RESTORE:
+            target = e.rollback.pinned  # back to what the rollback machine wants served
+        elif decision.kind != DEGRADE and e.degrade.active:
+            # the fallback serves: the rollback applies when it is restored
+            e.rollback.done(decision, True, now)
+            return
+        started = self.clock()
+        if self.config.dry_run or self.driver is None:
+            plan = self.driver.plan(spec.model, target) if self.driver else self.driver_problem
+            key = (decision.kind, target)
+            if e.dry_run_last == key:
+                return
+            e.dry_run_last = key
+            rec = ActionRecord(
+                spec.engine, spec.model, decision.kind, target, decision.previous, decision.evidence,
+                "dry_run" if self.driver else "failed", f"would: {plan}", "unchanged",
+                verdict_at, started, started, started,
+            )  # fmt: skip
+            self._record(e, rec)
+            return
+        e.dry_run_last = None
+        calls, outcome, server = "", "failed", ""
+        called = started
+        try:
+            calls = await self.driver.pin(spec.model, target)
+            called = self.clock()
+            served = await self.client.served(spec.model)
+            server = served.describe()
+            ok = bool(served.ready) and (target is None or served.ready == (target,))
+            if ok and self.probe_factory is not None:
+                ok, note = await self._infer(spec.model, target)
+                server += f"; inference: {note}"
+            outcome = "ok" if ok else "failed"
+        except ActionCallError as exc:
+            calls = calls or str(exc)
+            server = server or f"error: {exc}"
+        rec = ActionRecord(
+            spec.engine, spec.model, decision.kind, target, decision.previous, decision.evidence,
+            outcome, calls, server, verdict_at, started, called, self.clock(),
+        )  # fmt: skip
+        machine = e.degrade if decision.kind in (DEGRADE, RESTORE) else e.rollback
+        machine.done(decision, outcome == "ok", self.clock())
+        self._record(e, rec)
+
+    async def _infer(self, model: str, version: str | None) -> tuple[bool, str]:
+        assert self.probe_factory is not None
+        probe = self.probe_factory(model, version)
+        if probe is None:
+            return True, "not configured"
+        try:
+            got = await probe.probe()
+        finally:
+            await probe.close()
+        return got.ok, got.message if got.ok else f"{got.reason}: {got.message}"
+
+    def _record(self, e: _Engine, rec: ActionRecord) -> None:
+        self.history.append(rec)
+        e.last = rec
+        self.metrics.actions.labels(rec.engine, rec.kind, rec.outcome).inc()
+        if rec.outcome == "ok":
+            self.metrics.seconds.labels(rec.engine, rec.kind).set(rec.total_s)
+        reason = ACTION_REASONS.get(rec.kind, "EngineAction")
+        if rec.outcome == "dry_run":
+            reason = "DryRun" + reason
+        elif rec.outcome == "failed":
+            reason = reason + "Failed"
+        to = rec.target or "the repository's versions"
+        message = (
+            f"{rec.kind} {rec.model} to {to} (was {rec.previous or '-'}): {rec.outcome}; "
+            f"evidence: {rec.evidence}; calls: {rec.calls}; server: {rec.server}"
+        )
+        level = logging.WARNING if rec.outcome != "ok" or rec.kind in (ROLLBACK, DEGRADE) else logging.INFO
+        log.log(
+            level,
+            "engine action",
+            extra={
+                "engine": rec.engine,
+                "model": rec.model,
+                "action": rec.kind,
+                "target": rec.target,
+                "previous": rec.previous,
+                "outcome": rec.outcome,
+                "evidence": rec.evidence,
+                "calls": rec.calls,
+                "server": rec.server,
+                "seconds": round(rec.total_s, 3),
+            },
+        )
+        if self.announce is not None:
+            self.announce(
+                Transition(
+                    condition=f"actions/{rec.engine}/{rec.kind}",
+                    healthy=False,
+                    previous=True,
+                    reason=reason,
+                    message=message[:1000],
+                    at=rec.verified_at,
+                    labels={"engine": rec.engine, "model": rec.model, "target": rec.target or ""},
+                    severity=Severity.CRITICAL,
+                )
+            )
+
+    # -- results ---------------------------------------------------------------------------
+
+    def _labels(self, e: _Engine) -> dict[str, str]:
+        rb = e.rollback
+        labels = {
+            "engine": e.spec.engine,
+            "model": e.spec.model,
+            "version": rb.current or "",
+            "last_good": rb.good or "",
+            "pinned": rb.pinned or "",
+            "dry_run": "true" if self.config.dry_run else "false",
+        }
+        if e.last is not None:
+            labels.update(
+                last_action=e.last.kind,
+                last_outcome=e.last.outcome,
+                last_calls=e.last.calls[:300],
+                last_server=e.last.server[:300],
+                last_evidence=e.last.evidence[:300],
+            )
+        return labels
+
+    def _results(self, e: _Engine) -> list[CheckResult]:
+        now = self.clock()
+        labels = self._labels(e)
+        name = e.spec.engine
+        d_reason, d_msg = e.degrade.status(now) if e.spec.degrade else ("", "degrade off")
+        rb_reason, rb_msg = e.rollback.status() if e.spec.rollback else ("", "rollback off")
+        self.metrics.degraded.labels(name).set(1 if e.degrade.active else 0)
+        self.metrics.rolled_back.labels(name).set(1 if e.rollback.pinned is not None else 0)
+        dry = e.dry_run_last is not None and self.config.dry_run
+        if dry and e.last is not None:
+            note = f"dry run: {e.last.calls}"
+            d_msg, rb_msg = f"{d_msg}; {note}", f"{rb_msg}; {note}"
+        degraded = (
+            CheckResult.failed(f"degraded/{name}", d_reason, d_msg, labels=labels, gates=GATES)
+            if e.degrade.active
+            else CheckResult.passed(
+                f"degraded/{name}", reason=d_reason, message=d_msg, labels=labels, gates=GATES
+            )
+        )
+        failing = rb_reason in (
+            "RolledBack",
+            "RollbackPending",
+            "NoGoodVersion",
+            "RollbackGaveUp",
+            "RollbackFlapping",
+        )
+        rollback = CheckResult(
+            f"actions/{name}/rollback",
+            CheckStatus.FAIL if failing else CheckStatus.OK,
+            Severity.WARNING,
+            rb_reason,
+            rb_msg,
+            labels,
+            gates=GATES,
+        )
+        return [degraded, rollback]
