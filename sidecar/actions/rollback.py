@@ -85,12 +85,13 @@ class RollbackMachine:
     def __init__(self, engine: str, settings: RollbackSettings) -> None:
         self.engine = engine
         self.settings = settings
-        self.good: str | None = None  # last version verified (and not failed) on this GPU
+        self.goods: list[str] = []  # versions verified on this GPU, oldest first
         self.current: str | None = None
         self.current_fp = ""
         self.failed: dict[str, tuple[str, str]] = {}  # version -> (fingerprint, why)
         self.pinned: str | None = None  # what the server is pinned to by us (None: no pin)
         self.gpu_fault: str | None = None
+        self.blocked: str | None = None  # an engine fault seen while the GPU was at fault
         self.attempts = Attempts(settings.backoff_initial_s, settings.backoff_max_s, settings.max_attempts)
         self.gave_up_fp: str | None = None
         self.rollbacks: deque[float] = deque()
@@ -111,12 +112,24 @@ class RollbackMachine:
         known = self.failed.get(ev.version)
         if known is not None and known[0] != ev.fingerprint:
             del self.failed[ev.version]  # it changed: it may be tried again
+        self.blocked = ev.fault if gpu_fault is not None else None
         if gpu_fault is not None:
             return  # blame the GPU: the engine is neither marked failed nor good
         if ev.fault is not None:
             self.failed[ev.version] = (ev.fingerprint, f"{ev.fault}: {ev.detail}".strip(": "))
         elif ev.verified and ev.version not in self.failed:
-            self.good = ev.version
+            if ev.version in self.goods:
+                self.goods.remove(ev.version)
+            self.goods.append(ev.version)
+            del self.goods[:-8]
+
+    @property
+    def good(self) -> str | None:
+        """The last good version: the newest verified one that has not failed since."""
+        for v in reversed(self.goods):
+            if v not in self.failed:
+                return v
+        return None
 
     def latency_sample(self, seconds: float) -> None:
         """A probe latency of the version the server serves now (not while pinned)."""
@@ -137,8 +150,6 @@ class RollbackMachine:
                 f"{previous} on this GPU (ratio {new / old:.2f} > {s.latency_ratio:g})"
             )
             self.failed[self.current] = (self.current_fp, why)
-            if self.good == self.current:
-                self.good = previous
 
     def _previous_good(self) -> str | None:
         for v in reversed(list(self.latency.samples)):
@@ -151,8 +162,10 @@ class RollbackMachine:
     def status(self) -> tuple[str, str]:
         """(reason, message) of the engine's rollback state; reason "" is "nothing to do"."""
         cur = self.current
-        if self.gpu_fault is not None and cur in self.failed:
-            return "GpuFaultNoRollback", f"GPU-level fault ({self.gpu_fault}): no engine rollback"
+        if self.gpu_fault is not None and (self.blocked or cur in self.failed):
+            return "GpuFaultNoRollback", (
+                f"GPU-level fault ({self.gpu_fault}): no engine rollback ({self.blocked or 'failed'})"
+            )
         if self.flapping_since is not None:
             return "RollbackFlapping", (
                 f"{len(self.rollbacks)} rollbacks within {self.settings.flap_window_s:g}s; stopped"
