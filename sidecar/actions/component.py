@@ -36,8 +36,8 @@ from sidecar.actions.evidence import EvidenceBook
 from sidecar.actions.metrics import ActionMetrics
 from sidecar.actions.repository import ActionCallError, Driver, RepositoryClient, make_driver
 from sidecar.actions.rollback import DEGRADE, RESTORE, ROLLBACK, Decision, RollbackMachine
-from sidecar.checks.base import Check, ResultSink
-from sidecar.model import CheckResult, CheckStatus, Severity, Transition
+from sidecar.core.protocols import Check, ResultSink
+from sidecar.core.values import CheckResult, CheckStatus, Severity, Transition
 from sidecar.workload.probes import WorkloadProbe
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sidecar.model import CheckResult, CheckStatus, Severity
+from sidecar.core.values import CheckResult, CheckStatus, Severity
 
 # engine/<name>/<suffix>: the verification conditions (as the engine component names them)
 VERIFY_SUFFIXES = ("manifest", "file", "checksum", "plan", "version", "arch")

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from sidecar.errors import SidecarError
+from sidecar.core.errors import SidecarError
 
 SETTINGS = "model-settings.json"
 PARKED = SETTINGS + ".parked-by-trt-health"

@@ -21,9 +21,9 @@ from prometheus_client import CollectorRegistry
 from sidecar.actions.component import SERVICE_PRIMARY, ActionsComponent
 from sidecar.actions.config import parse_actions_config
 from sidecar.configfields import Section
+from sidecar.core.policy import HealthPolicy
+from sidecar.core.values import SERVICE_READINESS, CheckResult, Severity, Transition
 from sidecar.engine.config import EngineSpec
-from sidecar.model import SERVICE_READINESS, CheckResult, Severity, Transition
-from sidecar.policy import HealthPolicy
 from sidecar.testing import SteppableClock
 from sidecar.testing.engine import config, plan_bytes, started, write_engine
 from sidecar.testing.mlserver import (

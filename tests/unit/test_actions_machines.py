@@ -10,7 +10,7 @@ from sidecar.actions.config import DegradeSettings, RollbackSettings
 from sidecar.actions.degrade import DegradeMachine
 from sidecar.actions.evidence import UNPARSED, EngineEvidence, EvidenceBook
 from sidecar.actions.rollback import DEGRADE, RELEASE, RESTORE, ROLLBACK, RollbackMachine
-from sidecar.model import CheckResult, Severity
+from sidecar.core.values import CheckResult, Severity
 
 
 def ev(
