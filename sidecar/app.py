@@ -30,8 +30,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
-from sidecar.config import SidecarConfig, load_config
-from sidecar.configfields import ConfigError
+from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.core.errors import BindError, TlsMaterialError
 from sidecar.core.policy import HealthPolicy
 from sidecar.core.protocols import Component, ResultObserver, TransitionListener

@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import Any
 
-from sidecar import __version__, defaults
+from sidecar import __version__
+from sidecar.config import defaults
 from sidecar.core.errors import EXIT_CONFIG, EXIT_INTERNAL
 
 
@@ -118,8 +119,7 @@ def _serve_overrides(args: argparse.Namespace) -> dict[tuple[str, ...], Any]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from sidecar.app import serve
-    from sidecar.config import load_config
-    from sidecar.configfields import ConfigError
+    from sidecar.config import ConfigError, load_config
     from sidecar.publish.log import configure_logging
 
     overrides = _serve_overrides(args)

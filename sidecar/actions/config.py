@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.configfields import Section
+from sidecar.config import Section
 
 SERVER_KINDS = ("mlserver", "triton")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.canary import sdc
-from sidecar.configfields import Section
+from sidecar.config import Section
 
 
 @dataclass(frozen=True, slots=True)

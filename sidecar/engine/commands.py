@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from sidecar.configfields import ConfigError
+from sidecar.config import ConfigError
 from sidecar.core.errors import SidecarError
 from sidecar.engine.config import EnginesConfig, EngineSpec
 from sidecar.engine.files import MISSING, path_problem

@@ -29,7 +29,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from sidecar.configfields import ConfigError
+from sidecar.config import ConfigError
 from sidecar.core.protocols import Check, ResultSink
 from sidecar.core.values import SERVICE_READINESS, CheckResult, CheckStatus, Severity, engine_service
 from sidecar.engine.config import EnginesConfig, EngineSpec, parse_engines_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.configfields import Section
+from sidecar.config import Section
 from sidecar.engine.manifest import FORMATS
 from sidecar.engine.watch import WATCH_MODES
 

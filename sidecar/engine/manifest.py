@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from sidecar.configfields import ConfigError, Section
+from sidecar.config import ConfigError, Section
 from sidecar.runtime.safeload import MAX_MANIFEST_BYTES, UnsafeDocumentError, load_yaml_file
 
 FORMATS = ("onnx", "tensorrt-plan")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sidecar.configfields import Section
+from sidecar.config import Section
 from sidecar.gpu.xid import XidClass, parse_xid_class
 
 

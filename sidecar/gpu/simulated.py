@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.configfields import Section
+from sidecar.config import Section
 from sidecar.gpu.backend import (
     MIG_ID_ANY,
     SIGNALS,

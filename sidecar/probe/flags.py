@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.configfields import parse_go_duration
+from sidecar.config import parse_go_duration
 from sidecar.core.errors import PROBE_INVALID_ARGUMENTS
 from sidecar.probe.gofmt import format_go_duration
 

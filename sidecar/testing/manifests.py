@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar import defaults, webhook
+from sidecar import webhook
+from sidecar.config import defaults
 from sidecar.core.values import (
     SERVICE_LIVENESS,
     SERVICE_READINESS,

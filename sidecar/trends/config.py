@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sidecar.configfields import Section
+from sidecar.config import Section
 from sidecar.trends.detectors import CounterSettings, DriftSettings
 
 

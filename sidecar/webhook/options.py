@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.defaults import WEBHOOK_PORT
+from sidecar.config.defaults import WEBHOOK_PORT
 
 __all__ = [
     "DEFAULT_CONFIG_MAP",

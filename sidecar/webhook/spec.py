@@ -8,13 +8,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
+from sidecar.config.defaults import CONFIG_PATH, GRPC_PORT, HTTP_PORT, STATE_DIR
 from sidecar.core.values import (
     SERVICE_LIVENESS,
     SERVICE_READINESS,
     SERVICE_STARTUP,
     SERVICE_WORKLOAD_LIVENESS,
 )
-from sidecar.defaults import CONFIG_PATH, GRPC_PORT, HTTP_PORT, STATE_DIR
 from sidecar.webhook.options import WebhookOptions
 
 __all__ = [

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from sidecar.configfields import ConfigError, Section
+from sidecar.config import ConfigError, Section
 
 KINDS = ("kserve-http", "kserve-grpc", "openai", "http-ready")
 

@@ -37,7 +37,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2
 
-from sidecar import defaults
+from sidecar.config import defaults
 from sidecar.testing import wait_until
 from sidecar.testing.certs import TestCA
 from sidecar.testing.manifests import one, pod_specs, render, sidecar_of

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.actions.component import SERVICE_PRIMARY, ActionsComponent
 from sidecar.actions.config import parse_actions_config
-from sidecar.configfields import Section
+from sidecar.config import Section
 from sidecar.core.policy import HealthPolicy
 from sidecar.core.values import SERVICE_READINESS, CheckResult, Severity, Transition
 from sidecar.engine.config import EngineSpec

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from sidecar.configfields import Section
+from sidecar.config import Section
 from sidecar.core.values import Severity, Transition
 from sidecar.publish import events, events_config
 from sidecar.publish.events import KubeEventEmitter

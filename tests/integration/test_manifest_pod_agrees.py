@@ -30,7 +30,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sidecar import defaults
+from sidecar.config import defaults
 from sidecar.core.errors import EXIT_OK
 from sidecar.testing import read_ports_file, wait_until
 from sidecar.testing.kube import FakeApiServer

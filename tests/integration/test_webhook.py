@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from sidecar import defaults, webhook
+from sidecar import webhook
+from sidecar.config import defaults
 from sidecar.core.errors import EXIT_CONFIG, EXIT_OK, EXIT_TLS
 from sidecar.core.values import SERVICE_WORKLOAD_LIVENESS
 from sidecar.testing import log_records, wait_until

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.configfields import Section
+from sidecar.config import Section
 from sidecar.workload.config import parse_workload_config
 from sidecar.workload.probes import make_probe
 

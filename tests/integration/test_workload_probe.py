@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.configfields import Section
+from sidecar.config import Section
 from sidecar.testing import closed_port, pick_port, wait_until
 from sidecar.workload.component import WorkloadComponent
 from sidecar.workload.config import Tensor, WorkloadConfig, parse_workload_config

@@ -19,7 +19,7 @@ from sidecar.actions.repository import (
     RepositoryClient,
     TritonDriver,
 )
-from sidecar.configfields import Section
+from sidecar.config import Section
 
 
 class Recorder:

@@ -22,7 +22,7 @@ from sidecar.canary.protocol import (
     encode_arrays,
 )
 from sidecar.canary.supervisor import backoff_delay, describe_exit
-from sidecar.configfields import Section
+from sidecar.config import Section
 from sidecar.engine.manifest import Tolerance, load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]

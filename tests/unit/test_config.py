@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import load_config, parse_config
-from sidecar.configfields import ConfigError, parse_go_duration
+from sidecar.config import ConfigError, load_config, parse_config, parse_go_duration
 
 
 def test_defaults_are_the_documented_ports() -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import load_config, parse_config
-from sidecar.configfields import ConfigError
+from sidecar.config import ConfigError, load_config, parse_config
 from sidecar.core.policy import HealthPolicy
 from sidecar.core.values import CheckResult, CheckStatus, Severity
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.configfields import Section
+from sidecar.config import Section
 from sidecar.engine.component import check_compute_capability
 from sidecar.engine.config import parse_engines_config
 from sidecar.engine.files import HashTimeout, sha256_file, sha256_file_blocking

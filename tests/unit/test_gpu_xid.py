@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.configfields import Section
+from sidecar.config import Section
 from sidecar.gpu.config import GpuConfig, parse_gpu_config
 from sidecar.gpu.xid import XidClass, XidTable, parse_xid_class, xid_reason
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.config import parse_config
-from sidecar.configfields import ConfigError
+from sidecar.config import ConfigError, parse_config
 
 
 def test_defaults() -> None:

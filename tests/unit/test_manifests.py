@@ -1,6 +1,6 @@
 """The Kubernetes manifests: rendered with `kubectl kustomize`, validated against the OpenAPI
 schemas of the newest Kubernetes release kubernetes-validate ships, and cross-checked against the
-sidecar's real ports, paths and service names (sidecar/defaults.py, sidecar/core/values.py) and the
+sidecar's real ports, paths and service names (sidecar/config/defaults.py, sidecar/core/values.py) and the
 injection webhook's container template, so that they cannot drift. Also the Dockerfile's
 invariants (no container engine runs here, so it is checked by parsing)."""
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import defaults, webhook
+from sidecar import webhook
+from sidecar.config import defaults
 from sidecar.publish import events, events_config
 from sidecar.testing.manifests import (
     CRD_KINDS,

@@ -345,7 +345,7 @@ def test_version_does_not_import_grpc() -> None:
 
 
 def test_probe_module_imports_no_heavy_sidecar_modules() -> None:
-    """The probe loads only configfields/errors from the sidecar package (and its own parts)."""
+    """The probe loads only config.section/errors from the sidecar package (and its own parts)."""
     code = (
         "import json, sys; from sidecar import probe; probe.main(['-version']); "
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('sidecar'))))"
@@ -353,8 +353,8 @@ def test_probe_module_imports_no_heavy_sidecar_modules() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     imported = {m for m in loaded if m != "sidecar.probe" and not m.startswith("sidecar.probe.")}
-    # configfields itself needs runtime.safeload (stdlib only); the packages' __init__ load too
-    allowed = {"sidecar", "sidecar.configfields", "sidecar.core", "sidecar.core.errors"}
+    # config.section itself needs runtime.safeload (stdlib only); the packages' __init__ load too
+    allowed = {"sidecar", "sidecar.config", "sidecar.config.section", "sidecar.core", "sidecar.core.errors"}
     assert imported <= allowed | {"sidecar.runtime", "sidecar.runtime.safeload"}, imported
 
 

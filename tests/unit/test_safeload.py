@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.configfields import ConfigError
+from sidecar.config import ConfigError
 from sidecar.engine.manifest import load_manifest
 from sidecar.gpu.latches import LatchStore
 from sidecar.runtime.safeload import (

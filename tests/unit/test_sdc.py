@@ -17,7 +17,7 @@ from sidecar.canary.sdc_screen import STATE_FILE, SdcScreen
 from sidecar.canary.worker.runners.base import RunnerError
 from sidecar.canary.worker.runners.tensor_core import SimulatedTensorCoreDevice, TensorCoreRunner
 from sidecar.canary.worker.sdc_model import fast_simulate_launch, simulate_launch
-from sidecar.configfields import Section
+from sidecar.config import Section
 
 ENV = {sdc.INJECTION_ENV: "1"}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.configfields import ConfigError, Section
+from sidecar.config import ConfigError, Section
 from sidecar.core.values import CheckResult, CheckStatus, Severity
 from sidecar.gpu.backend import EccCounters, GpuInfo, GpuSample
 from sidecar.trends.component import COND_LATENCY, TrendComponent

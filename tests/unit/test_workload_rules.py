@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from sidecar.configfields import Section
+from sidecar.config import Section
 from sidecar.core.values import CheckStatus, Severity
 from sidecar.workload.component import WorkloadComponent
 from sidecar.workload.config import Tensor, WorkloadConfig, parse_workload_config
