@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.actions.component import ActionRecord, ActionsComponent
 from sidecar.actions.config import parse_actions_config
-from sidecar.configfields import Section
+from sidecar.config import Section
 from sidecar.core.values import CheckResult, Severity
 from sidecar.engine.config import EngineSpec
 from sidecar.testing.engine import config, plan_bytes, started, write_engine
