@@ -155,6 +155,8 @@ class ActionsComponent:
 
     def observe(self, results: Iterable[CheckResult]) -> None:
         """Fold results into the evidence (never blocks); trigger the check on news."""
+        if not self.config.enabled:
+            return
         relevant = False
         now = self.clock()
         for r in results:
@@ -316,7 +318,10 @@ class ActionsComponent:
                 "seconds": round(rec.total_s, 3),
             },
         )
-        if self.announce is not None:
+        # a successful switch to or from the fallback is the degraded/<engine> condition's own
+        # transition (ServingFallback, then Recovered): announcing it too would be two Events
+        switch = rec.kind in (DEGRADE, RESTORE) and rec.outcome == "ok"
+        if self.announce is not None and not switch:
             self.announce(
                 Transition(
                     condition=f"actions/{rec.engine}/{rec.kind}",
@@ -360,6 +365,8 @@ class ActionsComponent:
         rb_reason, rb_msg = e.rollback.status() if e.spec.rollback else ("", "rollback off")
         self.metrics.degraded.labels(name).set(1 if e.degrade.active else 0)
         self.metrics.rolled_back.labels(name).set(1 if e.rollback.pinned is not None else 0)
+        if e.degrade.active and e.last is not None and e.last.kind == DEGRADE:
+            d_msg = f"{d_msg}; calls: {e.last.calls}; server: {e.last.server}"
         dry = e.dry_run_last is not None and self.config.dry_run
         if dry and e.last is not None:
             note = f"dry run: {e.last.calls}"
