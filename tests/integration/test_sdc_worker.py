@@ -327,7 +327,7 @@ async def test_an_invalid_round_while_recovering_stays_fatal_and_restarts_the_co
         gpu.generation += 1
         assert "recovering: 1/2" in main(await comp.run_canary()).message
         # an unjudgeable round, as a broken worker would report it (the screen's own input)
-        invalid = main(await comp._judge_sdc(RunOutcome(ok=True, runner="tensor-core"), gpu.generation))
+        invalid = main(await comp.judge_sdc(RunOutcome(ok=True, runner="tensor-core"), gpu.generation))
         assert invalid.reason == "SilentDataCorruption" and invalid.severity is Severity.FATAL
         assert "recovering: 1/2" in main(await comp.run_canary()).message  # counted from zero again
         assert main(await comp.run_canary()).reason == "CanaryPassed"

@@ -3,7 +3,7 @@ the number the README and docs/scenario.md state (issue #9 item 9)."""
 
 from __future__ import annotations
 
-from sidecar.canary.component import MismatchLatch
+from sidecar.canary.latch import MismatchLatch
 from sidecar.core.policy import HealthPolicy, PolicyConfig
 from sidecar.core.values import CheckResult, Severity
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from sidecar.canary.component import MismatchLatch, fault_from_scenario
+from sidecar.canary.component import fault_from_scenario
 from sidecar.canary.config import CanaryConfig, parse_canary_config
 from sidecar.canary.golden import compare_outputs, kernel_expected, kernel_input
+from sidecar.canary.latch import MismatchLatch
 from sidecar.canary.protocol import (
     LoadRequest,
     ProductionSpec,

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.canary import sdc
-from sidecar.canary.component import MismatchLatch
 from sidecar.canary.config import parse_canary_config
+from sidecar.canary.latch import MismatchLatch
 from sidecar.canary.sdc_screen import STATE_FILE, SdcScreen
 from sidecar.canary.worker.runners.base import RunnerError
 from sidecar.canary.worker.runners.tensor_core import SimulatedTensorCoreDevice, TensorCoreRunner
