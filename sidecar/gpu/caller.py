@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from sidecar.core.protocols import Clock
 from sidecar.gpu.backend import NvmlHungError
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,10 @@ class NvmlCaller:
         observe: Callable[[str, float], None] | None = None,
         on_hung: Callable[[str], None] | None = None,
         on_unstuck: Callable[[], None] | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self._name = name
+        self._clock = clock
         self._observe = observe
         self._on_hung = on_hung
         self._on_unstuck = on_unstuck
@@ -72,7 +75,7 @@ class NvmlCaller:
             future, fn, op = job
             if not future.set_running_or_notify_cancel():
                 continue  # its caller gave up before it started: do not touch the driver
-            start = time.perf_counter()
+            start = self._clock()
             with self._lock:
                 self._current = (op, start)
             try:
@@ -81,7 +84,7 @@ class NvmlCaller:
                 future.set_exception(exc)
             else:
                 future.set_result(result)
-            elapsed = time.perf_counter() - start
+            elapsed = self._clock() - start
             with self._lock:
                 self._current = None
                 was_stuck = self._stuck_op is not None
@@ -100,7 +103,7 @@ class NvmlCaller:
         """Run ``fn`` on the worker thread; raise NvmlHungError after ``timeout_s``."""
         with self._lock:
             if self._stuck_op is not None:
-                stuck_for = time.monotonic() - self._stuck_since
+                stuck_for = self._clock() - self._stuck_since
                 raise NvmlHungError(
                     f"NVML call {self._stuck_op!r} has not returned for {stuck_for:.1f}s; "
                     f"{op!r} not attempted"
@@ -116,7 +119,7 @@ class NvmlCaller:
                 running = self._current is not None and not future.cancelled()
                 if running and self._stuck_op is None:
                     self._stuck_op = op
-                    self._stuck_since = time.monotonic() - timeout_s
+                    self._stuck_since = self._clock() - timeout_s
             if self._on_hung is not None:
                 self._on_hung(op)
             raise NvmlHungError(f"NVML call {op!r} did not return within {timeout_s:g}s") from None

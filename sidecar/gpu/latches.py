@@ -340,6 +340,11 @@ class LatchStore:
         with self._lock:
             return self._gpus.get(uuid)
 
+    def snapshot(self) -> dict[str, GpuLatchState]:
+        """Every GPU the store knows, with its latches and baseline (values)."""
+        with self._lock:
+            return dict(self._gpus)
+
     def known(self, uuid: str) -> bool:
         with self._lock:
             return uuid in self._gpus

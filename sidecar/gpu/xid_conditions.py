@@ -42,9 +42,7 @@ def xid_result(
     ref: GpuRef, latches: Iterable[Latch], recent: Sequence[XidRecord], *, now: float, window_s: float
 ) -> CheckResult:
     """The Xid condition of one GPU from its latches and its recent Xid records."""
-    fatal = sorted(
-        (x for x in latches if x.kind == "xid"), key=lambda x: (x.scope != "node", x.since)
-    )
+    fatal = sorted((x for x in latches if x.kind == "xid"), key=lambda x: (x.scope != "node", x.since))
     if fatal:
         first = fatal[0]
         codes = ", ".join(str(x.code) for x in fatal)
@@ -72,4 +70,3 @@ def xid_result(
             xid_class=top.cls.value,
         )
     return ref.ok("xid", "no Xid requiring action")
-

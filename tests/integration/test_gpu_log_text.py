@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.gpu.conditions import nvml_ok
+from sidecar.gpu.process_conditions import nvml_ok
 from sidecar.testing.gpu import U0, Harness, fast_config, gpu
 
 
