@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
+from sidecar.core.protocols import Clock
 from sidecar.core.values import CheckResult, Severity
 from sidecar.gpu.component import GpuComponent
 from sidecar.gpu.config import GpuConfig
@@ -23,8 +24,9 @@ U1 = "GPU-sim-1"
 
 
 class Harness:
-    def __init__(self, tmp: Path, config: GpuConfig) -> None:
+    def __init__(self, tmp: Path, config: GpuConfig, *, clock: Clock = time.monotonic) -> None:
         self.tmp = tmp
+        self.clock = clock  # the component's monotonic clock (a test may drive it)
         self.path = tmp / "scenario.yaml"
         self.state_dir = tmp / "state"
         self.config = config
@@ -61,6 +63,7 @@ class Harness:
             registry=self.registry,
             state_dir=self.state_dir,
             boot_id=boot_id,
+            clock=self.clock,
         )
         await self.component.start(self.sink)
         return self.component
@@ -77,6 +80,7 @@ class Harness:
             registry=self.registry,
             state_dir=self.state_dir,
             boot_id=boot_id,
+            clock=self.clock,
         )
         await self.component.start(self.sink)
         return self.component
