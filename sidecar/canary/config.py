@@ -1,4 +1,5 @@
-"""The ``canary:`` config section: :class:`CanaryConfig` and :func:`parse_canary_config`."""
+"""The ``canary:`` config section, declared once: :class:`CanaryConfig` and
+:func:`parse_canary_config`."""
 
 from __future__ import annotations
 
@@ -10,33 +11,19 @@ from pathlib import Path
 
 from sidecar.canary import sdc
 from sidecar.config import Section
-
-
-@dataclass(frozen=True, slots=True)
-class TensorCoreConfig:
-    """The ``canary.tensor_core:`` section."""
-
-    blocks_per_sm: int = 8
-    allow_fault_injection: bool = False  # test-only; also needs TRT_HEALTH_SDC_FAULT_INJECTION=1
-    simulated_sms: int = 0  # simulation only: the numpy model of the kernel with this many SMs
-
-
-def parse_tensor_core(sec: Section, env: dict[str, str]) -> TensorCoreConfig:
-    """Read ``canary.tensor_core``; ``allow_fault_injection: true`` is an error unless the
-    environment also says ``TRT_HEALTH_SDC_FAULT_INJECTION=1`` (two switches, never one)."""
-    d = TensorCoreConfig()
-    bps = sec.integer("blocks_per_sm", d.blocks_per_sm, minimum=1, maximum=64)
-    inject = sec.flag("allow_fault_injection", d.allow_fault_injection)
-    if inject and env.get(sdc.INJECTION_ENV) != "1":
-        sec.error(
-            "allow_fault_injection",
-            f"test-only: refused unless the environment also sets {sdc.INJECTION_ENV}=1",
-        )
-        inject = False
-    sims = sec.integer("simulated_sms", d.simulated_sms, minimum=0, maximum=1024)
-    sec.reject_unknown()
-    return TensorCoreConfig(blocks_per_sm=bps, allow_fault_injection=inject, simulated_sms=sims)
-
+from sidecar.config.fields import (
+    custom,
+    duration,
+    flag,
+    int_list,
+    integer,
+    number,
+    opt_number,
+    opt_path,
+    read,
+    section,
+    text,
+)
 
 RUNNERS = ("auto", "onnxruntime", "cuda-kernel", "tensorrt", "tensor-core")
 
@@ -51,41 +38,75 @@ MPS_MIN_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
+class TensorCoreConfig:
+    """The ``canary.tensor_core:`` section."""
+
+    blocks_per_sm: int = integer(8, min=1, max=64)
+    # test-only; also needs TRT_HEALTH_SDC_FAULT_INJECTION=1 (see parse_canary_config)
+    allow_fault_injection: bool = flag(False)
+    # simulation only: the numpy model of the kernel with this many SMs
+    simulated_sms: int = integer(0, min=0, max=1024)
+
+
+@dataclass(frozen=True, slots=True)
 class ProductionEngineConfig:
     manifest: Path
     memory_budget_mib: float
     release_after_verify: bool = False
 
 
+def _production_engine(
+    sec: Section, key: str, default: ProductionEngineConfig | None
+) -> ProductionEngineConfig | None:
+    """``production_engine: {manifest: PATH, memory_budget_mib: N, release_after_verify: false}``:
+    absent is None; given, ``manifest`` and ``memory_budget_mib`` are required."""
+    if not sec.has(key):
+        return default
+    p = sec.sub(key)
+    manifest = p.opt_text("manifest")
+    if not manifest:
+        p.error("manifest", "required")
+    mib = p.number("memory_budget_mib", 0.0, minimum=0.0)
+    if not p.has("memory_budget_mib"):
+        p.error("memory_budget_mib", "required: the GPU memory the production engine may take")
+    release = p.flag("release_after_verify", False)
+    p.reject_unknown()
+    return ProductionEngineConfig(Path(manifest), mib, release) if manifest else None
+
+
+def _ordinals(devices: tuple[int, ...]) -> str | None:
+    return f"CUDA ordinals must be >= 0, got {list(devices)}" if any(x < 0 for x in devices) else None
+
+
 @dataclass(frozen=True, slots=True)
 class CanaryConfig:
-    """The ``canary:`` config section (durations in seconds). See :func:`parse_canary_config`."""
+    """The ``canary:`` config section (durations in seconds; docs/config.md says what each does)."""
 
-    enabled: bool = True
-    runner: str = "auto"
-    interval_s: float = 5.0
-    allow_fast_interval: bool = False
-    timeout_s: float = 5.0
-    first_timeout_s: float = 60.0
-    load_timeout_s: float = 120.0
-    max_skip_s: float = 60.0
-    latency_budget_ms: float | None = None
-    latency_gates_readiness: bool = False
-    recovery_passes: int = 3
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
-    manifest: Path | None = None
-    tensorrt_manifest: Path | None = None
-    production_engine: ProductionEngineConfig | None = None
-    allow_engine_host_code: bool = False
-    devices: tuple[int, ...] = ()
-    warmup_runs: int = 2
-    mps: bool = False
-    mps_min_interval_s: float = MPS_MIN_INTERVAL_S
-    rss_growth_warn_mib: float = 256.0
-    worker_max_rss_mib: float = 4096.0
-    tensor_core: TensorCoreConfig = dataclasses.field(default_factory=TensorCoreConfig)
-    determinism_check: bool = True
+    enabled: bool = flag(True)
+    runner: str = text("auto", choices=RUNNERS)
+    interval_s: float = duration(5.0)  # floor: MIN_INTERVAL_S, or FAST_MIN_INTERVAL_S (see _rules)
+    allow_fast_interval: bool = flag(False)
+    timeout_s: float = duration(5.0, min=0.001)
+    first_timeout_s: float = duration(60.0, min=0.001)
+    load_timeout_s: float = duration(120.0, min=0.001)
+    max_skip_s: float = duration(60.0)
+    latency_budget_ms: float | None = opt_number(min=0.0)
+    latency_gates_readiness: bool = flag(False)
+    recovery_passes: int = integer(3, min=1, max=100)
+    backoff_initial_s: float = duration(1.0, key="restart_backoff_initial")
+    backoff_max_s: float = duration(60.0, key="restart_backoff_max")
+    manifest: Path | None = opt_path()
+    tensorrt_manifest: Path | None = opt_path()
+    production_engine: ProductionEngineConfig | None = custom(_production_engine, default=None)
+    allow_engine_host_code: bool = flag(False)
+    devices: tuple[int, ...] = int_list(valid=_ordinals)
+    warmup_runs: int = integer(2, min=0, max=100)
+    mps: bool = flag(False)
+    mps_min_interval_s: float = duration(MPS_MIN_INTERVAL_S, min=MIN_INTERVAL_S)
+    rss_growth_warn_mib: float = number(256.0, min=0.0)
+    worker_max_rss_mib: float = number(4096.0, min=1.0)
+    tensor_core: TensorCoreConfig = section(TensorCoreConfig)
+    determinism_check: bool = flag(True)
 
 
 def parse_canary_config(sec: Section, env: Mapping[str, str] | None = None) -> CanaryConfig:
@@ -93,81 +114,34 @@ def parse_canary_config(sec: Section, env: Mapping[str, str] | None = None) -> C
 
     ``interval`` below 1 s is an error unless ``allow_fast_interval: true``: a canary's cost to
     a busy GPU is ~0 % at 1 s but ~2.6 % at 10 ms (measured), and 10 ms is the hard floor.
+    ``tensor_core.allow_fault_injection: true`` is an error unless the environment also says
+    ``TRT_HEALTH_SDC_FAULT_INJECTION=1`` (two switches, never one).
     """
-    d = CanaryConfig()
-    enabled = sec.flag("enabled", d.enabled)
-    runner = sec.text("runner", d.runner, choices=RUNNERS)
-    fast = sec.flag("allow_fast_interval", d.allow_fast_interval)
-    interval = sec.duration("interval", d.interval_s, minimum=0.0)
-    floor = FAST_MIN_INTERVAL_S if fast else MIN_INTERVAL_S
-    if interval < floor:
-        hint = "" if fast else " (set allow_fast_interval: true to go lower; costs GPU time)"
-        sec.error("interval", f"must be >= {floor:g}s, got {interval:g}s{hint}")
-        interval = d.interval_s
-    timeout = sec.duration("timeout", d.timeout_s, minimum=0.001)
-    first_timeout = sec.duration("first_timeout", d.first_timeout_s, minimum=0.001)
-    load_timeout = sec.duration("load_timeout", d.load_timeout_s, minimum=0.001)
-    max_skip = sec.duration("max_skip", d.max_skip_s, minimum=0.0)
-    budget = sec.number("latency_budget_ms", 0.0, minimum=0.0) if sec.has("latency_budget_ms") else None
-    gates_latency = sec.flag("latency_gates_readiness", d.latency_gates_readiness)
-    recovery = sec.integer("recovery_passes", d.recovery_passes, minimum=1, maximum=100)
-    b_init = sec.duration("restart_backoff_initial", d.backoff_initial_s, minimum=0.0)
-    b_max = sec.duration("restart_backoff_max", d.backoff_max_s, minimum=0.0)
-    if b_max < b_init:
-        sec.error("restart_backoff_max", f"must be >= restart_backoff_initial ({b_init:g}s)")
-        b_max = b_init
-    manifest = sec.opt_text("manifest")
-    trt_manifest = sec.opt_text("tensorrt_manifest")
-    production: ProductionEngineConfig | None = None
-    if sec.has("production_engine"):
-        p = sec.sub("production_engine")
-        pm = p.opt_text("manifest")
-        if not pm:
-            p.error("manifest", "required")
-        mib = p.number("memory_budget_mib", 0.0, minimum=0.0)
-        if not p.has("memory_budget_mib"):
-            p.error("memory_budget_mib", "required: the GPU memory the production engine may take")
-        rel = p.flag("release_after_verify", False)
-        p.reject_unknown()
-        if pm:
-            production = ProductionEngineConfig(Path(pm), mib, rel)
-    host_code = sec.flag("allow_engine_host_code", d.allow_engine_host_code)
-    devices = tuple(sec.int_list("devices"))
-    if any(x < 0 for x in devices):
-        sec.error("devices", f"CUDA ordinals must be >= 0, got {list(devices)}")
-        devices = ()
-    warmup = sec.integer("warmup_runs", d.warmup_runs, minimum=0, maximum=100)
-    mps = sec.flag("mps", d.mps)
-    mps_min = sec.duration("mps_min_interval", d.mps_min_interval_s, minimum=MIN_INTERVAL_S)
-    growth = sec.number("rss_growth_warn_mib", d.rss_growth_warn_mib, minimum=0.0)
-    max_rss = sec.number("worker_max_rss_mib", d.worker_max_rss_mib, minimum=1.0)
-    tensor_core = parse_tensor_core(sec.sub("tensor_core"), dict(os.environ if env is None else env))
-    determinism = sec.flag("determinism_check", d.determinism_check)
-    sec.reject_unknown()
-    return CanaryConfig(
-        enabled=enabled,
-        runner=runner,
-        interval_s=interval,
-        allow_fast_interval=fast,
-        timeout_s=timeout,
-        first_timeout_s=first_timeout,
-        load_timeout_s=load_timeout,
-        max_skip_s=max_skip,
-        latency_budget_ms=budget,
-        latency_gates_readiness=gates_latency,
-        recovery_passes=recovery,
-        backoff_initial_s=b_init,
-        backoff_max_s=b_max,
-        manifest=Path(manifest) if manifest else None,
-        tensorrt_manifest=Path(trt_manifest) if trt_manifest else None,
-        production_engine=production,
-        allow_engine_host_code=host_code,
-        devices=devices,
-        warmup_runs=warmup,
-        mps=mps,
-        mps_min_interval_s=mps_min,
-        rss_growth_warn_mib=growth,
-        worker_max_rss_mib=max_rss,
-        tensor_core=tensor_core,
-        determinism_check=determinism,
-    )
+    environ = os.environ if env is None else env
+
+    def rules(cfg: CanaryConfig, sec: Section) -> CanaryConfig:
+        d = CanaryConfig()
+        floor = FAST_MIN_INTERVAL_S if cfg.allow_fast_interval else MIN_INTERVAL_S
+        if cfg.interval_s < floor:
+            hint = (
+                ""
+                if cfg.allow_fast_interval
+                else " (set allow_fast_interval: true to go lower; costs GPU time)"
+            )
+            sec.error("interval", f"must be >= {floor:g}s, got {cfg.interval_s:g}s{hint}")
+            cfg = dataclasses.replace(cfg, interval_s=d.interval_s)
+        if cfg.backoff_max_s < cfg.backoff_initial_s:
+            sec.error(
+                "restart_backoff_max", f"must be >= restart_backoff_initial ({cfg.backoff_initial_s:g}s)"
+            )
+            cfg = dataclasses.replace(cfg, backoff_max_s=cfg.backoff_initial_s)
+        if cfg.tensor_core.allow_fault_injection and environ.get(sdc.INJECTION_ENV) != "1":
+            sec.error(
+                "tensor_core.allow_fault_injection",
+                f"test-only: refused unless the environment also sets {sdc.INJECTION_ENV}=1",
+            )
+            tc = dataclasses.replace(cfg.tensor_core, allow_fault_injection=False)
+            cfg = dataclasses.replace(cfg, tensor_core=tc)
+        return cfg
+
+    return read(CanaryConfig, sec, check=rules)

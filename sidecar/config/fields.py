@@ -38,7 +38,7 @@ T = TypeVar("T")
 SPEC_KEY = "sidecar.config"  # the dataclass field metadata entry that holds a field's Spec
 
 Kind = Literal[
-    "text", "opt_text", "flag", "integer", "number", "duration", "text_list", "int_list",
+    "text", "opt_text", "path", "flag", "integer", "number", "duration", "text_list", "int_list",
     "section", "sections", "custom",
 ]  # fmt: skip
 
@@ -66,6 +66,7 @@ class Spec:
     specs: Mapping[str, Spec] | None = None  # section / sections: for a class without metadata
     check: Check | None = None  # section / sections: the sub-mapping's cross-field rule
     reader: Reader | None = None  # custom
+    keys: tuple[str, ...] = ()  # custom: the keys it reads when they are not the field's own key
 
 
 def _field(spec: Spec, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
@@ -95,6 +96,11 @@ def opt_text(*, key: str = "", valid: Callable[[str], str | None] | None = None)
 def opt_path(*, key: str = "") -> Path | None:
     """A file or directory path that may be absent (an empty string is None too)."""
     return cast("Path | None", _field(Spec("opt_text", key, convert=_path_or_none), None))
+
+
+def path(default: Path, *, key: str = "") -> Path:
+    """A file or directory path."""
+    return cast(Path, _field(Spec("path", key), default))
 
 
 def _path_or_none(value: str) -> Path | None:
@@ -150,9 +156,16 @@ def int_list(
     return cast("tuple[int, ...]", _field(Spec("int_list", key, valid=valid), default))
 
 
-def section(cls: type[T], *, key: str = "", check: Callable[[T, Section], T] | None = None) -> T:
-    """A sub-mapping read as ``cls`` (absent: ``cls()``)."""
-    return cast(T, _field(Spec("section", key, section=cls, check=check), factory=cls))
+def section(
+    cls: type[T],
+    *,
+    key: str = "",
+    check: Callable[[T, Section], T] | None = None,
+    specs: Mapping[str, Spec] | None = None,
+) -> T:
+    """A sub-mapping read as ``cls`` (absent: ``cls()``); ``specs`` for a class without
+    declarations of its own."""
+    return cast(T, _field(Spec("section", key, section=cls, check=check, specs=specs), factory=cls))
 
 
 def opt_section(cls: type[T], *, key: str = "", check: Callable[[T, Section], T] | None = None) -> T | None:
@@ -169,11 +182,13 @@ def custom(
     reader: Callable[[Section, str, T], T],
     *,
     key: str = "",
+    keys: tuple[str, ...] = (),
     default: Any = dataclasses.MISSING,
     factory: Callable[[], T] | Any = dataclasses.MISSING,
 ) -> T:
-    """A field with a reader of its own (mappings keyed by data, documents read from files)."""
-    return cast(T, _field(Spec("custom", key, reader=reader), default, factory))
+    """A field with a reader of its own (mappings keyed by data, documents read from files).
+    ``keys``: the keys it reads, when they are not its own key (for :func:`declared_keys`)."""
+    return cast(T, _field(Spec("custom", key, reader=reader, keys=keys), default, factory))
 
 
 def spec_of(f: dataclasses.Field[Any], specs: Mapping[str, Spec] | None = None) -> Spec | None:
@@ -236,6 +251,8 @@ class _Reading:
             return sec.text(key, default, choices=spec.choices)
         if kind == "opt_text":
             return sec.opt_text(key)
+        if kind == "path":
+            return Path(sec.text(key, str(default)))
         if kind == "flag":
             return sec.flag(key, default)
         if spec.optional and not sec.has(key):
@@ -331,6 +348,15 @@ def declared_keys(cls: type[Any], specs: Mapping[str, Spec] | None = None, prefi
         elif spec.kind == "sections" and spec.section is not None:
             out.append(key)
             out.extend(declared_keys(spec.section, spec.specs, key + "[]."))
+        elif spec.kind == "custom" and spec.keys:
+            out.extend(prefix + k for k in spec.keys)
         else:
             out.append(key)
     return out
+
+
+def in_state_dir(name: str) -> str | None:
+    """A ``valid=`` rule: a plain file name, kept inside ``state_dir``."""
+    if "/" in name or name in ("", ".", ".."):
+        return f"must be a file name inside state_dir, got {name!r}"
+    return None

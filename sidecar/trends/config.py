@@ -1,79 +1,66 @@
-"""The ``trends:`` config section: :class:`TrendsConfig` and :func:`parse_trends_config`."""
+"""The ``trends:`` config section, declared once: :class:`TrendsConfig` and
+:func:`parse_trends_config`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sidecar.config import Section
+from sidecar.config.fields import Spec, custom, duration, flag, in_state_dir, read, section, text
 from sidecar.trends.detectors import CounterSettings, DriftSettings
+
+# The detectors' settings carry no declarations (they are the detectors' own parameters): their
+# keys and bounds are here, their defaults in sidecar.trends.detectors.
+DRIFT: Mapping[str, Spec] = {
+    "warmup": Spec("integer", minimum=5),
+    "k": Spec("number", minimum=0.01),
+    "h": Spec("number", minimum=0.1),
+    "clip": Spec("number", minimum=0.1),
+    "min_rel_shift": Spec("number", minimum=0, maximum=10),
+}
+COUNTER: Mapping[str, Spec] = {
+    "window_s": Spec("duration", minimum=60.0),
+    "min_span_s": Spec("duration", minimum=1.0),
+    "rate_per_hour": Spec("number", minimum=0.001),
+    "fatal_threshold": Spec("number", minimum=0, optional=True),
+    "forecast_horizon_s": Spec("duration", minimum=60.0),
+}
+# counter kind -> its defaults
+COUNTER_DEFAULTS: Mapping[str, CounterSettings] = {
+    "ecc_corrected": CounterSettings(rate_per_hour=10.0),
+    "remapped_rows": CounterSettings(rate_per_hour=1.0, window_s=24 * 3600.0),
+    "pcie_replays": CounterSettings(rate_per_hour=60.0, window_s=3600.0),
+}
+
+
+def _counters(
+    sec: Section, key: str, default: Mapping[str, CounterSettings]
+) -> Mapping[str, CounterSettings]:
+    """One sub-mapping per counter kind (``ecc_corrected: {rate_per_hour: 10}``)."""
+    return {
+        kind: read(CounterSettings, sec.sub(kind), base=base, specs=COUNTER) for kind, base in default.items()
+    }
 
 
 @dataclass(frozen=True, slots=True)
 class TrendsConfig:
-    """The ``trends:`` config section (see :func:`parse_trends_config`)."""
+    """The ``trends:`` config section (durations in seconds; docs/config.md says what each does)."""
 
-    enabled: bool = True
-    interval_s: float = 5.0
-    gates_readiness: bool = False
-    persist_interval_s: float = 60.0
-    state_file: str = "trends.json"
-    latency: DriftSettings = field(default_factory=DriftSettings)
+    enabled: bool = flag(True)
+    interval_s: float = duration(5.0, min=0.05)
+    gates_readiness: bool = flag(False)
+    persist_interval_s: float = duration(60.0, min=1.0)
+    state_file: str = text("trends.json", valid=in_state_dir)
+    latency: DriftSettings = section(DriftSettings, specs=DRIFT)
     # off by default: a host-timed canary latency is not stationary enough on a busy host (see
     # docs/trends.md: the H200 round-trip trace and the CI runs gave false warnings)
-    latency_enabled: bool = False
-    counters: Mapping[str, CounterSettings] = field(
-        default_factory=lambda: {
-            "ecc_corrected": CounterSettings(rate_per_hour=10.0),
-            "remapped_rows": CounterSettings(rate_per_hour=1.0, window_s=24 * 3600.0),
-            "pcie_replays": CounterSettings(rate_per_hour=60.0, window_s=3600.0),
-        }
+    latency_enabled: bool = flag(False, key="latency.enabled")
+    counters: Mapping[str, CounterSettings] = custom(
+        _counters, keys=tuple(COUNTER_DEFAULTS), factory=lambda: dict(COUNTER_DEFAULTS)
     )
-
-
-def _parse_counter(sec: Section, default: CounterSettings) -> CounterSettings:
-    threshold = sec.number("fatal_threshold", 0.0, minimum=0) if sec.has("fatal_threshold") else None
-    out = CounterSettings(
-        window_s=sec.duration("window", default.window_s, minimum=60.0),
-        min_span_s=sec.duration("min_span", default.min_span_s, minimum=1.0),
-        rate_per_hour=sec.number("rate_per_hour", default.rate_per_hour, minimum=0.001),
-        fatal_threshold=threshold if threshold is not None else default.fatal_threshold,
-        forecast_horizon_s=sec.duration("forecast_horizon", default.forecast_horizon_s, minimum=60.0),
-        max_points=default.max_points,
-    )
-    sec.reject_unknown()
-    return out
 
 
 def parse_trends_config(sec: Section) -> TrendsConfig:
     """Read the ``trends:`` section; every problem is recorded on ``sec`` naming its field."""
-    d = TrendsConfig()
-    lat = sec.sub("latency")
-    dl = d.latency
-    latency = DriftSettings(
-        warmup=lat.integer("warmup", dl.warmup, minimum=5),
-        k=lat.number("k", dl.k, minimum=0.01),
-        h=lat.number("h", dl.h, minimum=0.1),
-        clip=lat.number("clip", dl.clip, minimum=0.1),
-        min_rel_shift=lat.number("min_rel_shift", dl.min_rel_shift, minimum=0, maximum=10),
-        min_rel_sigma=dl.min_rel_sigma,
-    )
-    latency_enabled = lat.flag("enabled", d.latency_enabled)
-    lat.reject_unknown()
-    counters = {kind: _parse_counter(sec.sub(kind), default) for kind, default in d.counters.items()}
-    state_file = sec.text("state_file", d.state_file)
-    if "/" in state_file or state_file in ("", ".", ".."):
-        sec.error("state_file", f"must be a file name inside state_dir, got {state_file!r}")
-        state_file = d.state_file
-    cfg = TrendsConfig(
-        enabled=sec.flag("enabled", d.enabled),
-        interval_s=sec.duration("interval", d.interval_s, minimum=0.05),
-        gates_readiness=sec.flag("gates_readiness", d.gates_readiness),
-        persist_interval_s=sec.duration("persist_interval", d.persist_interval_s, minimum=1.0),
-        state_file=state_file,
-        latency=latency,
-        latency_enabled=latency_enabled,
-        counters=counters,
-    )
-    sec.reject_unknown()
-    return cfg
+    return read(TrendsConfig, sec)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sidecar.config import ConfigError, Section
+from sidecar.config.fields import custom, duration, flag, int_list, integer, read, text
 
 KINDS = ("kserve-http", "kserve-grpc", "openai", "http-ready")
 
@@ -28,6 +30,12 @@ V2_TO_NUMPY = {
     "FP64": "float64",
 }
 NUMPY_TO_V2 = {v: k for k, v in V2_TO_NUMPY.items()}
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+
+
+def _no_trailing_slash(url: str) -> str:
+    return url.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -42,31 +50,40 @@ class Tensor:
         return NUMPY_TO_V2.get(str(self.array.dtype), "FP32")
 
 
+def _headers(sec: Section, key: str, default: dict[str, str]) -> dict[str, str]:
+    """``headers``: name -> value, sent with every probe request."""
+    sub = sec.sub(key)
+    return {str(k): sub.text(str(k), "") for k in sub.raw}
+
+
 @dataclass(frozen=True)
 class WorkloadConfig:
-    """Defaults are documented in the README's configuration table and ``engines/README.md``."""
+    """Durations in seconds; docs/config.md and ``engines/README.md`` say what each does.
 
-    enabled: bool = False
-    kind: str = "http-ready"
-    url: str = ""
-    target: str = ""
-    model: str = ""
-    model_version: str = ""
-    interval_s: float = 5.0
-    timeout_s: float = 2.0
-    failure_threshold: int = 3
-    gate_readiness: bool = True
-    check_ready: bool = True
+    ``inputs``, ``outputs``, ``atol``, ``rtol`` and ``expect_text`` are the golden request and
+    answer, read from ``manifest``, ``request`` and ``expect`` by :func:`_golden`."""
+
+    enabled: bool = flag(False)
+    kind: str = text("http-ready", choices=KINDS)
+    url: str = text(convert=_no_trailing_slash)
+    target: str = text()
+    model: str = text()
+    model_version: str = text()
+    interval_s: float = duration(5.0, above=0)
+    timeout_s: float = duration(2.0, above=0)
+    failure_threshold: int = integer(3, min=1)
+    gate_readiness: bool = flag(True)
+    check_ready: bool = flag(True)
     inputs: tuple[Tensor, ...] = ()
     outputs: tuple[Tensor, ...] = ()
-    atol: float = 1e-4
-    rtol: float = 1e-3
-    prompt: str = "ping"
-    max_tokens: int = 1
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    prompt: str = text("ping")
+    max_tokens: int = integer(1, min=1)
     expect_text: str | None = None
-    ready_path: str = ""
-    expected_status: tuple[int, ...] = (200,)
-    headers: dict[str, str] = field(default_factory=dict)
+    ready_path: str = text()
+    expected_status: tuple[int, ...] = int_list((200,))
+    headers: dict[str, str] = custom(_headers, factory=dict)
 
 
 def _array(sec: Section, key_prefix: str, dtype: str, base: Path | None) -> np.ndarray[Any, Any]:
@@ -121,7 +138,7 @@ def _from_manifest(sec: Section, path: str) -> tuple[tuple[Tensor, ...], tuple[T
         m = load_manifest(Path(path))
     except (ConfigError, OSError) as exc:
         sec.error("manifest", f"cannot use {path}: {exc}")
-        return (), (), 1e-4, 1e-3
+        return (), (), DEFAULT_ATOL, DEFAULT_RTOL
     ins, outs = [], []
     for name, p in m.golden_input_paths().items():
         try:
@@ -136,25 +153,13 @@ def _from_manifest(sec: Section, path: str) -> tuple[tuple[Tensor, ...], tuple[T
     return tuple(ins), tuple(outs), m.tolerance.atol, m.tolerance.rtol
 
 
-def parse_workload_config(sec: Section) -> WorkloadConfig:
-    """Read ``workload:``; every problem is recorded on ``sec`` naming its field."""
-    enabled = sec.flag("enabled", False)
-    kind = sec.text("kind", "http-ready", choices=KINDS)
-    url = sec.text("url", "")
-    target = sec.text("target", "")
-    model = sec.text("model", "")
-    interval = sec.duration("interval", 5.0)
-    timeout = sec.duration("timeout", 2.0)
-    if interval <= 0:
-        sec.error("interval", "must be > 0")
-        interval = 5.0
-    if timeout <= 0:
-        sec.error("timeout", "must be > 0")
-        timeout = 2.0
+def _golden(sec: Section) -> dict[str, Any]:
+    """The golden request and answer: from ``manifest`` (its golden files and tolerance), then
+    ``request.inputs`` and ``expect`` (``outputs``, ``atol``, ``rtol``, ``text``) where given."""
     base = None
     inputs: tuple[Tensor, ...] = ()
     outputs: tuple[Tensor, ...] = ()
-    atol, rtol = 1e-4, 1e-3
+    atol, rtol = DEFAULT_ATOL, DEFAULT_RTOL
     manifest = sec.opt_text("manifest")
     if manifest is not None:
         inputs, outputs, atol, rtol = _from_manifest(sec, manifest)
@@ -170,33 +175,13 @@ def parse_workload_config(sec: Section) -> WorkloadConfig:
         rtol = expect.number("rtol", rtol, minimum=0.0)
     expect_text = expect.opt_text("text")
     expect.reject_unknown()
-    headers_sec = sec.sub("headers")
-    headers = {str(k): headers_sec.text(str(k), "") for k in headers_sec.raw}
-    cfg = WorkloadConfig(
-        enabled=enabled,
-        kind=kind,
-        url=url.rstrip("/"),
-        target=target,
-        model=model,
-        model_version=sec.text("model_version", ""),
-        interval_s=interval,
-        timeout_s=timeout,
-        failure_threshold=sec.integer("failure_threshold", 3, minimum=1),
-        gate_readiness=sec.flag("gate_readiness", True),
-        check_ready=sec.flag("check_ready", True),
-        inputs=inputs,
-        outputs=outputs,
-        atol=atol,
-        rtol=rtol,
-        prompt=sec.text("prompt", "ping"),
-        max_tokens=sec.integer("max_tokens", 1, minimum=1),
-        expect_text=expect_text,
-        ready_path=sec.text("ready_path", ""),
-        expected_status=tuple(sec.int_list("expected_status", [200])),
-        headers=headers,
-    )
-    sec.reject_unknown()
-    if enabled:
+    return {"inputs": inputs, "outputs": outputs, "atol": atol, "rtol": rtol, "expect_text": expect_text}
+
+
+def _rules(cfg: WorkloadConfig, sec: Section) -> WorkloadConfig:
+    """What each kind needs (only when enabled)."""
+    kind = cfg.kind
+    if cfg.enabled:
         if kind in ("kserve-http", "openai", "http-ready") and not cfg.url:
             sec.error("url", f"required for kind {kind}")
         if kind == "kserve-grpc" and not cfg.target:
@@ -206,3 +191,9 @@ def parse_workload_config(sec: Section) -> WorkloadConfig:
         if kind in ("kserve-http", "kserve-grpc") and not cfg.inputs and not cfg.check_ready:
             sec.error("request", "give request.inputs (or manifest) or keep check_ready on")
     return cfg
+
+
+def parse_workload_config(sec: Section) -> WorkloadConfig:
+    """Read ``workload:``; every problem is recorded on ``sec`` naming its field."""
+    golden = _golden(sec)
+    return read(WorkloadConfig, sec, check=lambda cfg, s: _rules(dataclasses.replace(cfg, **golden), s))
