@@ -102,7 +102,7 @@ class ActionsConfig:
     server: str = text("mlserver", choices=SERVER_KINDS)
     url: str = text()
     timeout_s: float = duration(10.0, min=0.01)
-    repository_dir: Path | None = opt_path()  # noqa: RUF009 - MLServer: the repository as mounted here
+    repository_dir: Path | None = opt_path()  # MLServer: the repository as mounted here
     interval_s: float = duration(1.0, min=0.05)
     engines: tuple[EngineActions, ...] = sections(EngineActions, check=_engine_rules)
     rollback: RollbackSettings = section(RollbackSettings, check=_rollback_rules)
