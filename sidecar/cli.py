@@ -118,9 +118,9 @@ def _serve_overrides(args: argparse.Namespace) -> dict[tuple[str, ...], Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from sidecar.app import serve
     from sidecar.config import ConfigError, load_config
     from sidecar.publish.log import configure_logging
+    from sidecar.serve import serve
 
     overrides = _serve_overrides(args)
     try:

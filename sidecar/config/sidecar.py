@@ -8,7 +8,6 @@ are read by their packages' own ``parse_*_config`` functions, through the same e
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -164,23 +163,12 @@ class SidecarConfig:
 
 ComponentParser = Callable[[Section], Any]
 
-# section name -> (module, parse function); imported lazily so `probe` stays light
-_COMPONENT_PARSERS = {
-    "gpu": ("sidecar.gpu.config", "parse_gpu_config"),
-    "canary": ("sidecar.canary.config", "parse_canary_config"),
-    "engines": ("sidecar.engine.config", "parse_engines_config"),
-    "workload": ("sidecar.workload.config", "parse_workload_config"),
-    "trends": ("sidecar.trends.config", "parse_trends_config"),
-    "events": ("sidecar.publish.events_config", "parse_events_config"),
-}
-
-
 def component_parsers() -> dict[str, ComponentParser]:
-    """The parse function of every component section."""
-    parsers: dict[str, ComponentParser] = {}
-    for name, (module, function) in _COMPONENT_PARSERS.items():
-        parsers[name] = getattr(importlib.import_module(module), function)
-    return parsers
+    """The parse function of every component section (the component registry's entries,
+    which import their modules lazily so `probe` stays light)."""
+    from sidecar.components import parsers
+
+    return parsers()
 
 
 def parse_config(doc: Mapping[str, Any], *, config_file: str = "") -> SidecarConfig:

@@ -101,6 +101,7 @@ class GpuStateView(Protocol):
         ...
 
 
+@runtime_checkable
 class TransitionListener(Protocol):
     """Told about every change of a condition's established state, on the event loop thread.
     Must not block: queue and do I/O elsewhere (Kubernetes Events, logs)."""

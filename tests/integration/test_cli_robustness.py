@@ -236,7 +236,7 @@ def test_stale_unix_socket_is_replaced(sidecar_proc: Any, tmp_path: Path) -> Non
 
 START_FAILS = """
 import asyncio, sys
-from sidecar import app as appmod
+from sidecar import serve as appmod
 from sidecar.config import load_config
 from sidecar.publish.log import configure_logging
 

@@ -17,14 +17,14 @@ def test_only_changed_sections_restart_and_failures_keep_old(make_app: Any, tmp_
     PID, readiness never drops); a component that fails to build is rejected, the old runs on."""
     app: AppThread = make_app(parse_config({**BASE, "state_dir": str(tmp_path)}))
     wait_until(lambda: check(app.addr, "readiness") == SERVING, timeout=15)
-    canary = app.app._slots["canary"]
-    gpu_before = app.app._slots["gpu"]
+    canary = app.app.component("canary")
+    gpu_before = app.app.component("gpu")
     worker_pid = canary.supervisor.proc.pid
 
     changed = {**BASE, "gpu": {"poll_interval": "0.3s"}}
     assert app.call(app.app.reload_config(overrides(changed, tmp_path)))
-    assert app.app._slots["gpu"] is not gpu_before
-    assert app.app._slots["canary"] is canary
+    assert app.app.component("gpu") is not gpu_before
+    assert app.app.component("canary") is canary
     assert canary.supervisor.proc.pid == worker_pid
     assert check(app.addr, "readiness") == SERVING
 
@@ -33,13 +33,13 @@ def test_only_changed_sections_restart_and_failures_keep_old(make_app: Any, tmp_
             raise RuntimeError("cannot build")
         return original(section, cfg, registry)
 
-    original = app.app._build_section
-    app.app._build_section = broken  # type: ignore[method-assign]
-    gpu_current = app.app._slots["gpu"]
+    original = app.app.build_section
+    app.app.build_section = broken  # type: ignore[method-assign]
+    gpu_current = app.app.component("gpu")
     bad = {**BASE, "gpu": {"poll_interval": "0.4s"}}
     assert not app.call(app.app.reload_config(overrides(bad, tmp_path)))
     assert app.app.metrics.config_reloads.labels("rejected")._value.get() == 1
-    assert app.app._slots["gpu"] is gpu_current  # the old component was never stopped
+    assert app.app.component("gpu") is gpu_current  # the old component was never stopped
     assert app.app.config.components["gpu"].poll_interval_s == 0.3  # old config stays
     wait_until(lambda: check(app.addr, "readiness") == SERVING, timeout=10)
     assert check(app.addr, "gpu") == SERVING

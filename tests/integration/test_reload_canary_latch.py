@@ -43,10 +43,10 @@ def test_a_canary_mismatch_stays_latched_across_a_canary_reload(make_app: Any, t
     try:
         wait_until(lambda: watch.seen == [NOT_SERVING], timeout=5)
         _write(scenario, {"gpus": [{"reset": 0}], "canary": {"mode": "ok"}})  # the fault is gone
-        old = app.app._slots["canary"]
+        old = app.app.component("canary")
         canary = {**BASE["canary"], "interval": "0.5s", "allow_fast_interval": True}
         assert app.call(app.app.reload_config(overrides({**base, "canary": canary}, tmp_path / "state")), 30)
-        assert app.app._slots["canary"] is not old  # witness: the canary was replaced
+        assert app.app.component("canary") is not old  # witness: the canary was replaced
         runs = _canary_runs(app)
         # witness: the replacement ran more rounds than a fresh one needs to recover
         wait_until(lambda: _canary_runs(app) >= runs + 2, timeout=20)

@@ -33,8 +33,8 @@ def _xid79_seen(app: AppThread) -> bool:
 @pytest.mark.parametrize("fails", ["build", "start"])
 def test_failed_replacement_keeps_the_gpu_monitored(make_app: Any, tmp_path: Path, fails: str) -> None:
     app, scenario = _app(make_app, tmp_path)
-    gpu = app.app._slots["gpu"]
-    original = app.app._build_section
+    gpu = app.app.component("gpu")
+    original = app.app.build_section
     attempts: list[str] = []
 
     def broken(section: str, cfg: Any, registry: Any) -> Any:
@@ -51,12 +51,12 @@ def test_failed_replacement_keeps_the_gpu_monitored(make_app: Any, tmp_path: Pat
         obj.start = start
         return obj
 
-    app.app._build_section = broken  # type: ignore[method-assign]
+    app.app.build_section = broken  # type: ignore[method-assign]
     changed = {**BASE, "gpu": {"poll_interval": "0.3s"}, "scenario": str(scenario)}
     assert not app.call(app.app.reload_config(overrides(changed, tmp_path)))
     assert attempts  # witness: the replacement was tried
     assert app.app.metrics.config_reloads.labels("rejected")._value.get() == 1
-    assert app.app._slots["gpu"] is gpu  # the old one was never stopped
+    assert app.app.component("gpu") is gpu  # the old one was never stopped
     assert check(app.addr, "readiness") == SERVING
     scenario.write_text(yaml.safe_dump({"gpus": [{"reset": 0, "xid": [79]}]}))
     wait_until(lambda: _xid79_seen(app), timeout=10)

@@ -27,13 +27,13 @@ def test_config_change_never_blinks_readiness(make_app: Any, tmp_path: Path, cha
     watch = Watcher(app.addr, "readiness")
     try:
         wait_until(lambda: watch.seen == [SERVING], timeout=5)
-        before = {s: app.app._slots[s] for s in ("gpu", "canary")}
+        before = {s: app.app.component(s) for s in ("gpu", "canary")}
         old_pid = before["canary"].supervisor.proc.pid
         assert app.call(app.app.reload_config(overrides({**BASE, **CHANGES[change]}, tmp_path)), timeout=30)
         # witness: the changed sections were replaced and the new ones report passing results
         for section in CHANGES[change]:
-            assert app.app._slots[section] is not before[section]
-        canary = app.app._slots["canary"]
+            assert app.app.component(section) is not before[section]
+        canary = app.app.component("canary")
         if "canary" in CHANGES[change]:
             assert canary.supervisor.proc.pid != old_pid
             assert before["canary"].supervisor.proc is None  # the old worker was retired

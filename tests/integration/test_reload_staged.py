@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-import sidecar.app as appmod
+import sidecar.runtime.reload as appmod
 from sidecar.app import SidecarApp
 from sidecar.config import SidecarConfig
 from sidecar.core.policy import PolicyConfig, Thresholds
@@ -129,7 +129,7 @@ class Harness:
 
     async def start(self, fakes: dict[str, Fake], **kw: Any) -> SidecarApp:
         app = SidecarApp(core_config(components=self._components(fakes), **kw))
-        app._build_section = self._build  # type: ignore[method-assign,assignment]
+        app.build_section = self._build  # type: ignore[method-assign,assignment]
         self.app = app
         await app.start()
         return app
@@ -310,7 +310,7 @@ async def test_a_reload_cancelled_during_the_swap_stops_every_replacement(harnes
         }
     )
     await await_until(harness.serving)
-    old_w = app._slots["workload"]
+    old_w = app.component("workload")
     new_w = Fake("new-w", Scripted("w", ok, timeout_s=30.0))
     new_t = Fake("new-t", Scripted("t", ok, timeout_s=30.0))
     task = harness.reload({"workload": new_w, "trends": new_t})

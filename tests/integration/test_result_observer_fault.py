@@ -56,12 +56,12 @@ def test_a_raising_observer_never_skips_publishing_nor_reaches_the_check_loop(
 ) -> None:
     caplog.set_level(logging.INFO, logger="sidecar.app")
     observer = RaisingObserver()
-    original = SidecarApp._build_section
+    original = SidecarApp.build_section
 
     def build(self: SidecarApp, section: str, cfg: Any, registry: Any) -> Any:
         return observer if section == "trends" else original(self, section, cfg, registry)
 
-    monkeypatch.setattr(SidecarApp, "_build_section", build)
+    monkeypatch.setattr(SidecarApp, "build_section", build)
     app: AppThread = make_app(core_config())
     assert app.app.components == [observer]
     app.submit(CheckResult.passed("gpu/GPU-1/ecc", gates=GATES))

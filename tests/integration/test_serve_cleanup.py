@@ -12,7 +12,7 @@ from .conftest import REPO
 
 PORTS_FILE_FAILS = """
 import asyncio, sys
-from sidecar import app as appmod
+from sidecar import serve as appmod
 from sidecar.config import load_config
 from sidecar.publish.log import configure_logging
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.app import _hand_over_latches
+from sidecar.components import hand_over_latches as _hand_over_latches
 from sidecar.gpu.latches import Latch, LatchStore
 
 UUID = "GPU-1"
