@@ -13,7 +13,7 @@ from prometheus_client import Counter
 import sidecar.runtime.reload as reload_module
 from sidecar.app import SidecarApp
 from sidecar.components import BuildContext, ComponentEntry
-from sidecar.configfields import Section
+from sidecar.config.section import Section
 from sidecar.core.protocols import Check, ResultSink
 from sidecar.core.values import CheckResult, Severity
 from sidecar.testing import await_until
