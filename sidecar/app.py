@@ -49,6 +49,7 @@ from sidecar.runtime.reload import Reloader
 from sidecar.runtime.scenario import ScenarioFile
 from sidecar.runtime.scheduler import Scheduler
 from sidecar.runtime.slots import Slots
+from sidecar.runtime.unix_socket import remove_stale_socket
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,9 @@ class SidecarApp:
         diagnostics = DiagnosticsService(
             self.snapshot, monotonic=self.clock, started_unix=self.started_unix, simulated=cfg.simulate
         )
-        self.grpc = start_grpc_server(cfg.grpc, self.health_service, diagnostics)
+        self.grpc = start_grpc_server(
+            cfg.grpc, self.health_service, diagnostics, make_room=remove_stale_socket
+        )
         self.grpc_port, self.grpc_tls_port = self.grpc.port, self.grpc.tls_port
         if cfg.http.enabled:
             self.http = HttpPublisher(

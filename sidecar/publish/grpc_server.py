@@ -4,9 +4,7 @@ naming the address; unreadable TLS material is :class:`TlsMaterialError`."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,10 +48,15 @@ class GrpcServer:
 
 
 def start_grpc_server(
-    cfg: GrpcConfig, health_service: HealthService, diagnostics: DiagnosticsService
+    cfg: GrpcConfig,
+    health_service: HealthService,
+    diagnostics: DiagnosticsService,
+    *,
+    make_room: Callable[[str], None],
 ) -> GrpcServer:
     """Bind every configured listener and start serving. Raises BindError / TlsMaterialError
-    (then nothing was started)."""
+    (then nothing was started). ``make_room(path)`` clears the Unix socket's path first
+    (raises BindError for anything there but a stale socket)."""
     # grpcio's sync server: Check/List answer on a small pool (no Watch ever holds one of
     # its threads, see publish/grpc_health.py); measured faster per core than grpc.aio.
     # Under a burst of thousands of Watch calls a probe's Check neither waits in Watch's
@@ -77,7 +80,7 @@ def start_grpc_server(
     if port == 0:
         raise BindError(f"grpc {address}: cannot bind")
     if cfg.unix_socket:
-        remove_stale_socket(cfg.unix_socket)  # raises BindError for anything else there
+        make_room(cfg.unix_socket)  # raises BindError for anything but a stale socket there
         try:
             server.add_insecure_port(f"unix:{cfg.unix_socket}")
         except RuntimeError as exc:
@@ -121,37 +124,3 @@ def enable_reflection(server: grpc.Server, services: Sequence[str]) -> None:
             for name in (REFLECTION_V1, reflection.SERVICE_NAME)
         )
     )
-
-
-def remove_stale_socket(path: str) -> None:
-    """Make room for our Unix socket at ``path``: remove only a *stale* socket (a socket
-    file nobody listens on: connect() is refused). A live socket or anything else (a regular
-    file, a folder...) is left alone and is a ``BindError`` naming the path."""
-    import socket
-    import stat
-
-    from sidecar.engine.files import mode_kind
-
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise BindError(f"grpc unix:{path}: cannot examine it: {exc.strerror or exc}") from exc
-    if not stat.S_ISSOCK(st.st_mode):
-        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else mode_kind(st.st_mode)
-        raise BindError(f"grpc unix:{path}: exists and is {kind}, not a socket; not removed")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        pass  # stale: left by a process that died
-    except OSError as exc:
-        raise BindError(f"grpc unix:{path}: cannot tell whether it is in use: {exc}") from exc
-    else:
-        raise BindError(f"grpc unix:{path}: another process is listening on it")
-    finally:
-        probe.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
