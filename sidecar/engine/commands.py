@@ -41,6 +41,7 @@ from sidecar.engine.manifest import (
     Tolerance,
     dump_manifest,
     load_manifest,
+    read_manifest,
 )
 from sidecar.engine.plan import read_plan_header
 
@@ -140,7 +141,7 @@ def inspect_engine(
     hash_timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Everything ``engine inspect`` reports, as a JSON-able dict; ``problems`` lists reasons."""
-    from sidecar.engine.component import EngineComponent, _load_manifest
+    from sidecar.engine.component import EngineComponent
 
     report: dict[str, Any] = {"file": str(file), "manifest": str(manifest) if manifest else None}
     # stat before any open: a FIFO would block, a device or a folder is no engine
@@ -154,7 +155,7 @@ def inspect_engine(
             report["header"] = {"error": str(exc)}
     if manifest is not None:
         try:
-            report["manifest_content"] = _load_manifest(manifest).to_dict()
+            report["manifest_content"] = read_manifest(manifest).to_dict()
         except (ConfigError, OSError) as exc:
             report["manifest_error"] = str(exc)
     spec = EngineSpec("inspect", manifest=manifest) if manifest else EngineSpec("inspect", file=file)

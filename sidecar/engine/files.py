@@ -184,15 +184,16 @@ class Stability:
 
 async def observe_stability(path: Path, window_s: float, *, previous: FileStamp | None = None) -> Stability:
     """Stat, wait ``window_s``, stat again; stable when nothing changed (not being written).
+    The stats run on a thread.
 
     When ``previous`` (a stamp taken at least ``window_s`` ago) equals the current stamp, the
     wait is skipped: the file already stood still that long.
     """
-    first = stat_stamp(path)
+    first = await asyncio.to_thread(stat_stamp, path)  # a stat on a network volume can hang
     if previous is not None and first == previous and first is not None:
         return Stability(True, first, previous)
     if first is None:
         return Stability(False, None, previous)
     await asyncio.sleep(window_s)
-    second = stat_stamp(path)
+    second = await asyncio.to_thread(stat_stamp, path)
     return Stability(second == first, second, first)

@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 import yaml
 
 from sidecar.config import ConfigError, Section
+from sidecar.engine.files import MISSING, path_problem
 from sidecar.runtime.safeload import MAX_MANIFEST_BYTES, UnsafeDocumentError, load_yaml_file
 
 FORMATS = ("onnx", "tensorrt-plan")
@@ -202,6 +204,28 @@ def load_manifest(path: Path) -> EngineManifest:
     except UnsafeDocumentError as exc:
         raise ConfigError([str(exc)]) from None
     return parse_manifest(raw, path.parent, where=str(path))
+
+
+def read_manifest(path: Path) -> EngineManifest:
+    """:func:`load_manifest` whose every content fault is a ``ConfigError`` with a short
+    message: a non-UTF-8 byte, a nest too deep for the parser or any other parse bug is a
+    finding for that engine, never an exception that escapes into a component (or the event
+    loop). ``FileNotFoundError`` when it is missing; stats first, so a FIFO never blocks it."""
+    problem = path_problem(path)
+    if problem == MISSING:
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
+    if problem is not None:  # a FIFO would block the reader for ever; a folder is no manifest
+        raise ConfigError([f"{path}: is {problem}, not a regular file"])
+    try:
+        return load_manifest(path)
+    except (ConfigError, OSError):
+        raise
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply"]) from None
+    except Exception as exc:
+        raise ConfigError([f"{path}: cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}"]) from None
 
 
 def dump_manifest(manifest: EngineManifest, path: Path) -> None:

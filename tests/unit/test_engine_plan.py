@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import Section
-from sidecar.engine.component import check_compute_capability
 from sidecar.engine.config import parse_engines_config
 from sidecar.engine.files import HashTimeout, sha256_file, sha256_file_blocking
 from sidecar.engine.plan import (
@@ -18,6 +17,7 @@ from sidecar.engine.plan import (
     parse_plan_header,
     read_plan_header,
 )
+from sidecar.engine.verify import check_compute_capability
 
 
 def test_synthesized_header_gives_version() -> None:
