@@ -12,16 +12,16 @@ file and no clock of its own: the clock is injected, the facts are arguments.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.core.protocols import Clock
-from sidecar.core.values import SERVICE_READINESS, CheckResult, CheckStatus, Severity, engine_service
+from sidecar.core.values import CheckResult, CheckStatus, Severity
 from sidecar.engine.config import EnginesConfig, EngineSpec
 from sidecar.engine.files import DANGLING, MISSING, FileStamp, HashResult, Stability
 from sidecar.engine.manifest import EngineManifest
 from sidecar.engine.plan import PlanHeader, compare_versions
+from sidecar.engine.results import CONDITIONS, REQUIRED, EngineResults
 
 __all__ = [
     "CONDITIONS",
@@ -30,11 +30,6 @@ __all__ = [
     "FileJudgement",
     "check_compute_capability",
 ]
-
-# Condition suffixes under engine/<name>/.
-CONDITIONS = ("manifest", "file", "checksum", "plan", "version", "arch", "memory", "change")
-# Conditions whose success is required for "verified".
-REQUIRED = ("manifest", "file", "checksum", "plan", "version", "arch")
 
 
 def check_compute_capability(built_for: str, gpu: str, hardware_compatibility: str) -> tuple[bool, str]:
@@ -67,16 +62,12 @@ class FileJudgement:
     retrigger: bool = False
 
 
-class EngineVerification:
+class EngineVerification(EngineResults):
     """One engine's verification state and rules (no I/O; ``clock`` is injected)."""
 
     def __init__(self, spec: EngineSpec, config: EnginesConfig, clock: Clock = time.monotonic) -> None:
-        self.spec = spec
-        self.config = config
+        super().__init__(spec, config)
         self.clock = clock
-        self.path: Path | None = None
-        self.manifest: EngineManifest | None = None
-        self.verified_once = False
         self.baseline_sha: str | None = None
         self.baseline_stamp: FileStamp | None = None
         self.observed: FileStamp | None = None
@@ -87,87 +78,6 @@ class EngineVerification:
         self.hash_started_at = -1e18
         self.event_at: float | None = None
         self.header: PlanHeader | None = None
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    # -- results ----------------------------------------------------------------------------
-
-    def gates(self) -> frozenset[str]:
-        svc = engine_service(self.spec.name)
-        if not self.verified_once or self.config.gate_readiness_after_verified:
-            return frozenset({svc, SERVICE_READINESS})
-        return frozenset({svc})
-
-    def result(
-        self,
-        cond: str,
-        status: CheckStatus,
-        reason: str,
-        message: str,
-        *,
-        severity: Severity = Severity.CRITICAL,
-        value: float | str | None = None,
-        labels: dict[str, str] | None = None,
-    ) -> CheckResult:
-        lab = {"engine": self.spec.name}
-        if self.path is not None:
-            lab["path"] = str(self.path)
-        m = self.manifest
-        if m is not None and m.version is not None:  # what the actions component acts on
-            lab["version"] = m.version
-            if m.sha256:
-                lab["sha256"] = m.sha256
-            if m.fallback:
-                lab["fallback"] = m.fallback
-        if labels:
-            lab.update(labels)
-        return CheckResult(
-            name=f"{engine_service(self.spec.name)}/{cond}",
-            status=status,
-            severity=severity,
-            reason=reason,
-            message=message,
-            labels=lab,
-            value=value,
-            gates=self.gates(),
-        )
-
-    def ok(
-        self,
-        cond: str,
-        message: str,
-        *,
-        reason: str = "",
-        value: float | str | None = None,
-        labels: dict[str, str] | None = None,
-        severity: Severity = Severity.CRITICAL,
-    ) -> CheckResult:
-        return self.result(
-            cond, CheckStatus.OK, reason, message, value=value, labels=labels, severity=severity
-        )
-
-    def unmonitored(self, cond: str, message: str) -> CheckResult:
-        return self.ok(cond, message, reason="Unmonitored", severity=Severity.INFO)
-
-    def blocked(self, conds: Sequence[str], reason: str, message: str) -> list[CheckResult]:
-        return [self.result(c, CheckStatus.UNKNOWN, reason, f"not checked: {message}") for c in conds]
-
-    def loading(self) -> list[CheckResult]:
-        """What is known before the first verification: nothing yet (gating)."""
-        conds = ("file", "checksum") if self.spec.manifest else ("file",)
-        return [
-            self.result(c, CheckStatus.UNKNOWN, "LoadingEngine", "engine not verified yet") for c in conds
-        ]
-
-    def timed_out(self, elapsed_s: float) -> CheckResult:
-        return self.result(
-            "checksum",
-            CheckStatus.UNKNOWN,
-            "EngineHashTimeout",
-            f"verification still running after {elapsed_s:.0f}s",
-        )
 
     # -- 1. manifest --------------------------------------------------------------------------
 
@@ -425,12 +335,6 @@ class EngineVerification:
         )
 
     # -- the outcome ------------------------------------------------------------------------------
-
-    @staticmethod
-    def passed(results: Sequence[CheckResult]) -> bool:
-        """Every required condition among ``results`` passed (and there was one)."""
-        required = [r for r in results if r.name.rsplit("/", 1)[-1] in REQUIRED]
-        return bool(required) and all(r.ok for r in required)
 
     def reverify_seconds(self) -> float | None:
         """Seconds since the change that triggered this verification (once; None: no change)."""
