@@ -15,17 +15,13 @@ Only used with ``serve --simulate``. The keys are documented in ``docs/scenario.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sidecar.runtime.safeload import MAX_SCENARIO_BYTES, clip, load_yaml_bounded, read_bounded
-
-if TYPE_CHECKING:
-    from sidecar.engine.watch import InotifyWatcher
+from sidecar.runtime.watch import FileChanges, Stamp, stamp
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +90,10 @@ def validate_scenario(doc: Mapping[str, Any]) -> list[str]:
 class ScenarioFile:
     """Watches one scenario file and notifies listeners with each new good document.
 
-    Change detection: inotify on the file's folder (sees in-place writes and atomic renames)
-    wakes a reload at once; a ``stat`` poll (size, mtime_ns, inode) backs it up every second,
-    or does the work every ``poll_interval_s`` where inotify is unavailable.
+    Change detection (:class:`sidecar.runtime.watch.FileChanges`): inotify on the file's folder
+    (sees in-place writes, atomic renames and a folder created later) wakes a reload at once; a
+    ``stat`` poll backs it up every second, or does the work every ``poll_interval_s`` where
+    inotify is unavailable or blind (NFS / FUSE).
     Listeners run on the event loop thread, in subscription order.
     """
 
@@ -108,10 +105,8 @@ class ScenarioFile:
         # invalid at start is "not written yet": fail closed). No path: the default document.
         self.has_document = path is None
         self._listeners: list[ScenarioListener] = []
-        self._stamp: tuple[int, int, int] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._inotify: InotifyWatcher | None = None
-        self._kick = asyncio.Event()  # inotify saw a change: read at once
+        self._stamp: Stamp | None = None
+        self._changes: FileChanges | None = None
         self.generation = 0  # how many good documents were applied
         self.last_error: str | None = None
 
@@ -134,14 +129,8 @@ class ScenarioFile:
         """How many listeners are subscribed."""
         return len(self._listeners)
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        if self.path is None:
-            return None
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_size, st.st_mtime_ns, st.st_ino)
+    def _stat(self) -> Stamp | None:
+        return None if self.path is None else stamp(self.path)
 
     def reload(self) -> bool:
         """Read the file now if it changed. Returns True when a new good document applied.
@@ -198,26 +187,11 @@ class ScenarioFile:
 
     async def start(self) -> None:
         await self._reload_logged()
-        interval = self.poll_interval_s
-        if self.path is not None:
-            # inotify on the file's folder (sees atomic renames) wakes the reload at once; the
-            # stat poll then only backs it up, slowly. Without inotify the poll does the work.
-            from sidecar.engine.watch import InotifyWatcher
-
-            try:
-                self._inotify = InotifyWatcher([self.path])
-            except (OSError, ImportError) as exc:
-                log.info("scenario file: inotify unavailable, polling", extra={"error": str(exc)})
-            else:
-                loop = asyncio.get_running_loop()
-
-                def wake(_path: Path) -> None:
-                    loop.call_soon_threadsafe(self._kick.set)
-
-                await self._inotify.start(wake)
-                interval = max(interval, 1.0)
-        if self._task is None:
-            self._task = asyncio.create_task(self._watch(interval), name="scenario-watch")
+        if self.path is not None and self._changes is None:
+            self._changes = FileChanges(
+                [self.path], self._reload_logged, name="scenario file", poll_interval_s=self.poll_interval_s
+            )
+            await self._changes.start()
 
     async def _reload_logged(self) -> None:
         """``areload``, where an unexpected error is logged (bounded) and never stops watching."""
@@ -232,19 +206,7 @@ class ScenarioFile:
                 )
             self.last_error = error
 
-    async def _watch(self, interval: float) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), interval)
-            self._kick.clear()
-            await self._reload_logged()
-
     async def stop(self) -> None:
-        if self._inotify is not None:
-            await self._inotify.stop()
-            self._inotify = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._changes is not None:
+            await self._changes.stop()
+            self._changes = None

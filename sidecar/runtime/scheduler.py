@@ -151,9 +151,7 @@ class CheckLoop:
             return
         exc = task.exception()
         if exc is not None:
-            log.warning(
-                "check raised", extra={"check": check.name, "error": f"{type(exc).__name__}: {exc}"}
-            )
+            log.warning("check raised", extra={"check": check.name, "error": f"{type(exc).__name__}: {exc}"})
             self._submit_error(exc)
             self._record("error", elapsed)
             return

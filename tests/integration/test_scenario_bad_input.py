@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.core.values import Severity
-from sidecar.engine import watch
+from sidecar.runtime import watch
 from sidecar.testing import await_until
 from sidecar.testing.gpu import U0, Harness, fast_config, gpu
 
