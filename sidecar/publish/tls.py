@@ -2,7 +2,9 @@
 
 :class:`CertificateReloader` is the package's one certificate reloader: it holds what was built
 from a set of PEM files and rebuilds it when their content changes, so rotation by cert-manager
-or a mounted Secret takes effect for new connections. Its users decide when to look:
+or a mounted Secret takes effect for new connections. A look costs one ``stat`` per file (the
+pull side of the one file watcher, :class:`sidecar.runtime.watch.Stamps`); the files are read,
+and their content compared, only after a stat changed. Its users decide when to look:
 :class:`TlsCredentialsWatcher` (the gRPC TLS port) on every new handshake, through grpcio's
 dynamic credentials; the webhook from a thread of its own (``sidecar.webhook.server``).
 """
@@ -19,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sidecar.core.errors import TlsMaterialError
+from sidecar.runtime.watch import Stamps
 
 if TYPE_CHECKING:
     import grpc
@@ -64,6 +67,7 @@ class CertificateReloader(Generic[T]):
         self._build = build
         self._log = logger or log
         self._lock = threading.Lock()
+        self._stamps = Stamps(self.files)
         self._current: T | None = None
         self._seen = b""  # digest of the content last built from, or last refused
         self._unreadable = ""  # the error last logged for unreadable files
@@ -81,6 +85,7 @@ class CertificateReloader(Generic[T]):
 
     def load(self) -> T:
         """The first build; raises :class:`TlsMaterialError` naming the file that failed."""
+        self._stamps.mark()  # before the read: a change during it is seen by the next check
         try:
             contents, digest = self._read()
         except OSError as exc:
@@ -101,6 +106,8 @@ class CertificateReloader(Generic[T]):
     def check(self) -> bool:
         """Rebuild if the files' content changed; True when new material is now :attr:`current`."""
         with self._lock:  # handshakes may call this concurrently: one rebuild per change
+            if not self._stamps.changed():
+                return False
             try:
                 contents, digest = self._read()
             except OSError as exc:

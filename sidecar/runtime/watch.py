@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
@@ -81,27 +82,45 @@ def stamp(path: Path | str) -> Stamp | None:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
+# A file modified this close to the moment its stamp was taken may change again within the
+# file system's timestamp granularity (a kernel tick; 2 s on FAT) without its stamp changing.
+_RACY_NS = 2_000_000_000
+
+
 class Stamps:
-    """Pull-mode change detection for a fixed set of files (one ``stat`` each per question)."""
+    """Pull-mode change detection for a fixed set of files (one ``stat`` each per question).
+
+    Exact, as git's index is: while a file's mtime is within ``2 s`` of the moment its stamp
+    was taken ("racily clean"), an equal stamp proves nothing and :meth:`changed` says True,
+    so the caller compares content; afterwards an equal stamp means an unchanged file."""
 
     def __init__(self, paths: Iterable[Path | str]) -> None:
         self.paths = [str(p) for p in dict.fromkeys(paths)]
-        self._last = self.now()
+        self._last: tuple[Stamp | None, ...] = ()
+        self._racy = True
+        self.mark()
 
     def now(self) -> tuple[Stamp | None, ...]:
         return tuple(stamp(p) for p in self.paths)
 
     def changed(self) -> bool:
-        """True once per change of any of the files (creation and deletion included)."""
+        """True once per change of any of the files (creation and deletion included), and
+        while an unchanged stamp cannot be trusted yet (see the class)."""
+        racy = self._racy
+        return self._record() or racy
+
+    def mark(self) -> None:
+        """Take the files as they are now as seen (before a read of them)."""
+        self._record()
+
+    def _record(self) -> bool:
+        taken = time.time_ns()
         current = self.now()
+        self._racy = any(s is not None and s[1] >= taken - _RACY_NS for s in current)
         if current == self._last:
             return False
         self._last = current
         return True
-
-    def mark(self) -> None:
-        """Take the files as they are now as seen (after a read of them)."""
-        self._last = self.now()
 
 
 def is_network_fs(fstype: str | None) -> bool:

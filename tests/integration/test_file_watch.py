@@ -209,19 +209,38 @@ def test_event_storm_while_the_loop_is_busy_is_one_delivery(tmp_path: Path) -> N
     assert watching_folders() == 0
 
 
+def _settle(f: Path) -> None:
+    """Give ``f`` an mtime well in the past (as a file written a while ago has)."""
+    old = f.stat().st_mtime_ns - 60 * 10**9
+    os.utime(f, ns=(old, old))
+
+
 def test_stamps_say_changed_once_per_change(tmp_path: Path) -> None:
-    """The pull side: creation, rewrite and deletion each answer True once."""
+    """The pull side: creation, rewrite and deletion of a settled file each answer True once."""
     f = tmp_path / "cert.pem"
     stamps = Stamps([f])
     assert not stamps.changed()
     _write(f, "1")
+    _settle(f)
     assert stamps.changed() and not stamps.changed()
-    st = f.stat()
     _write(f, "2")
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    _settle(f)
     assert stamps.changed() and not stamps.changed()
     f.unlink()
     assert stamps.changed() and not stamps.changed()
+
+
+def test_stamps_distrust_a_file_written_just_now(tmp_path: Path) -> None:
+    """A file modified within the timestamp granularity of its stamp may change again without
+    its stamp changing: until it settles, every question answers True (the caller compares
+    content), then an equal stamp is trusted."""
+    f = tmp_path / "cert.pem"
+    _write(f, "1")
+    stamps = Stamps([f])
+    assert stamps.changed() and stamps.changed()
+    _settle(f)
+    assert stamps.changed()  # the utime itself
+    assert not stamps.changed()
 
 
 def test_choose_watcher_auto_polls_for_a_missing_folder_on_nfs(tmp_path: Path) -> None:
