@@ -92,24 +92,40 @@ class _Hub:
             log.exception("inotify: re-arming the watches failed")
 
     def _rebuild(self) -> None:
-        """Watch exactly the folders the watchers' paths need now (held under the lock)."""
-        index: dict[Path, dict[str, list[tuple[InotifyWatcher, Path, bool]]]] = {}
-        for w in self._watchers:
-            for p in w.paths:
-                folder, name, is_parent = _armed_folder(p)
-                index.setdefault(folder, {}).setdefault(name, []).append((w, p, is_parent))
-        for folder in list(self._wds):
-            if folder not in index:
-                wd = self._wds.pop(folder)
-                self._folders.pop(wd, None)
-                with contextlib.suppress(OSError):
-                    self._ino.rm_watch(wd)
-        self._index = index
-        for folder in index:
-            if folder not in self._wds:
-                wd = self._ino.add_watch(str(folder), _MASK)  # ENOSPC: max_user_watches
-                self._wds[folder] = wd
-                self._folders[wd] = folder
+        """Watch exactly the folders the watchers' paths need now (held under the lock).
+
+        Folders come and go while this runs: a folder deleted before its watch is added, or a
+        missing one created after it was found missing (its creation event then went to no
+        watch), makes it look again, until what it watches is what exists."""
+        for _ in range(64):
+            index: dict[Path, dict[str, list[tuple[InotifyWatcher, Path, bool]]]] = {}
+            for w in self._watchers:
+                for p in w.paths:
+                    folder, name, is_parent = _armed_folder(p)
+                    index.setdefault(folder, {}).setdefault(name, []).append((w, p, is_parent))
+            for folder in list(self._wds):
+                if folder not in index:
+                    wd = self._wds.pop(folder)
+                    self._folders.pop(wd, None)
+                    with contextlib.suppress(OSError):
+                        self._ino.rm_watch(wd)
+            self._index = index
+            try:
+                for folder in index:
+                    if folder not in self._wds:
+                        wd = self._ino.add_watch(str(folder), _MASK)  # ENOSPC: max_user_watches
+                        self._wds[folder] = wd
+                        self._folders[wd] = folder
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # deleted meanwhile: watch its ancestor instead
+            if not any(
+                (folder / name).is_dir()
+                for folder, names in index.items()
+                for name, entries in names.items()
+                if not entries[0][2]
+            ):
+                return
+        log.warning("inotify: folders keep changing while being watched; the stat poll backs up")
 
     def _run(self) -> None:
         fd = self._ino.fileno()

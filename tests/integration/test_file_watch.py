@@ -309,3 +309,20 @@ async def test_file_changes_one_run_at_a_time(tmp_path: Path) -> None:
         assert most == 1
     finally:
         await changes.stop()
+
+
+async def test_folders_made_and_deleted_over_and_over_are_followed(tmp_path: Path, seen: list[Path]) -> None:
+    """``mkdir -p`` / write / ``rm -r`` of the file's folders, 40 times with no pause: each new
+    file is seen (a folder deleted or created while the watches are re-armed is looked at again)."""
+    path = tmp_path / "later" / "deeper" / "conf.yaml"
+    watcher = InotifyWatcher([path])
+    await watcher.start(seen.append)
+    try:
+        for i in range(40):
+            seen.clear()
+            path.parent.mkdir(parents=True)
+            _write(path, str(i))
+            await await_until(lambda: path in seen, timeout=5.0, what=f"round {i} seen")
+            shutil.rmtree(tmp_path / "later")
+    finally:
+        await watcher.stop()
