@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("probe", help="grpc_health_probe drop-in (same flags and exit codes)", add_help=False)
     _status_parser(sub)
     try:
-        from sidecar.engine.commands import add_engine_subcommands
+        from sidecar.engine.cli import add_engine_subcommands
 
         add_engine_subcommands(sub)
     except ImportError:  # pragma: no cover
@@ -315,7 +315,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "peers":
         return cmd_peers(args)
     if args.command == "engine":
-        from sidecar.engine.commands import run_engine_command
+        from sidecar.engine.cli import run_engine_command
 
         return int(run_engine_command(args))
     if args.command == "webhook":

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sidecar.engine.commands import add_engine_subcommands, run_engine_command
+from sidecar.engine.cli import add_engine_subcommands, run_engine_command
 from sidecar.engine.manifest import load_manifest
 from sidecar.engine.plan import make_plan_header
 
@@ -136,7 +136,7 @@ def test_manifest_from_onnx_reference_computes_goldens(tmp_path: Path) -> None:
 
 def test_build_without_tensorrt_builder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """engine build says plainly that the TensorRT builder is not installed here (exit 2)."""
-    from sidecar.engine.commands import import_tensorrt_builder
+    from sidecar.engine.cli import import_tensorrt_builder
 
     if import_tensorrt_builder() is not None:
         pytest.skip("the full TensorRT builder is installed on this machine")
