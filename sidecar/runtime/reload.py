@@ -113,7 +113,7 @@ class Reloader:
         def apply() -> None:  # only once the reload can no longer be rejected
             app.policy.reconfigure(new.policy)
             configure_logging(new.log_level, new.log_format)
-            app.scheduler._jitter = new.jitter
+            app.scheduler.jitter = new.jitter
 
         changed = [s for s in app.slots.sections if new.components.get(s) != old.components.get(s)]
         if not changed:

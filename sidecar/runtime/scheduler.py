@@ -202,7 +202,7 @@ class Scheduler:
         retire: Retire | None = None,
     ) -> None:
         self._submit = submit
-        self._jitter = jitter
+        self.jitter = jitter  # of the loops added from now on (a reload applies its config's)
         self._clock = clock
         self._observe_run = observe_run
         self._retire = retire
@@ -232,7 +232,7 @@ class Scheduler:
             loop = CheckLoop(
                 check,
                 submit or self._submit,
-                jitter=self._jitter if jitter is None else jitter,
+                jitter=self.jitter if jitter is None else jitter,
                 clock=self._clock,
                 observe_run=observe_run or self._observe_run,
                 retire=retire or self._retire,
