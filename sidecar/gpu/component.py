@@ -44,10 +44,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.core.protocols import Check, Clock, ConditionRetirer, ResultSink
-from sidecar.core.values import CheckResult, Severity
+from sidecar.core.protocols import Check, Clock, ResultSink
+from sidecar.core.values import CheckResult
 from sidecar.gpu.backend import (
-    EventRegistration,
     EventType,
     GpuBackend,
     GpuEvent,
@@ -59,18 +58,17 @@ from sidecar.gpu.backend import (
     NvmlHungError,
     NvmlUnavailableError,
     ResetRequiredError,
-    SystemInfo,
 )
-from sidecar.gpu.caller import NvmlCaller
 from sidecar.gpu.checks import GpuPollCheck, InforomCheck
 from sidecar.gpu.config import GpuConfig
+from sidecar.gpu.effects import FoldEffects
 from sidecar.gpu.env_conditions import inforom_result
-from sidecar.gpu.fold import Fold, Retire
 from sidecar.gpu.latches import LatchStore, StoreProblem, read_boot_id
 from sidecar.gpu.listener import XidListener
 from sidecar.gpu.metrics import GpuMetrics
-from sidecar.gpu.process_conditions import inventory_result, nvml_failed, nvml_ok, state_file_result
+from sidecar.gpu.process_conditions import inventory_result, nvml_failed, state_file_result
 from sidecar.gpu.real import RealNvmlBackend
+from sidecar.gpu.session import NvmlSession
 from sidecar.gpu.simulated import SimulatedBackend
 from sidecar.gpu.tracker import GpuTracker
 from sidecar.gpu.xid_conditions import XidRecord
@@ -121,11 +119,14 @@ class GpuComponent:
                     "GPU latches cleared: node rebooted since they were set",
                     extra={"uuid": uuid, "reasons": [x.reason for x in cleared]},
                 )
-        self._caller = NvmlCaller(
-            observe=self.metrics.observe_call,
-            on_hung=lambda op: self.metrics.nvml_hung.labels(op=op).inc(),
-            on_unstuck=self._spawn_threadsafe,
+        self._session = NvmlSession(
+            backend,
+            self.metrics,
+            timeout_s=config.nvml_call_timeout_s,
             clock=clock,
+            wall=wall,
+            on_unstuck=self._spawn_threadsafe,
+            log=log,
         )
         self._listener = XidListener(
             backend,
@@ -134,15 +135,13 @@ class GpuComponent:
             wait_timeout_s=config.event_wait_timeout_s,
         )
         self._lock = threading.RLock()  # the tracker's state: event loop + listener thread
-        self._system: SystemInfo | None = None
-        self._opened = False
         self._registered = False
         self._sink: ResultSink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._eval_lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refresh_pending = False
-        self._failing: dict[str, bool] = {}
+        self._effects = FoldEffects(self.latches, self.metrics, lock=self._lock, log=log)
         self._events_handled = 0
         self._stopped = False
         self._checks: list[Check] = [GpuPollCheck(self), InforomCheck(self)]
@@ -158,6 +157,7 @@ class GpuComponent:
         """Returns at once; the first sample (NVML init, enumeration, events) runs in the
         background and its results are submitted when ready."""
         self._sink = sink
+        self._effects.sink = sink
         self._loop = asyncio.get_running_loop()
         self._eval_lock = asyncio.Lock()
         self._stopped = False
@@ -172,7 +172,7 @@ class GpuComponent:
                 await task
         await asyncio.to_thread(self._listener.stop)  # before close: it waits on the event set
         self.backend.close()  # also releases a simulated hang
-        self._caller.close()
+        self._session.close()
         await asyncio.to_thread(self.latches.save)
 
     def _spawn(self, coro: Any) -> None:
@@ -194,8 +194,7 @@ class GpuComponent:
         return self.tracker.reset_generation
 
     def gpu_fault(self) -> bool:
-        with self._lock:
-            return any(self._failing.values())
+        return self._effects.gpu_fault()
 
     def compute_capability(self) -> str | None:
         """Compute capability of the first visible GPU ("9.0"), or None before the first poll."""
@@ -215,53 +214,22 @@ class GpuComponent:
             self._eval_lock = asyncio.Lock()
         async with self._eval_lock:
             results = await self._evaluate()
-        self._record(results)
+        self._effects.record(results)
         if submit and self._sink is not None and not self._stopped:
             self._sink.submit(results)
         return results
 
-    def _record(self, results: Sequence[CheckResult]) -> None:
-        with self._lock:
-            for r in results:
-                if r.name.startswith("gpu/") or r.name == "nvml":
-                    self._failing[r.name] = (not r.ok) and r.severity >= Severity.CRITICAL
-
-    async def _call(self, fn: Any, op: str) -> Any:
-        return await self._caller.call(fn, op=op, timeout_s=self.config.nvml_call_timeout_s)
-
     async def _evaluate(self) -> list[CheckResult]:
-        backend = self.backend
-        if not self._opened:
-            try:
-                self._system = await self._call(backend.open, "open")
-            except NvmlHungError as exc:
-                self.metrics.nvml_up.set(0)
-                return [nvml_failed("NvmlHung", exc.text, hung=True)]
-            except NvmlError as exc:
-                self.metrics.nvml_up.set(0)
-                return [self._nvml_error_result(exc)]
-            self._opened = True
-            log.info(
-                "NVML opened",
-                extra={"backend": backend.kind, "driver": self._system.driver_version},
-            )
-        enumerated = self._wall()
-        try:
-            infos: list[GpuInfo] = await self._call(backend.devices, "devices")
-        except NvmlHungError as exc:
-            self.metrics.nvml_up.set(0)
-            return [nvml_failed("NvmlHung", exc.text, hung=True)]
-        except NvmlError as exc:
-            if isinstance(exc, NvmlUnavailableError):
-                self._opened = False
-            self.metrics.nvml_up.set(0)
-            return [self._nvml_error_result(exc)]
-
+        session = self._session
+        listed = await session.inventory()
+        if isinstance(listed, CheckResult):
+            return [listed]
+        enumerated, infos = listed
         with self._lock:
             self.tracker.enumerate(infos)
             for info in infos:
                 if not info.lost:
-                    self.metrics.gpu_info(info, self._system, backend.kind)
+                    self.metrics.gpu_info(info, session.system, self.backend.kind)
 
         if self.config.events and not self._registered:
             await self._register_events([i.uuid for i in infos if not i.lost])
@@ -276,7 +244,7 @@ class GpuComponent:
             uuid = info.uuid
             taken = self._wall()  # before the call: an Xid latched during it may be newer
             try:
-                sample: GpuSample = await self._call(lambda u=uuid: backend.sample(u), "sample")
+                sample = await session.sample(uuid)
             except NvmlHungError as exc:
                 hung = hung or NvmlHungError(exc.text, uuid=uuid)
                 continue
@@ -287,21 +255,13 @@ class GpuComponent:
                 results.extend(self._fold_error(info, exc, taken))
                 continue
             except NvmlUnavailableError as exc:
-                self._opened = False
-                self.metrics.nvml_up.set(0)
-                return [self._nvml_error_result(exc)]
+                return [session.unavailable(exc)]
             except NvmlError as exc:
                 results.append(nvml_failed(exc.reason, f"{uuid}: {exc.text}", hung=True, uuid=uuid))
                 continue
             results.extend(self._fold(sample, taken))
 
-        if hung is not None:
-            self.metrics.nvml_up.set(0)
-            results.append(nvml_failed("NvmlHung", hung.text, hung=True, uuid=hung.uuid or ""))
-        else:
-            self.metrics.nvml_up.set(1)
-            driver = self._system.driver_version if self._system else ""
-            results.append(nvml_ok(driver, backend.kind))
+        results.append(session.status(hung))
         infos = [i for i in infos if i.uuid not in gone]
         with self._lock:
             self.tracker.current = [i.uuid for i in infos]
@@ -316,7 +276,7 @@ class GpuComponent:
         self.latches.save()
         return self.latches.health()
 
-    # -- carrying out the tracker's folds (under self._lock) ----------------------------------
+    # -- folding (the tracker decides, the effects carry it out) ------------------------------
 
     def _fold(self, sample: GpuSample, taken: float) -> list[CheckResult]:
         """Fold one sample, taken (its NVML calls started) at wall time ``taken``."""
@@ -324,8 +284,8 @@ class GpuComponent:
         with self._lock:
             fold = self.tracker.fold(sample, taken=taken, now=self._clock(), latches=self.latches.view(uuid))
             self.metrics.sample(sample)
-            self._apply(fold)
-        self._trigger(fold.triggers)
+            self._effects.apply(fold)
+        self._effects.trigger(fold.triggers)
         return fold.results
 
     def _fold_error(self, info: GpuInfo, exc: NvmlError, taken: float) -> list[CheckResult]:
@@ -333,7 +293,7 @@ class GpuComponent:
             fold = self.tracker.fold_error(
                 info, exc, taken=taken, now=self._clock(), latches=self.latches.view(info.uuid)
             )
-            self._apply(fold)
+            self._effects.apply(fold)
         return fold.results
 
     def _absent(self, present: set[str], enumerated: float) -> list[CheckResult]:
@@ -344,67 +304,17 @@ class GpuComponent:
                 present, enumerated=enumerated, now=self._clock(), latches=self.latches.snapshot()
             )
             for fold in folds:
-                self._apply(fold)
+                self._effects.apply(fold)
                 out.extend(fold.results)
         return out
 
-    def _apply(self, fold: Fold) -> None:
-        """Carry out what a fold decided: latch changes, log lines, metrics, retirement."""
-        uuid = fold.uuid
-        if fold.changes:
-            self.latches.apply(uuid, fold.changes)
-        for note in fold.notes:
-            log.log(note.level, note.message, extra=dict(note.extra))
-        if fold.reset is not None:
-            self.metrics.resets.labels(uuid=uuid).inc()
-        if fold.xid is not None:
-            code, cls = fold.xid
-            self.metrics.xid.labels(uuid=uuid, code=str(code), **{"class": cls}).inc()
-        if fold.xid_ignored is not None:
-            self.metrics.xid_ignored.labels(uuid=uuid, code=str(fold.xid_ignored)).inc()
-        if fold.retire is not None:
-            self._retire(uuid, fold.retire)
-        if fold.latch_count is not None:
-            self.metrics.fatal_latches.labels(uuid=uuid).set(fold.latch_count)
-
-    def _retire(self, uuid: str, retire: Retire) -> None:
-        if retire.drop_gpu:  # left without latches: its baseline and metric series go
-            self.latches.forget(uuid)
-            self.metrics.remove_gpu(uuid)
-        for name in [n for n in self._failing if n.startswith(retire.prefixes)]:
-            del self._failing[name]
-        sink = self._sink
-        if isinstance(sink, ConditionRetirer):
-            sink.retire(list(retire.prefixes), list(retire.services))
-
-    def _trigger(self, names: Sequence[str]) -> None:
-        sink = self._sink
-        if sink is not None:
-            for name in names:
-                sink.trigger(name)
-
-    def _nvml_error_result(self, exc: NvmlError) -> CheckResult:
-        if isinstance(exc, NvmlUnavailableError):
-            return nvml_failed(exc.reason, f"NVML unavailable: {exc.text}")
-        return nvml_failed(exc.reason, f"NVML error: {exc.text}", hung=True)
-
     async def _register_events(self, uuids: list[str]) -> None:
-        try:
-            regs: list[EventRegistration] = await self._call(
-                lambda: self.backend.register_events(uuids), "register_events"
-            )
-        except NvmlError as exc:
-            log.warning(
-                "NVML event registration failed; polling only",
-                extra={"reason": exc.reason, "error": exc.text},
-            )
-            with self._lock:
-                self.tracker.registered(EventRegistration(u, 0, 0, exc.text) for u in uuids)
-            return
+        regs, registered = await self._session.register_events(uuids)
         with self._lock:
             self.tracker.registered(regs)
-        self._registered = True
-        self._listener.start()
+        if registered:
+            self._registered = True
+            self._listener.start()
 
     # -- events (listener thread) -------------------------------------------------------------
 
@@ -425,12 +335,12 @@ class GpuComponent:
             fold = self.tracker.event(
                 ev, now=self._clock(), wall=self._wall(), latches=self.latches.view(uuid)
             )
-            self._apply(fold)
+            self._effects.apply(fold)
         if sink is None:
             return
         if fold.results:
             self.latches.save()  # this thread, not the loop; the store's lock is not held across it
-            self._record(fold.results)
+            self._effects.record(fold.results)
             sink.submit(fold.results)
         for name in fold.triggers:
             sink.trigger(name)
@@ -481,7 +391,7 @@ class GpuComponent:
         for st in states:
             uuid = st.info.uuid
             try:
-                reading = await self._call(lambda u=uuid: self.backend.validate_inforom(u), "inforom")
+                reading = await self._session.validate_inforom(uuid)
             except NvmlError:
                 continue  # the poll check reports NVML problems
             results.append(inforom_result(st.ref, reading))
@@ -502,7 +412,7 @@ class GpuComponent:
         strings until NVML answered."""
         with self._lock:
             names = sorted({st.info.name for st in self.tracker.live()})
-        system = self._system
+        system = self._session.system
         cuda = system.cuda_driver_version if system is not None else 0
         return {
             "gpu_model": "+".join(names),
