@@ -146,7 +146,11 @@ def _rules(cfg: SidecarConfig, sec: Section) -> SidecarConfig:
 class SidecarConfig:
     grpc: GrpcConfig = section(GrpcConfig, check=_grpc_rules)
     http: HttpConfig = section(HttpConfig)
-    policy: PolicyConfig = custom(_read_policy, factory=PolicyConfig)
+    policy: PolicyConfig = custom(
+        _read_policy,
+        keys=("policy", *(f"policy.{k}" for k in THRESHOLDS), "policy.overrides"),
+        factory=PolicyConfig,
+    )
     liveness: LivenessConfig = section(LivenessConfig)
     jitter: float = number(0.1, min=0.0, max=0.5)  # fraction of each check's interval
     shutdown_grace_s: float = duration(5.0, max=MAX_SHUTDOWN_GRACE_S)
@@ -162,6 +166,7 @@ class SidecarConfig:
 
 
 ComponentParser = Callable[[Section], Any]
+
 
 def component_parsers() -> dict[str, ComponentParser]:
     """The parse function of every component section (the component registry's entries,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sidecar.config import Section
-from sidecar.config.fields import Spec, custom, duration, flag, in_state_dir, read, section, text
+from sidecar.config.fields import Spec, custom, duration, flag, in_state_dir, key_of, read, section, text
 from sidecar.trends.detectors import CounterSettings, DriftSettings
 
 # The detectors' settings carry no declarations (they are the detectors' own parameters): their
@@ -33,6 +33,13 @@ COUNTER_DEFAULTS: Mapping[str, CounterSettings] = {
     "pcie_replays": CounterSettings(rate_per_hour=60.0, window_s=3600.0),
 }
 
+# what _counters reads: each kind, and each setting of it
+COUNTER_KEYS = tuple(
+    key
+    for kind in COUNTER_DEFAULTS
+    for key in (kind, *(f"{kind}.{key_of(n, s)}" for n, s in COUNTER.items()))
+)
+
 
 def _counters(
     sec: Section, key: str, default: Mapping[str, CounterSettings]
@@ -57,7 +64,7 @@ class TrendsConfig:
     # docs/trends.md: the H200 round-trip trace and the CI runs gave false warnings)
     latency_enabled: bool = flag(False, key="latency.enabled")
     counters: Mapping[str, CounterSettings] = custom(
-        _counters, keys=tuple(COUNTER_DEFAULTS), factory=lambda: dict(COUNTER_DEFAULTS)
+        _counters, keys=COUNTER_KEYS, factory=lambda: dict(COUNTER_DEFAULTS)
     )
 
 
