@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from prometheus_client import Counter
@@ -16,7 +17,9 @@ from sidecar.components import BuildContext, ComponentEntry
 from sidecar.config.section import Section
 from sidecar.core.protocols import Check, ResultSink
 from sidecar.core.values import CheckResult, Severity
+from sidecar.publish.events_config import EventsConfig
 from sidecar.testing import await_until
+from sidecar.testing.kube import FakeApiServer
 
 from .conftest import core_config
 
@@ -110,3 +113,34 @@ async def test_a_section_without_config_builds_nothing() -> None:
         await await_until(lambda: _serving(app))
     finally:
         await app.stop()
+
+
+async def test_the_events_entry_tells_the_emitter_every_transition(tmp_path: Path) -> None:
+    """Events, a transition listener in the registry: enabled, a FATAL result submitted to the
+    app reaches the API server as a Warning Event; it is no component with checks."""
+    token = tmp_path / "token"
+    token.write_text("token-one\n")
+    api = FakeApiServer()
+    events = EventsConfig(
+        enabled=True,
+        namespace="inference",
+        pod_name="llm-0",
+        pod_uid="uid-0",
+        node_name="node-0",
+        api_server=api.url,
+        token_file=token,
+        ca_file=tmp_path / "no-ca.crt",
+        namespace_file=tmp_path / "no-namespace",
+    )
+    app = SidecarApp(core_config(components={"events": events}))
+    await app.start()
+    try:
+        assert app.component("events") is not None and app.components == []
+        app.submit(
+            [CheckResult.failed("gpu/GPU-1/xid", "XidFatal79", "fallen off the bus", severity=Severity.FATAL)]
+        )
+        (call,) = await await_until(api.snapshot)
+        assert call.body["reason"] == "XidFatal79" and call.body["type"] == "Warning"
+    finally:
+        await app.stop()
+        api.close()
