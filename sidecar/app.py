@@ -141,15 +141,6 @@ class SidecarApp:
         """Thread-safe: record results (event-driven path)."""
         self.pipeline.submit(results)
 
-    def trigger(self, check_name: str) -> None:
-        self.pipeline.trigger(check_name)
-
-    def retire(self, prefixes: Sequence[str], services: Sequence[str]) -> None:
-        self.pipeline.retire(prefixes, services)
-
-    def drop_conditions(self, names: Sequence[str]) -> None:
-        self.pipeline.drop_conditions(names)
-
     def publish(self) -> None:
         """The policy's verdict, to every publisher (event loop)."""
         self.pipeline.publish()
@@ -301,5 +292,4 @@ def _report_task_end(task: asyncio.Task[Any]) -> None:
 
 def default_engines_dir() -> Path:
     """engines/ of the source tree (demo canary model), or of the installed image."""
-    here = Path(__file__).resolve().parent.parent / "engines"
-    return here
+    return Path(__file__).resolve().parent.parent / "engines"

@@ -244,4 +244,4 @@ class Reloader:
         stale = [c.name for c in app.policy.conditions() if c.last_result_at < since and c.name not in keep]
         if stale:
             log.info("conditions no longer reported after reload", extra={"conditions": stale})
-            app.drop_conditions(stale)
+            app.pipeline.drop_conditions(stale)
