@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -21,6 +21,7 @@ from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.core.protocols import Component
 from sidecar.publish.log import configure_logging
 from sidecar.runtime.slotsink import SlotSink
+from sidecar.runtime.watch import FileChanges, Stamp, stamp
 
 if TYPE_CHECKING:
     from sidecar.app import SidecarApp
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 # the reload lines, under the logger they always had
 log = logging.getLogger("sidecar.app")
 
-CONFIG_POLL_S = 1.0  # how often the config file's stamp is looked at
+CONFIG_POLL_S = 1.0  # how often the config file's stamp is looked at (inotify's backup)
+CONFIG_DEBOUNCE_S = 0.25  # an editor's write in pieces is one reload
 
 
 class Reloader:
@@ -41,7 +43,7 @@ class Reloader:
         self.lock = asyncio.Lock()
         self._again = False
         self.task: asyncio.Task[None] | None = None
-        self._config_stamp: tuple[int, int] | None = None
+        self._config_stamp: Stamp | None = None
 
     # -- requests ---------------------------------------------------------------------------
     def request(self) -> None:
@@ -67,27 +69,38 @@ class Reloader:
             return await self._reload_once(overrides)
 
     # -- the config file --------------------------------------------------------------------
-    def _stat_config(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self._app.config.config_file)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
+    def _stat_config(self) -> Stamp | None:
+        return stamp(self._app.config.config_file)
 
     def start_watch(self) -> asyncio.Task[None]:
+        """Watch the config file (:class:`sidecar.runtime.watch.FileChanges`: inotify, a stat
+        poll every second behind it, or the poll alone on NFS / FUSE); ends when cancelled."""
         self._config_stamp = self._stat_config()
         return asyncio.create_task(self._watch_config(), name="config-watch")
 
     async def _watch_config(self) -> None:
-        while True:
-            await asyncio.sleep(CONFIG_POLL_S)
-            stamp = self._stat_config()
-            if stamp != self._config_stamp and stamp is not None:
-                self._config_stamp = stamp
-                try:
-                    await self.reload()
-                except Exception:  # the watcher must survive any reload bug
-                    log.exception("config reload failed")
+        changes = FileChanges(
+            [Path(self._app.config.config_file)],
+            self._config_changed,
+            name="config file",
+            poll_interval_s=CONFIG_POLL_S,
+            backup_poll_s=CONFIG_POLL_S,
+            debounce_s=CONFIG_DEBOUNCE_S,
+        )
+        await changes.start()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            await changes.stop()
+
+    async def _config_changed(self) -> None:
+        stamp = await asyncio.to_thread(self._stat_config)
+        if stamp != self._config_stamp and stamp is not None:
+            self._config_stamp = stamp
+            try:
+                await self.reload()
+            except Exception:  # the watcher must survive any reload bug
+                log.exception("config reload failed")
 
     # -- one reload -------------------------------------------------------------------------
     async def _reload_once(self, overrides: Mapping[tuple[str, ...], Any] | None) -> bool:
