@@ -100,7 +100,7 @@ class GpuComponent:
         self._clock = clock
         self._wall = wall
         if backend is None:
-            backend = SimulatedBackend(scenario) if simulate else RealNvmlBackend()
+            backend = SimulatedBackend(scenario, wall=wall) if simulate else RealNvmlBackend(wall=wall)
         self.backend: GpuBackend = backend
         self.metrics = GpuMetrics(registry)
         # with real NVML a container's GPUs are fixed: one no longer enumerated is lost
