@@ -206,10 +206,13 @@ class EngineComponent:
         return v.manifest.path if v.manifest is not None else None
 
     async def _start_watcher(self, paths: list[Path]) -> None:
+        # choosing reads the file system type and arming inotify stats folders: off the loop
         if self._watcher_factory is not None:
-            watcher, note = self._watcher_factory(paths)
+            watcher, note = await asyncio.to_thread(self._watcher_factory, paths)
         else:
-            watcher, note = choose_watcher(self.config.watch, paths, self.config.poll_interval_s)
+            watcher, note = await asyncio.to_thread(
+                choose_watcher, self.config.watch, paths, self.config.poll_interval_s
+            )
         self._watcher = watcher
         self.watch_mode = watcher.mode
         self.watch_note = note
@@ -231,43 +234,52 @@ class EngineComponent:
 
     def _on_change(self, path: Path) -> None:
         """A watched path may have changed: report what is obvious now, re-verify at once.
-        A manifest not parsed yet is parsed on a thread first (never on the loop: a huge one
-        took seconds)."""
+        What needs a file (a manifest not parsed yet names the engine; under inotify, whether
+        the engine was deleted) is looked at on a thread first, never on the loop: a huge
+        manifest took seconds to parse."""
         states = self._by_path.get(_abs(path), [])
-        if any(v.path is None and v.manifest is None and v.spec.manifest is not None for v in states):
-            task = asyncio.ensure_future(self._on_change_parsed(path, states))
-            self._change_tasks.add(task)
-            task.add_done_callback(self._change_tasks.discard)
-        else:
-            self._report_change(path, states, {})
+        task = asyncio.ensure_future(self._on_change_looked(path, states))
+        self._change_tasks.add(task)
+        task.add_done_callback(self._change_tasks.discard)
 
-    async def _on_change_parsed(self, path: Path, states: list[EngineVerification]) -> None:
-        paths: dict[int, Path | None] = {}
+    async def _on_change_looked(self, path: Path, states: list[EngineVerification]) -> None:
+        engine_paths: dict[int, Path | None] = {}
         for v in states:
-            paths[id(v)] = v.path or await asyncio.to_thread(self._engine_path, v)
-        self._report_change(path, states, paths)
+            if v.path is None and v.manifest is None and v.spec.manifest is not None:
+                engine_paths[id(v)] = await asyncio.to_thread(self._engine_path, v)
+            else:
+                engine_paths[id(v)] = v.path or (v.manifest.path if v.manifest else None)
+        gone: set[int] = set()
+        if self.watch_mode == "inotify":  # on polled (network) volumes the check finds it
+            targets = {id(v): engine_paths[id(v)] for v in states}
+
+            def missing() -> set[int]:
+                return {k for k, p in targets.items() if p is not None and stat_stamp(p) is None}
+
+            gone = await asyncio.to_thread(missing)
+        self._report_change(path, states, engine_paths, gone)
 
     def _report_change(
-        self, path: Path, states: list[EngineVerification], engine_paths: dict[int, Path | None]
+        self,
+        path: Path,
+        states: list[EngineVerification],
+        engine_paths: dict[int, Path | None],
+        gone: set[int],
     ) -> None:
         sink = self._sink
         for v in states:
             v.changed()
             self.metrics.changes.labels(engine=v.name).inc()
-            engine_path = engine_paths.get(id(v)) or v.path or (v.manifest.path if v.manifest else None)
-            # A stat here is cheap on the local volumes inotify serves; on polled (network)
-            # volumes the triggered check finds a deletion itself, off the event loop.
-            gone = (
-                self.watch_mode == "inotify" and engine_path is not None and stat_stamp(engine_path) is None
-            )
+            engine_path = engine_paths.get(id(v))
+            deleted = id(v) in gone
             level = logging.WARNING if v.verified_once else logging.INFO
             log.log(
                 level,
                 "engine file changed on the volume; re-verifying",
-                extra={"engine": v.name, "path": str(path), "deleted": gone},
+                extra={"engine": v.name, "path": str(path), "deleted": deleted},
             )
             if sink is not None:
-                results = v.change_seen(path, engine_path if gone else None)
+                results = v.change_seen(path, engine_path if deleted else None)
                 if results:
                     sink.submit(results)
                 sink.trigger(f"engine-file/{v.name}")

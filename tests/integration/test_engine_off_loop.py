@@ -75,14 +75,15 @@ def _corrupt(folder: Path) -> None:
 
 
 async def test_no_engine_file_access_on_the_loop(tmp_path: Path, accesses: FileAccesses) -> None:
-    """Verified and kept, replaced by another that verifies (kept again), then by one that
-    fails (the kept copy is named): every stat, open and link under the folder ran on a thread."""
+    """Verified and kept, replaced by another that verifies (kept again), by one that fails
+    (the kept copy is named), then deleted (seen by inotify): every stat, open and link under
+    the folder ran on a thread."""
     engines = tmp_path / "engines"
     engines.mkdir()
     m = await asyncio.to_thread(write_engine, engines, plan_bytes(1))
     keep = tmp_path / "keep"
     comp, sink = await started(
-        config(EngineSpec("prod", manifest=m), last_good_dir=keep, watch="poll", poll_interval_s=0.05),
+        config(EngineSpec("prod", manifest=m), last_good_dir=keep, watch="inotify"),
         gpu_compute_capability=lambda: "9.0",
     )
     try:
@@ -96,6 +97,9 @@ async def test_no_engine_file_access_on_the_loop(tmp_path: Path, accesses: FileA
             lambda r: is_("change", "EngineReplaced")(r) and "last_good" in r.labels, after=t
         )
         assert ch.labels["last_good"] == str(keep / "prod" / "model.plan")
+        t = time.monotonic()
+        await asyncio.to_thread((engines / "model.plan").unlink)
+        await sink.wait_for(lambda r: is_("file", "EngineMissing")(r) and "was deleted" in r.message, after=t)
     finally:
         await comp.stop()
     # witnesses: the manifest was read, the engine hashed, kept twice (a link, one stat each)
