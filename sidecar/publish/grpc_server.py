@@ -13,7 +13,8 @@ import grpc
 from sidecar.core.errors import BindError
 from sidecar.proto import diagnostics_pb2_grpc
 from sidecar.publish.diagnostics import DiagnosticsService
-from sidecar.publish.grpc_health import SERVICE_NAME, HealthService, RpcExecutor
+from sidecar.publish.grpc_health import SERVICE_NAME, HealthService
+from sidecar.publish.rpc_executor import RpcExecutor
 from sidecar.publish.tls import TlsCredentialsWatcher
 
 if TYPE_CHECKING:

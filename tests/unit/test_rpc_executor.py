@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.publish.grpc_health import RpcExecutor
+from sidecar.publish.rpc_executor import RpcExecutor
 
 
 def watch_behavior(*_: Any) -> None:  # stands for the Watch handler that grpcio passes on

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sidecar.publish.grpc_health import TRIM_AFTER_CALLS, HealthRegistry, RpcStats, WatchSender
+from sidecar.publish.health_store import HealthRegistry
+from sidecar.publish.watch_sender import TRIM_AFTER_CALLS, RpcStats, WatchSender
 
 
 def test_trims_once_after_a_burst_has_died_down() -> None:
