@@ -168,6 +168,8 @@ class SidecarApp:
             state_dir=Path(cfg.state_dir),
             engines_dir=Path(cfg.engines_dir) if cfg.engines_dir else default_engines_dir(),
             gpu_state=self.gpu_state,
+            announce=self.pipeline.announce,
+            configs=cfg.components,
         )
         return self.slots.entries[section].build(config, context)
 

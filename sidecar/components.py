@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -23,6 +23,8 @@ from sidecar.core.values import Transition
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from sidecar.actions.component import ActionsComponent
+    from sidecar.actions.config import ActionsConfig
     from sidecar.canary.component import CanaryComponent
     from sidecar.canary.config import CanaryConfig
     from sidecar.engine.component import EngineComponent
@@ -56,6 +58,9 @@ class BuildContext:
     state_dir: Path
     engines_dir: Path
     gpu_state: GpuStateProxy  # the current GPU component, across its reloads
+    # an action a component took, told to the transition listeners (Events); not logged again
+    announce: Callable[[Transition], None] = lambda t: None
+    configs: Mapping[str, Any] = field(default_factory=dict)  # every section's parsed config
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,24 @@ def _build_trends(config: TrendsConfig, ctx: BuildContext) -> TrendComponent:
     return TrendComponent(config, registry=ctx.registry, state_dir=ctx.state_dir, gpu_samples=ctx.gpu_state)
 
 
+# -- actions: engine rollback, degraded serving (docs/actions.md) ------------------------------
+def _parse_actions(sec: Section) -> ActionsConfig:
+    from sidecar.actions.config import parse_actions_config
+
+    return parse_actions_config(sec)
+
+
+def _build_actions(config: ActionsConfig, ctx: BuildContext) -> ActionsComponent:
+    from sidecar.actions.component import ActionsComponent, workload_probe_factory
+
+    return ActionsComponent(
+        config,
+        registry=ctx.registry,
+        announce=ctx.announce,
+        probe_factory=workload_probe_factory(ctx.configs.get("workload")),
+    )
+
+
 # -- Kubernetes Events (a transition listener) ------------------------------------------------
 class ListenerComponent:
     """A TransitionListener with a lifecycle in a component's place: no checks."""
@@ -266,12 +289,15 @@ WORKLOAD: ComponentEntry[WorkloadConfig, WorkloadComponent] = ComponentEntry(
     "workload", _parse_workload, _build_workload
 )
 TRENDS: ComponentEntry[TrendsConfig, TrendComponent] = ComponentEntry("trends", _parse_trends, _build_trends)
+ACTIONS: ComponentEntry[ActionsConfig, ActionsComponent] = ComponentEntry(
+    "actions", _parse_actions, _build_actions
+)
 EVENTS: ComponentEntry[EventsConfig, ListenerComponent] = ComponentEntry(
     "events", _parse_events, _build_events, listener=True
 )
 
 # Start order: the GPU first (the others ask it); stop order is the reverse.
-COMPONENTS: tuple[AnyEntry, ...] = (GPU, CANARY, ENGINES, WORKLOAD, TRENDS, EVENTS)
+COMPONENTS: tuple[AnyEntry, ...] = (GPU, CANARY, ENGINES, WORKLOAD, TRENDS, ACTIONS, EVENTS)
 
 
 def sections(entries: Iterable[AnyEntry] = COMPONENTS) -> tuple[str, ...]:

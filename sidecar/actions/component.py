@@ -21,6 +21,7 @@ and the labels of those conditions (Diagnostics): evidence, versions, the calls 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -38,7 +39,8 @@ from sidecar.actions.repository import ActionCallError, Driver, RepositoryClient
 from sidecar.actions.rollback import DEGRADE, RESTORE, ROLLBACK, Decision, RollbackMachine
 from sidecar.core.protocols import Check, ResultSink
 from sidecar.core.values import CheckResult, CheckStatus, Severity, Transition
-from sidecar.workload.probes import WorkloadProbe
+from sidecar.workload.config import WorkloadConfig
+from sidecar.workload.probes import WorkloadProbe, make_probe
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,22 @@ ACTION_REASONS = {
 }
 
 ProbeFactory = Callable[[str, str | None], WorkloadProbe | None]
+
+
+def workload_probe_factory(workload: WorkloadConfig | None) -> ProbeFactory | None:
+    """The post-action inference: the workload probe's own request and expected answer, sent to
+    the version that should serve. Only for the model the workload probe asks (its golden
+    input and output belong to that model) and only over KServe v2 HTTP."""
+    if workload is None or not workload.enabled or workload.kind != "kserve-http" or not workload.inputs:
+        return None
+    wl = workload
+
+    def factory(model: str, version: str | None) -> WorkloadProbe | None:
+        if model != wl.model:
+            return None
+        return make_probe(dataclasses.replace(wl, model_version=version or ""))
+
+    return factory
 
 
 @dataclass(frozen=True, slots=True)

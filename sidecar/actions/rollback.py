@@ -166,11 +166,12 @@ class RollbackMachine:
             return "GpuFaultNoRollback", (
                 f"GPU-level fault ({self.gpu_fault}): no engine rollback ({self.blocked or 'failed'})"
             )
-        if self.flapping_since is not None:
+        wanted = cur is not None and cur in self.failed and self.good not in (None, cur, self.pinned)
+        if self.flapping_since is not None and wanted:
             return "RollbackFlapping", (
                 f"{len(self.rollbacks)} rollbacks within {self.settings.flap_window_s:g}s; stopped"
             )
-        if self.gave_up_fp is not None:
+        if self.gave_up_fp is not None and wanted:
             return "RollbackGaveUp", f"{self.attempts.count} calls failed; stopped until the engine changes"
         if cur is not None and cur in self.failed:
             if self.good is None:

@@ -163,6 +163,14 @@ class Pipeline:
             except Exception:
                 log.exception("transition listener failed")
 
+    def announce(self, t: Transition) -> None:
+        """An action a component took (it logged and counted it), to the transition listeners."""
+        for listener in self.listeners():
+            try:
+                listener.on_transition(t)
+            except Exception:
+                log.exception("transition listener failed")
+
     def publish(self) -> None:
         """The policy's verdict, to every publisher."""
         verdicts = self.policy.verdicts()

@@ -63,6 +63,8 @@ class Row:
     recover_s: float = 6.0
     hold_s: float = 0.8
     xfail: str = ""  # a known bug: strict xfail with this reason
+    # actions rows: the versions the main server (a real MLServer) lists while the fault holds
+    served: str = ""
 
     def services(self) -> dict[str, str]:
         out = dict(ALL_SERVING)
@@ -554,6 +556,88 @@ ROWS: tuple[Row, ...] = (
         metric="exit status == 3",
         evidence="the file is left as it was; `serve` exits 3 naming it (never starts serving)",
     ),
+    Row(
+        id="actions-rollback-bad-version",
+        fault="a new engine version fails verification (rollback on)",
+        injection="manifest `version: 2` whose `sha256` is not the plan's; MLServer serves versions 0, 1, 2",
+        group="actions",
+        action="engine_bad_new_version",
+        expect={f"engine/{ENGINE}": N, "primary": S},
+        reasons={
+            f"engine/{ENGINE}/checksum": "EngineChecksumMismatch",
+            f"actions/{ENGINE}/rollback": "RolledBack",
+        },
+        metric='trt_health_actions_total{action="rollback",outcome="ok"} += 1',
+        evidence="the server lists only version 1 and an inference answers from it; the engine "
+        "restored: the pin is released (every version listed again)",
+        served="1",
+        detect_s=6.0,
+    ),
+    Row(
+        id="actions-gpu-fault-no-rollback",
+        fault="a GPU fault while the new engine version fails (rollback on)",
+        injection="`gpus: [{reset_required: true}]` + the bad version 2",
+        group="actions",
+        action="gpu_fault_bad_engine",
+        gpu={"reset_required": True},
+        expect={**GPU_DOWN, f"engine/{ENGINE}": N, "primary": S},
+        reasons={
+            f"{GPU}/lost": "GpuResetRequired",
+            f"engine/{ENGINE}/checksum": "EngineChecksumMismatch",
+            f"actions/{ENGINE}/rollback": "GpuFaultNoRollback",
+        },
+        metric='trt_health_rolled_back{engine="prod"} == 0',
+        evidence="no call is made: the server still lists every version",
+        served="0,1,2",
+        detect_s=6.0,
+    ),
+    Row(
+        id="actions-degrade-memory",
+        fault="GPU memory headroom under `degrade.min_free_mib` (degrade on, verified fallback)",
+        injection="`gpus: [{memory_free_mib: 100}]`, `enter_after: 0.3s`",
+        group="actions",
+        gpu={"memory_free_mib": 100},
+        expect={"primary": N},
+        reasons={f"degraded/{ENGINE}": "ServingFallback"},
+        metric='trt_health_degraded{engine="prod"} == 1',
+        evidence="the server lists only the fallback (version 0); back to every version after "
+        "`restore_after: 1s` without pressure",
+        served="0",
+        detect_s=6.0,
+        recover_s=10.0,
+    ),
+    Row(
+        id="actions-flapping-bounded",
+        fault="version 2 keeps changing, verifying and failing (a flapping pair)",
+        injection="bad, fixed, bad, fixed, bad version 2 (a new sha256 each time); `max_rollbacks: 2`",
+        group="actions_flap",
+        action="engine_flapping",
+        expect={f"engine/{ENGINE}": N, "primary": S},
+        reasons={
+            f"engine/{ENGINE}/checksum": "EngineChecksumMismatch",
+            f"actions/{ENGINE}/rollback": "RollbackFlapping",
+        },
+        metric='trt_health_actions_total{action="rollback",outcome="ok"} == 2',
+        evidence="the third rollback is not made: the server lists every version",
+        served="0,1,2",
+        detect_s=20.0,
+    ),
+    Row(
+        id="actions-dry-run",
+        fault="a new engine version fails verification (rollback on, `dry_run: true`)",
+        injection="the bad version 2, as in `actions-rollback-bad-version`",
+        group="actions_dry",
+        action="engine_bad_new_version",
+        expect={f"engine/{ENGINE}": N, "primary": S},
+        reasons={
+            f"engine/{ENGINE}/checksum": "EngineChecksumMismatch",
+            f"actions/{ENGINE}/rollback": "RollbackPending",
+        },
+        metric='trt_health_actions_total{action="rollback",outcome="dry_run"} += 1',
+        evidence="reported (log, metric, Event, condition labels) but no call: every version listed",
+        served="0,1,2",
+        detect_s=6.0,
+    ),
 )
 
 
@@ -586,7 +670,9 @@ def markdown() -> str:
         f"Services not listed are SERVING (`{'`, `'.join(ALL_SERVING)}`). `gpu/<uuid>` is"
         f" `{GPU}`. Groups: `main` shares one sidecar process (the scenario is reset to"
         " healthy between rows); `multi_gpu` runs with `gpu.multi_gpu_model: true`; `reload`"
-        " and `restart` get their own processes.",
+        " and `restart` get their own processes; `actions`, `actions_flap` and `actions_dry` run"
+        " with a real MLServer (versions 0, 1, 2 of the model) and the `actions` section"
+        " (docs/actions.md), and also assert what the server lists and which version answers.",
         "",
         "| # | fault | injection | services | reasons | metric | recovery | group |",
         "|---|---|---|---|---|---|---|---|",

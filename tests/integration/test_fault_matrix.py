@@ -37,6 +37,7 @@ from sidecar.engine.manifest import EngineManifest, TensorSpec, dump_manifest
 from sidecar.engine.plan import make_plan_header
 from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
 from sidecar.testing import child_pids, wait_until
+from sidecar.testing.mlserver import MLServer, index, infer_version, mlserver_exe, running_mlserver
 from sidecar.testing.reload import Watcher
 
 from . import fault_matrix_table as table
@@ -140,6 +141,9 @@ class Engine:
     folder: Path
     original: bytes = b""
     manifest_text: str = ""
+    name: str = ENGINE
+    engine_version: str | None = None  # the manifest's `version` (actions rows)
+    fallback: str | None = None  # the manifest's `fallback` (actions rows)
 
     @property
     def plan(self) -> Path:
@@ -149,13 +153,22 @@ class Engine:
     def manifest(self) -> Path:
         return self.folder / "model.plan.manifest.yaml"
 
-    def write(self, data: bytes, version: tuple[int, int, int, int] = PLAN_VERSION) -> None:
+    def write(
+        self,
+        data: bytes,
+        version: tuple[int, int, int, int] = PLAN_VERSION,
+        *,
+        engine_version: str | None = None,
+        sha256: str | None = None,
+    ) -> None:
         """Atomically replace plan and manifest (a new engine rolled out)."""
         m = EngineManifest(
-            name=ENGINE,
+            name=self.name,
+            version=engine_version or self.engine_version,
+            fallback=self.fallback,
             file="model.plan",
             directory=self.folder,
-            sha256=hashlib.sha256(data).hexdigest(),
+            sha256=sha256 or hashlib.sha256(data).hexdigest(),
             size=len(data),
             tensorrt_version=".".join(map(str, version)),
             compute_capability="9.0",
@@ -425,6 +438,18 @@ def inject(sc: Sidecar, row: Row) -> None:
         sc.engine.write(plan_bytes(1))
     elif action == "engine_wrong_version":
         sc.engine.write(plan_bytes(2, version=(10, 12, 0, 1)), version=(10, 12, 0, 1))
+    elif action == "engine_bad_new_version":
+        sc.engine.write(plan_bytes(2), engine_version="2", sha256="0" * 64)
+    elif action == "gpu_fault_bad_engine":
+        sc.scenario(row)
+        sc.engine.write(plan_bytes(2), engine_version="2", sha256="0" * 64)
+    elif action == "engine_flapping":
+        for i in range(2):  # two rollbacks, each followed by a fixed version 2
+            sc.engine.write(plan_bytes(10 + i), engine_version="2", sha256=f"{i}" * 64)
+            wait_for(lambda: rollback_reason(sc) == "RolledBack", 10, sc, f"rollback {i + 1}")
+            sc.engine.write(plan_bytes(10 + i), engine_version="2")
+            wait_for(lambda: rollback_reason(sc) == "", 10, sc, f"release {i + 1}")
+        sc.engine.write(plan_bytes(20), engine_version="2", sha256="2" * 64)
     elif action == "worker_kill":
         assert sc.proc is not None
         kids = child_pids(sc.proc.proc.pid)
@@ -543,8 +568,14 @@ def assert_metric(sc: Sidecar, row: Row, before: float) -> None:
     wait_for(ok, 2.0, sc, f"metric {row.metric} (now {sc.metric(name, labels)}, before {before})")
 
 
-def run_row(sc: Sidecar, row: Row) -> None:
-    """Inject, expect statuses / reasons / metric / probes, then recovery or stickiness."""
+def rollback_reason(sc: Sidecar) -> str | None:
+    c = sc.state()[1].get(f"actions/{ENGINE}/rollback")
+    return None if c is None else str(c.reason)
+
+
+def run_row(sc: Sidecar, row: Row, during: Callable[[], None] | None = None) -> None:
+    """Inject, expect statuses / reasons / metric / probes, then recovery or stickiness.
+    ``during`` asserts more while the fault holds (what a real main server serves)."""
     name, labels, _, _ = parse_metric_spec(row.metric)
     before = sc.metric(name, labels)
     runs_before = sc.check_runs()  # the checks that run during the fault run at this cadence
@@ -554,6 +585,8 @@ def run_row(sc: Sidecar, row: Row) -> None:
         assert sc.check(service) == want, f"{row.id}: Check({service!r})"
     assert_probes(sc, row)
     assert_metric(sc, row, before)
+    if during is not None:
+        during()
     runs_now = sc.check_runs()
     active = {n for n in row_checks(row) if runs_now.get(n, 0.0) > runs_before.get(n, 0.0)}
     clear(sc, row)
@@ -956,7 +989,7 @@ def test_every_group_has_a_runner() -> None:
         "unix-socket-regular-file",
     }
     for row in table.ROWS:
-        assert row.group in ("main", "multi_gpu") or row.id in own, row.id
+        assert row.group in ("main", "multi_gpu", *ACTION_GROUPS) or row.id in own, row.id
 
 
 def test_changing_every_section_at_once_never_blinks_readiness(own_sidecar: Sidecar) -> None:
@@ -994,3 +1027,96 @@ def test_changing_every_section_at_once_never_blinks_readiness(own_sidecar: Side
         )
     finally:
         watch.close()
+
+
+# -- actions: a real MLServer serving versions 0 (the fallback), 1 and 2 of the model ---------
+
+ACTION_GROUPS = {"actions": "prod-a", "actions_flap": "prod-flap", "actions_dry": "prod-dry"}
+ALL_VERSIONS = ["0", "1", "2"]
+
+
+@pytest.fixture(scope="module")
+def fm_mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServer]:
+    if mlserver_exe() is None:
+        pytest.skip("MLServer not available: set TRT_HEALTH_TEST_MLSERVER")
+    models = {model: ALL_VERSIONS for model in ACTION_GROUPS.values()}
+    with running_mlserver(tmp_path_factory.mktemp("fm-mlserver"), models) as server:
+        yield server
+
+
+def make_actions_sidecar(tmp: Path, server: MLServer, group: str) -> Iterator[Sidecar]:
+    model = ACTION_GROUPS[group]
+    endpoint = Endpoint()
+    engine = Engine(tmp / "engines" / ENGINE, engine_version="1", fallback="prod-fallback").create()
+    fallback = Engine(tmp / "engines" / "prod-fallback", name="prod-fallback", engine_version="0").create()
+    cfg = base_config(engine.manifest, endpoint.url)
+    cfg["engines"]["list"].append({"name": "prod-fallback", "manifest": str(fallback.manifest)})
+    cfg["actions"] = {
+        "enabled": True,
+        "dry_run": group == "actions_dry",
+        "server": "mlserver",
+        "url": server.url,
+        "repository_dir": str(server.root / model),
+        "interval": "0.2s",
+        "timeout": "5s",
+        "engines": [{"engine": ENGINE, "model": model, "rollback": True, "degrade": group == "actions"}],
+        "rollback": {"backoff_initial": "0.1s", "max_rollbacks": 2, "flap_window": "1h"},
+        "degrade": {
+            "enter_after": "0.3s",
+            "restore_after": "1s",
+            "min_free_mib": 1000,
+            "canary_latency": False,
+            "throttling": False,
+            # the production-engine canary runs one engine; the fallback is verified by file
+            "require_fallback_canary": False,
+        },
+    }
+    sc = Sidecar(tmp, cfg, engine, endpoint)
+    try:
+        sc.start()
+        wait_for(sc.healthy, 30, sc, "healthy after start")
+        yield sc
+    finally:
+        sc.kill()
+        endpoint.close()
+
+
+def run_actions_row(sc: Sidecar, server: MLServer, row: Row, model: str) -> None:
+    """The row, plus what the real server lists and which version answers while the fault
+    holds, and that every version is listed again (2 answering) once it cleared."""
+    want = row.served.split(",")
+
+    def during() -> None:
+        assert index(server.url, model) == want, f"{row.id}: the server lists {index(server.url, model)}"
+        assert infer_version(server.url, model)[0] == max(want, key=int)
+
+    assert index(server.url, model) == ALL_VERSIONS
+    run_row(sc, row, during)
+    wait_for(lambda: index(server.url, model) == ALL_VERSIONS, 10, sc, f"{row.id}: every version again")
+    assert infer_version(server.url, model)[0] == "2"
+
+
+@pytest.fixture(scope="class")
+def actions_sidecar(tmp_path_factory: pytest.TempPathFactory, fm_mlserver: MLServer) -> Iterator[Sidecar]:
+    yield from make_actions_sidecar(tmp_path_factory.mktemp("fm-actions"), fm_mlserver, "actions")
+
+
+class TestActions:
+    """Rollback, blame and degraded serving against a real MLServer (docs/actions.md)."""
+
+    @pytest.mark.parametrize("row", params("actions"))
+    def test_row(self, actions_sidecar: Sidecar, fm_mlserver: MLServer, row: Row) -> None:
+        sc = actions_sidecar
+        try:
+            run_actions_row(sc, fm_mlserver, row, ACTION_GROUPS["actions"])
+        finally:
+            if sc.alive():
+                sc.heal()
+
+
+@pytest.mark.parametrize("group", ["actions_flap", "actions_dry"])
+def test_actions_row_own_sidecar(tmp_path: Path, fm_mlserver: MLServer, group: str) -> None:
+    """Rows that need a sidecar of their own (the flap window's count, dry_run)."""
+    (row,) = table.rows(group)
+    for sc in make_actions_sidecar(tmp_path, fm_mlserver, group):
+        run_actions_row(sc, fm_mlserver, row, ACTION_GROUPS[group])

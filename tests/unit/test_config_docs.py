@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from sidecar.actions.config import ActionsConfig
 from sidecar.canary.config import CanaryConfig
 from sidecar.config.fields import declared_keys
 from sidecar.config.sidecar import SidecarConfig
@@ -25,6 +26,7 @@ SECTIONS: dict[str, type[Any]] = {
     "workload": WorkloadConfig,
     "events": EventsConfig,
     "trends": TrendsConfig,
+    "actions": ActionsConfig,
 }
 
 
