@@ -278,7 +278,10 @@ class FileChanges:
         if self._task is not None:
             return
         interval = self.poll_interval_s
-        watcher, self.note = choose_watcher(self._mode, self.paths, self.poll_interval_s)
+        # off the loop: the mount table is read and the folders are stat-ed (a hung NFS mount)
+        watcher, self.note = await asyncio.to_thread(
+            choose_watcher, self._mode, self.paths, self.poll_interval_s
+        )
         if isinstance(watcher, PollWatcher):
             if self.note:
                 log.info("%s: %s", self.name, self.note)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -326,3 +327,32 @@ async def test_folders_made_and_deleted_over_and_over_are_followed(tmp_path: Pat
             shutil.rmtree(tmp_path / "later")
     finally:
         await watcher.stop()
+
+
+@pytest.mark.parametrize("mode", ["auto", "inotify", "poll"])
+async def test_file_changes_start_stats_nothing_on_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """Starting a watch stats the file's folders (a hung NFS mount blocks a stat): never on
+    the event loop's thread."""
+    path = tmp_path / "missing" / "conf.yaml"
+    loop_thread = threading.get_ident()
+    on_loop: list[str] = []
+    real_stat = os.stat
+
+    def recording_stat(p: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(p).startswith(str(tmp_path)) and threading.get_ident() == loop_thread:
+            on_loop.append(str(p))
+        return real_stat(p, *args, **kwargs)
+
+    async def nothing() -> None:
+        return None
+
+    changes = FileChanges([path], nothing, name="test", mode=mode)
+    monkeypatch.setattr(os, "stat", recording_stat)
+    try:
+        await changes.start()
+    finally:
+        monkeypatch.undo()
+        await changes.stop()
+    assert on_loop == []
