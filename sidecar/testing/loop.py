@@ -69,11 +69,12 @@ def slow_callbacks() -> Iterator[SlowCallbacks]:
 
 
 class LoopStacks:
-    """Samples the stack of the thread ``thread_id`` (the loop's) every ``interval_s`` while it
-    is not waiting in its selector; :meth:`report` lists the most frequent busy stacks."""
+    """Samples the stack of ``thread`` (the loop's; it may start later) every ``interval_s``
+    while it is not waiting in its selector; :meth:`report` lists the most frequent busy
+    stacks."""
 
-    def __init__(self, thread_id: int, interval_s: float = 0.01, depth: int = 10) -> None:
-        self._tid = thread_id
+    def __init__(self, thread: threading.Thread, interval_s: float = 0.01, depth: int = 10) -> None:
+        self._target = thread
         self._interval = interval_s
         self._depth = depth
         self._busy: collections.Counter[str] = collections.Counter()
@@ -91,7 +92,8 @@ class LoopStacks:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            frame = sys._current_frames().get(self._tid)
+            tid = self._target.ident
+            frame = None if tid is None else sys._current_frames().get(tid)
             if frame is None or frame.f_code.co_name in _IDLE:
                 continue
             stack = "".join(traceback.format_stack(frame)[-self._depth :])

@@ -43,6 +43,11 @@ class AppThread:
         self.call(self.app.start())
         return self
 
+    @property
+    def thread(self) -> threading.Thread:
+        """The thread the loop runs on (its ``ident`` is set once started)."""
+        return self._thread
+
     def call(self, coro: Any, timeout: float = 10.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
