@@ -35,8 +35,9 @@ from sidecar.canary.worker.runners.tensor_core import TensorCoreRunner
 from sidecar.core.values import CheckResult
 from sidecar.gpu.backend import GpuSample
 from sidecar.gpu.real import RealNvmlBackend
-from sidecar.trends.component import COND_LATENCY, TrendComponent
+from sidecar.trends.component import TrendComponent
 from sidecar.trends.config import TrendsConfig
+from sidecar.trends.tracker import COND_LATENCY
 
 
 class NvmlSamples:

@@ -22,8 +22,8 @@ Two kinds, both WARNING-level by default (they never gate readiness unless confi
   time until a fatal threshold where one exists. A counter that goes *down* means a reset
   (volatile counters restart): the window restarts.
 
-:func:`likely_cause` names the most probable cause of a latency drift from GPU facts read at the
-same time (throttling, clocks, temperature, other processes, a slow host).
+The likely cause of a drift (throttling, clocks, temperature, other processes, a slow host) is
+named by :mod:`sidecar.trends.cause`.
 
 Every detector's state round-trips through :meth:`to_state` / ``from_state`` (plain JSON
 values, bounded in size) so the state dir keeps a trend across restarts.
@@ -281,65 +281,6 @@ class CounterTrend:
         if all(b[0] > a[0] and b[1] >= a[1] for a, b in itertools.pairwise(pts)):
             c._points = deque(pts)
         return c
-
-
-# -- cause labelling -------------------------------------------------------------------------
-
-# NVML clock-event (throttle) reason bits (nvmlClocksEventReason*)
-CLOCK_EVENT_SW_POWER_CAP = 0x4
-CLOCK_EVENT_HW_SLOWDOWN = 0x8
-CLOCK_EVENT_SYNC_BOOST = 0x10
-CLOCK_EVENT_SW_THERMAL = 0x20
-CLOCK_EVENT_HW_THERMAL = 0x40
-CLOCK_EVENT_HW_POWER_BRAKE = 0x80
-
-CAUSES = ("power_throttle", "thermal_throttle", "clocks_low", "gpu_shared", "host_slow", "unknown")
-
-
-@dataclass(frozen=True, slots=True)
-class GpuContext:
-    """GPU facts read at the time of a drift (None where unmonitored)."""
-
-    clock_event_reasons: int | None = None
-    power_violation_s_delta: float | None = None  # violation time grew by this much since last read
-    thermal_violation_s_delta: float | None = None
-    sm_clock_ratio: float | None = None  # current SM clock over its maximum
-    temperature_c: float | None = None
-    slowdown_c: float | None = None
-    other_processes: int | None = None  # compute processes besides the sidecar's worker
-    utilization: float | None = None  # 0..1
-    host_launch_ratio: float | None = None  # host-side launch latency probe over its baseline
-
-
-def likely_cause(ctx: GpuContext) -> str:
-    """The most probable cause of a latency drift, one of :data:`CAUSES`.
-
-    Order: what NVML reports directly (throttle reasons and violation time) first, then lower
-    clocks, then a slow host (the host-side launch probe slowed as much), then sharing."""
-    reasons = ctx.clock_event_reasons or 0
-    if (
-        reasons & (CLOCK_EVENT_HW_THERMAL | CLOCK_EVENT_SW_THERMAL)
-        or (ctx.thermal_violation_s_delta or 0) > 0
-    ):
-        return "thermal_throttle"
-    if (
-        ctx.temperature_c is not None
-        and ctx.slowdown_c is not None
-        and ctx.temperature_c >= ctx.slowdown_c - 2
-    ):
-        return "thermal_throttle"
-    if (
-        reasons & (CLOCK_EVENT_SW_POWER_CAP | CLOCK_EVENT_HW_POWER_BRAKE | CLOCK_EVENT_HW_SLOWDOWN)
-        or (ctx.power_violation_s_delta or 0) > 0
-    ):
-        return "power_throttle"
-    if ctx.sm_clock_ratio is not None and ctx.sm_clock_ratio < 0.9:
-        return "clocks_low"
-    if ctx.host_launch_ratio is not None and ctx.host_launch_ratio > 1.2:
-        return "host_slow"
-    if (ctx.other_processes or 0) > 0 or (ctx.utilization or 0) > 0.5:
-        return "gpu_shared"
-    return "unknown"
 
 
 # -- a book of detectors, persisted as one bounded JSON document ----------------------------

@@ -7,17 +7,14 @@ import json
 import numpy as np
 import pytest
 
+from sidecar.trends.cause import CLOCK_EVENT_HW_THERMAL, CLOCK_EVENT_SW_POWER_CAP, GpuContext, likely_cause
 from sidecar.trends.detectors import (
-    CLOCK_EVENT_HW_THERMAL,
-    CLOCK_EVENT_SW_POWER_CAP,
     MAX_SUBJECTS,
     CounterSettings,
     CounterTrend,
     DriftSettings,
-    GpuContext,
     LatencyDrift,
     TrendBook,
-    likely_cause,
 )
 
 BASE = 0.000_144

@@ -14,9 +14,11 @@ from prometheus_client import CollectorRegistry
 from sidecar.config import ConfigError, Section
 from sidecar.core.values import CheckResult, CheckStatus, Severity
 from sidecar.gpu.backend import EccCounters, GpuInfo, GpuSample
-from sidecar.trends.component import COND_LATENCY, TrendComponent
+from sidecar.trends.cause import CLOCK_EVENT_SW_POWER_CAP
+from sidecar.trends.component import TrendComponent
 from sidecar.trends.config import TrendsConfig, parse_trends_config
-from sidecar.trends.detectors import CLOCK_EVENT_SW_POWER_CAP, DriftSettings
+from sidecar.trends.detectors import DriftSettings
+from sidecar.trends.tracker import COND_LATENCY
 
 UUID = "GPU-0"
 
