@@ -11,8 +11,8 @@ times (``tests/unit/test_gpu_tracker.py``). The caller serialises calls (the com
 
 Fault policy (``../shared/reference/gpu-health-anchors.md`` (b)): the condition builders in
 :mod:`sidecar.gpu.conditions`, :mod:`sidecar.gpu.env_conditions` and
-:mod:`sidecar.gpu.xid_conditions`; the folds of Xid events and vanished GPUs are in
-:mod:`sidecar.gpu.tracker_events`.
+:mod:`sidecar.gpu.xid_conditions`, assembled per sample by :mod:`sidecar.gpu.sample_conditions`;
+the folds of Xid events and vanished GPUs are in :mod:`sidecar.gpu.tracker_events`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import logging
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 
-from sidecar.core.values import CheckResult
 from sidecar.gpu.backend import (
     CLOCKS_HW_MASK,
     REBOOT_CLASS_ACTIONS,
@@ -38,17 +37,11 @@ from sidecar.gpu.backend import (
     RemappedRows,
     value_or_none,
 )
-from sidecar.gpu.conditions import GpuRef, ecc_result, lost_result, recovery_action_result, remap_result
+from sidecar.gpu.conditions import GpuRef, lost_result
 from sidecar.gpu.config import GpuConfig
-from sidecar.gpu.env_conditions import (
-    compute_mode_result,
-    events_result,
-    memory_result,
-    pcie_result,
-    thermal_result,
-)
 from sidecar.gpu.fold import CANARY_CHECK, POLL_CHECK, Book, Fold, GpuTrack, Note
 from sidecar.gpu.latchstate import AddLatch, ClearOnReset, GpuLatchState, Latch, Observed, ObserveSample
+from sidecar.gpu.sample_conditions import sample_results
 from sidecar.gpu.tracker_events import absent_folds, event_fold
 from sidecar.gpu.xid import XID_ECC_CONTAINED, XID_ECC_UNCONTAINED, XidTable
 from sidecar.gpu.xid_conditions import xid_result
@@ -254,79 +247,8 @@ class GpuTracker:
         held = book.state.latches
         out.changes = book.changes
         out.latch_count = len(held)
-        out.results = self._sample_results(st, sample, held, now, corrected_increase, replay_increase)
+        out.results = sample_results(self.config, st, sample, held, now, corrected_increase, replay_increase)
         return out
-
-    def _sample_results(
-        self,
-        st: GpuTrack,
-        sample: GpuSample,
-        held: Sequence[Latch],
-        now: float,
-        corrected_increase: int,
-        replay_increase: int,
-    ) -> list[CheckResult]:
-        cfg = self.config
-        ref = st.ref
-        by_kind = {x.kind: x for x in held}
-        slowdown = cfg.thermal_slowdown_c
-        if slowdown is None and isinstance(sample.slowdown_threshold_c, int):
-            slowdown = float(sample.slowdown_threshold_c)
-        shutdown = cfg.thermal_shutdown_c
-        if shutdown is None and isinstance(sample.shutdown_threshold_c, int):
-            shutdown = float(sample.shutdown_threshold_c)
-        results = [
-            lost_result(ref, latch=by_kind.get("lost"), reset_required=st.reset_required),
-            xid_result(ref, held, list(st.recent), now=now, window_s=cfg.xid_report_window_s),
-            ecc_result(
-                ref,
-                sample.ecc,
-                latch=by_kind.get("ecc"),
-                contained=st.ecc_contained,
-                corrected_increase=corrected_increase,
-                corrected_warn=cfg.ecc_corrected_warn,
-                corrected_window_s=cfg.ecc_corrected_window_s,
-            ),
-            remap_result(ref, sample.remap, sample.retired_pages_pending, latch=by_kind.get("remap")),
-            recovery_action_result(
-                ref,
-                sample.recovery_action,
-                multi_gpu_model=cfg.multi_gpu_model,
-                multi_node_nvlink=cfg.multi_node_nvlink,
-            ),
-            thermal_result(
-                ref,
-                sample.temperature_c,
-                slowdown,
-                shutdown,
-                clock_reasons=sample.clock_event_reasons,
-                hw_slowdown_for_s=None if st.hw_slowdown_since is None else now - st.hw_slowdown_since,
-                sustain_s=cfg.thermal_sustain_s,
-            ),
-            memory_result(
-                ref,
-                sample.memory,
-                sample.processes,
-                required_mib=cfg.required_memory_mib,
-                exclusive_process=value_or_none(sample.compute_mode) == ComputeMode.EXCLUSIVE_PROCESS,
-            ),
-            compute_mode_result(ref, sample.compute_mode),
-            pcie_result(
-                ref,
-                sample.pcie_replay_count,
-                increase=replay_increase,
-                warn=cfg.pcie_replay_warn,
-                window_s=cfg.pcie_replay_window_s,
-            ),
-        ]
-        if cfg.events:
-            reg = st.registration
-            results.append(
-                events_result(ref, registered=reg.registered, unsupported=reg.unsupported, error=reg.error)
-                if reg is not None
-                else events_result(ref, registered=0, unsupported=0, error="not registered")
-            )
-        return results
 
     def fold_error(
         self, info: GpuInfo, exc: NvmlError, *, taken: float, now: float, latches: GpuLatchState | None
