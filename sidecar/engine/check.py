@@ -104,7 +104,10 @@ class EngineFileCheck:
             return
         sha = self.v.hash_result.sha256 if self.v.hash_result else None
         # a hard link or a copy of the whole file, then a manifest rewrite: off the loop
-        await asyncio.to_thread(keep.keep, self.v.name, path, self.v.spec.manifest, sha256=sha)
+        version = self.v.manifest.version if self.v.manifest is not None else None
+        await asyncio.to_thread(
+            keep.keep, self.v.name, path, self.v.spec.manifest, sha256=sha, version=version
+        )
 
     async def _manifest(self) -> tuple[list[CheckResult], bool]:
         """Stage 1: the manifest; False when verification cannot go on (none ever valid)."""

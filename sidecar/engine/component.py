@@ -71,6 +71,10 @@ class EngineComponent:
     ``runtime_tensorrt_version`` the canary worker's TensorRT version, or None (config
     ``tensorrt_version`` takes precedence: it names the main server's runtime).
     ``clock`` is the monotonic clock of every interval the rules measure.
+
+    ``keep`` is the :class:`~sidecar.engine.keep.LastGoodKeep` (None without
+    ``last_good_dir``): ``keep.last_good(name)`` says which engine is the last good one of
+    ``name`` and where it lies (call it on a thread: it stats the kept file).
     """
 
     name = "engines"

@@ -34,12 +34,14 @@ __all__ = ["KeptEngine", "LastGoodKeep"]
 class KeptEngine:
     """The last good engine of one configured engine: ``path`` is the kept file, ``manifest``
     the kept manifest next to it (None without one), ``sha256`` the verified digest (None when
-    the manifest had none), ``stamp`` the kept file's stamp when it was kept."""
+    the manifest had none), ``version`` the manifest's ``version`` (the main server's name for
+    it, None when not given), ``stamp`` the kept file's stamp when it was kept."""
 
     name: str
     path: Path
     manifest: Path | None
     sha256: str | None
+    version: str | None
     stamp: FileStamp
 
 
@@ -52,7 +54,13 @@ class LastGoodKeep:
         self._kept: dict[str, KeptEngine] = {}
 
     def keep(
-        self, name: str, engine: Path, manifest: Path | None, *, sha256: str | None
+        self,
+        name: str,
+        engine: Path,
+        manifest: Path | None,
+        *,
+        sha256: str | None,
+        version: str | None = None,
     ) -> KeptEngine | None:
         """Keep ``engine`` (and ``manifest``) as the last good one of ``name``; None (logged)
         when it could not be kept. Blocking: hard link or copy, then a manifest rewrite."""
@@ -83,11 +91,11 @@ class LastGoodKeep:
             except (OSError, ConfigError) as exc:
                 log.warning("could not keep the last good engine", extra={"engine": name, "error": str(exc)})
                 if kept_stamp is not None:  # the file itself was kept
-                    self._kept[name] = KeptEngine(name, dest / engine.name, None, sha256, kept_stamp)
+                    self._kept[name] = KeptEngine(name, dest / engine.name, None, sha256, version, kept_stamp)
                 return None
             if kept_stamp is None:
                 return None
-            kept = KeptEngine(name, dest / engine.name, kept_manifest, sha256, kept_stamp)
+            kept = KeptEngine(name, dest / engine.name, kept_manifest, sha256, version, kept_stamp)
             self._kept[name] = kept
             return kept
 
