@@ -255,7 +255,7 @@ def test_determinism_self_test_compares_bits_then_tolerance_and_hashes_the_engin
     step: float, bitwise: bool, within: bool
 ) -> None:
     from sidecar.canary.protocol import LoadRequest
-    from sidecar.canary.worker.main import determinism_self_test
+    from sidecar.canary.worker.determinism import determinism_self_test
 
     manifest = Path(__file__).resolve().parents[2] / "engines" / "canary" / "manifest.yaml"
     req = LoadRequest(runner="onnxruntime", manifest=str(manifest), tensorrt_manifest=None)

@@ -8,6 +8,11 @@ segfaults stay in this process; the supervisor kills and replaces it.
 
 ``--allow-faults`` is passed only in simulation: without it, the ``fault`` field of a request
 is ignored, so the production path never misbehaves on purpose.
+
+This module is the request dispatch and the stdin loop; which runner loads is
+:mod:`sidecar.canary.worker.selection`, the memory it reports :mod:`sidecar.canary.worker.memory`,
+the load-time self-test :mod:`sidecar.canary.worker.determinism`, the simulated faults
+:mod:`sidecar.canary.worker.faults`.
 """
 
 from __future__ import annotations
@@ -18,166 +23,21 @@ import signal
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from sidecar.canary import protocol
 from sidecar.canary.protocol import FaultSpec, LoadRequest, WorkerError
-from sidecar.canary.worker.runners.base import Runner, RunnerError, RunnerUnavailable
-from sidecar.engine.manifest import EngineManifest, load_manifest
+from sidecar.canary.worker import faults
+from sidecar.canary.worker.determinism import determinism_self_test
+from sidecar.canary.worker.memory import GpuMemoryProbe, rss_bytes
+from sidecar.canary.worker.runners.base import Runner, RunnerError
+from sidecar.canary.worker.selection import build_production, choose_and_load
 
 log = logging.getLogger("sidecar.canary.worker")
 
 EXIT_STICKY = 3  # exit code after reporting a sticky CUDA error (the context is dead)
-_MIB = 1 << 20
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process (Linux ``/proc``; 0 where unavailable)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-class GpuMemoryProbe:
-    """GPU memory this process holds, per NVML index, measured through NVML when present.
-
-    Per-process accounting (``nvmlDeviceGetComputeRunningProcesses`` matched by PID) is
-    preferred; inside a PID namespace the PIDs may not match, so the used-memory delta
-    around ``load`` is the fallback (approximate if others allocate at the same time).
-    """
-
-    def __init__(self) -> None:
-        self._nvml: Any = None
-        self._before: dict[str, int] = {}
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-        except Exception:  # no NVML (CPU machine): report nothing
-            self._nvml = None
-
-    def _used(self) -> dict[str, int]:
-        nv = self._nvml
-        out: dict[str, int] = {}
-        if nv is None:
-            return out
-        try:
-            for i in range(nv.nvmlDeviceGetCount()):
-                out[str(i)] = int(nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByIndex(i)).used)
-        except Exception:
-            return {}
-        return out
-
-    def mark(self) -> None:
-        self._before = self._used()
-
-    def own(self) -> dict[str, int]:
-        nv = self._nvml
-        if nv is None:
-            return {}
-        pid = os.getpid()
-        found: dict[str, int] = {}
-        try:
-            for i in range(nv.nvmlDeviceGetCount()):
-                handle = nv.nvmlDeviceGetHandleByIndex(i)
-                for p in nv.nvmlDeviceGetComputeRunningProcesses(handle):
-                    if p.pid == pid and p.usedGpuMemory is not None:
-                        found[str(i)] = int(p.usedGpuMemory)
-        except Exception:
-            found = {}
-        if found:
-            return found
-        now = self._used()
-        return {k: max(0, v - self._before.get(k, v)) for k, v in now.items() if k in self._before}
-
-    def describe(self) -> str:
-        """Free / total per GPU, for memory-pressure messages."""
-        nv = self._nvml
-        if nv is None:
-            return ""
-        try:
-            parts = []
-            for i in range(nv.nvmlDeviceGetCount()):
-                m = nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByIndex(i))
-                parts.append(
-                    f"GPU {i}: {m.free / _MIB:.0f} MiB free of {m.total / _MIB:.0f} MiB "
-                    f"({m.used / _MIB:.0f} MiB used)"
-                )
-            return "; ".join(parts)
-        except Exception:
-            return ""
-
-
-def _manifest(path: str | None, what: str) -> EngineManifest:
-    if not path:
-        raise RunnerError("CanaryConfigInvalid", f"no {what} manifest configured")
-    try:
-        return load_manifest(Path(path))
-    except FileNotFoundError as exc:
-        raise RunnerUnavailable("EngineMissing", f"{what} manifest {path} not found") from exc
-    except Exception as exc:  # ConfigError or OSError: a broken manifest is a reason
-        raise RunnerError("ManifestInvalid", f"{what} manifest {path}: {exc}") from exc
-
-
-def build_runner(req: LoadRequest, kind: str) -> Runner:
-    """The runner for one kind (imports stay inside: only the chosen library is loaded)."""
-    if kind == "onnxruntime":
-        from sidecar.canary.worker.runners.onnxruntime_runner import OnnxRuntimeRunner
-
-        return OnnxRuntimeRunner(_manifest(req.manifest, "ONNX canary"))
-    if kind == "cuda-kernel":
-        from sidecar.canary.worker.runners.cuda_kernel import CudaKernelRunner
-
-        return CudaKernelRunner(req.devices)
-    if kind == "tensor-core":
-        from sidecar.canary.worker.runners.tensor_core import SimulatedTensorCoreDevice, TensorCoreRunner
-
-        sim: tuple[SimulatedTensorCoreDevice, ...] = ()
-        if req.tc_simulated_sms > 0:
-            sim = (SimulatedTensorCoreDevice(0, req.tc_simulated_sms, blocks_per_sm=req.tc_blocks_per_sm),)
-        return TensorCoreRunner(
-            req.devices,
-            blocks_per_sm=req.tc_blocks_per_sm,
-            allow_injection=req.tc_allow_injection,
-            simulated=sim,
-        )
-    if kind == "tensorrt":
-        from sidecar.canary.worker.runners.tensorrt_runner import TensorRTRunner
-
-        return TensorRTRunner(
-            _manifest(req.tensorrt_manifest, "TensorRT canary plan"),
-            device=req.devices[0] if req.devices else 0,
-            allow_engine_host_code=req.allow_engine_host_code,
-        )
-    raise RunnerError("CanaryConfigInvalid", f"unknown runner {kind!r}")
-
-
-def choose_and_load(req: LoadRequest) -> tuple[Runner, str]:
-    """Load the configured runner; for ``auto`` try tensorrt, cuda-kernel, onnxruntime in that
-    order and say why each earlier one was passed over."""
-    if req.runner != "auto":
-        runner = build_runner(req, req.runner)
-        return runner, runner.load().detail
-    skipped: list[str] = []
-    for kind in ("tensorrt", "cuda-kernel", "onnxruntime"):
-        if kind == "tensorrt" and not (req.tensorrt_manifest and Path(req.tensorrt_manifest).exists()):
-            skipped.append("tensorrt: no canary plan")
-            continue
-        try:
-            runner = build_runner(req, kind)
-            info = runner.load()
-        except RunnerUnavailable as exc:
-            skipped.append(f"{kind}: {exc.message.split('. ')[0][:120]}")
-            continue
-        note = f" (auto; skipped {'; '.join(skipped)})" if skipped else " (auto)"
-        return runner, info.detail + note
-    raise RunnerUnavailable("RunnerUnavailable", "no canary runner available: " + "; ".join(skipped))
 
 
 class Worker:
@@ -239,17 +99,10 @@ class Worker:
                 determinism = determinism_self_test(self.runner, req)
             self.runner_name = self.runner.name
             prod_detail = ""
-            if req.production is not None:
-                from sidecar.canary.worker.runners.tensorrt_runner import TensorRTRunner
-
-                spec = req.production
-                self.production = TensorRTRunner(
-                    _manifest(spec.manifest, "production engine"),
-                    device=req.devices[0] if req.devices else 0,
-                    allow_engine_host_code=req.allow_engine_host_code,
-                    memory_budget_bytes=int(spec.memory_budget_mib * _MIB),
-                )
-                prod_detail = self.production.load().detail
+            production = build_production(req)
+            if production is not None:
+                self.production = production
+                prod_detail = production.load().detail
         except RunnerError as exc:
             self.error_reply("load", self._with_memory(exc), load_s=time.perf_counter() - t0)
             return
@@ -285,7 +138,7 @@ class Worker:
             self.error_reply("run", WorkerError("RunnerNotLoaded", "run before load"), id=rid)
             return
         if fault is not None:
-            self._pre_fault(fault)
+            faults.before_run(fault, self.leaked)
         gpu_fault = fault.gpu_fault if fault is not None else "none"
         try:
             warmup_s = 0.0
@@ -309,10 +162,7 @@ class Worker:
         except Exception as exc:
             self.error_reply("run", _unexpected(exc), id=rid)
             return
-        if fault is not None and fault.mode == "wrong":
-            outputs = {k: _perturb(v) for k, v in outputs.items()}
-        elif fault is not None and fault.mode == "drift":
-            outputs = {k: _flip_lowest_bit(v) for k, v in outputs.items()}
+        outputs = faults.on_outputs(fault, outputs)
         reply: dict[str, Any] = {
             "op": "run",
             "ok": True,
@@ -326,89 +176,6 @@ class Worker:
         if prod_out is not None:
             reply["production_outputs"] = protocol.encode_arrays(prod_out)
         self.reply(reply)
-
-    def _pre_fault(self, fault: FaultSpec) -> None:
-        if fault.mode == "crash":
-            os.kill(os.getpid(), signal.SIGSEGV)  # a real segfault-like death
-            time.sleep(5)  # in case the signal is handled: never answer
-            os.abort()
-        elif fault.mode == "hang":
-            while True:  # a real hang: only SIGKILL ends it
-                time.sleep(3600)
-        elif fault.mode == "leak":
-            chunk = np.ones(max(1, int(fault.leak_mib * _MIB)), dtype=np.uint8)  # touched pages
-            self.leaked.append(chunk)
-
-
-def determinism_self_test(runner: Runner, req: LoadRequest) -> dict[str, Any]:
-    """Run the canary twice on the same input; report whether the outputs are bit-identical,
-    the largest difference otherwise, and the sha256 of the engine file the golden belongs to
-    (TensorRT builds are not bit-identical across builds: a golden is valid for one file)."""
-    first = runner.infer()
-    second = runner.infer()
-    bitwise = set(first) == set(second) and all(
-        first[k].shape == second[k].shape and first[k].tobytes() == second[k].tobytes() for k in first
-    )
-    path = req.tensorrt_manifest if runner.name == "tensorrt" else req.manifest
-    try:
-        m = load_manifest(Path(path)) if path else None
-    except Exception:  # the runner loaded it already; a failure here only loses the hash
-        m = None
-    atol, rtol = (m.tolerance.atol, m.tolerance.rtol) if m is not None else (0.0, 0.0)
-    worst = 0.0
-    within = set(first) == set(second)
-    for k in set(first) & set(second):
-        if first[k].shape != second[k].shape:
-            within = False
-            continue
-        a, b = first[k].astype(np.float64), second[k].astype(np.float64)
-        if a.size:
-            diff = np.nan_to_num(np.abs(a - b), nan=np.inf)
-            worst = max(worst, float(diff.max()))
-            within = within and bool((diff <= atol + rtol * np.abs(a)).all())
-    out: dict[str, Any] = {
-        "runner": runner.name,
-        "bitwise": bitwise,
-        "max_abs_diff": worst,
-        "within_tolerance": within,
-    }
-    if m is not None:
-        out["manifest_sha256"] = m.sha256
-        out["engine_sha256"] = _sha256(m.path)
-    return out
-
-
-def _sha256(path: Path) -> str | None:
-    import hashlib
-
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError:
-        return None
-    return h.hexdigest()
-
-
-def _perturb(arr: np.ndarray) -> np.ndarray:
-    """A plausible silent corruption: one element off by a visible amount."""
-    out = np.array(arr, copy=True)
-    if out.size:
-        flat = out.reshape(-1)
-        flat[0] = flat[0] + (abs(flat[0]) * 0.5 + 1)
-    return out
-
-
-def _flip_lowest_bit(arr: np.ndarray) -> np.ndarray:
-    """A corruption the golden's tolerance cannot see: the lowest bit of one element flipped
-    (the exact digest changes, the comparison within tolerance passes): what replica
-    consistency (docs/trends.md) exists to catch."""
-    out = np.array(arr, copy=True)
-    if out.size and out.dtype.itemsize in (1, 2, 4, 8):
-        view = out.reshape(-1).view(np.dtype(f"u{out.dtype.itemsize}"))
-        view[0] ^= 1
-    return out
 
 
 def _unexpected(exc: BaseException) -> WorkerError:
