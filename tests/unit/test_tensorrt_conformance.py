@@ -11,12 +11,8 @@ from types import ModuleType
 
 import pytest
 
-from sidecar.canary.worker.runners.tensorrt_runner import (
-    TRT_API,
-    TRT_MODULES,
-    make_logger,
-    make_recorder,
-)
+from sidecar.canary.worker.runners.tensorrt_module import TRT_MODULES, make_logger, make_recorder
+from sidecar.canary.worker.runners.tensorrt_runner import TRT_API
 
 
 def _lean() -> ModuleType:

@@ -3,33 +3,32 @@ golden input through it on a private stream, keep everything between canaries.
 
 Only the name-based I/O API is used (``num_io_tensors``, ``get_tensor_name``,
 ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``); buffers and the stream come
-from ``cuda.bindings.runtime`` with every return code checked. A capturing logger and an error
-recorder turn TensorRT's own messages into reasons. Modules are tried in order
-``tensorrt``, ``tensorrt_lean``, ``tensorrt_lean_bindings`` (the lean wheel's real name).
+from ``cuda.bindings.runtime`` with every return code checked
+(:mod:`sidecar.canary.worker.runners.cuda_runtime`). A capturing logger and an error recorder
+turn TensorRT's own messages into reasons; modules are tried in order ``tensorrt``,
+``tensorrt_lean``, ``tensorrt_lean_bindings`` (both in
+:mod:`sidecar.canary.worker.runners.tensorrt_module`).
 
 The lean runtime runs only version-compatible plans, and those carry a copy of the lean runtime
 that executes code from the plan: loading them needs ``engine_host_code_allowed = True``, which
 this runner sets only when the config says ``allow_engine_host_code: true`` (default false).
 
-Every TensorRT attribute this module touches is listed in :data:`TRT_API`;
+Every TensorRT attribute this module and ``tensorrt_module`` touch is listed in :data:`TRT_API`;
 ``tests/unit/test_tensorrt_conformance.py`` checks them against the real ``tensorrt_lean``
 classes, so the list and the code cannot drift apart silently.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from sidecar.canary.worker.runners.base import LoadInfo, RunnerError, RunnerUnavailable, load_golden_inputs
-from sidecar.canary.worker.runners.cuda_kernel import STICKY_ERRORS, cuda_reason
+from sidecar.canary.worker.runners.cuda_runtime import checked, native_handle
+from sidecar.canary.worker.runners.tensorrt_module import import_tensorrt, make_logger, make_recorder
 from sidecar.engine.manifest import EngineManifest
-
-TRT_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings")
 
 # TensorRT DataType name -> numpy dtype (types numpy lacks are refused at load).
 _NP_DTYPES = {
@@ -84,72 +83,6 @@ TRT_API: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def import_tensorrt() -> ModuleType:
-    """The first importable TensorRT module. Raises :class:`RunnerUnavailable`."""
-    problems = []
-    for name in TRT_MODULES:
-        try:
-            return importlib.import_module(name)
-        except Exception as exc:  # a broken install raises more than ImportError
-            problems.append(f"{name}: {exc}")
-    raise RunnerUnavailable("RunnerUnavailable", "no TensorRT module: " + "; ".join(problems))
-
-
-def make_logger(trt: ModuleType) -> Any:
-    """An ``ILogger`` that keeps every message (severity name, text)."""
-
-    class CaptureLogger(trt.ILogger):  # type: ignore[name-defined,misc]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)  # required for the pybind trampoline
-            self.records: list[tuple[str, str]] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            self.records.append((getattr(severity, "name", str(severity)), msg))
-            del self.records[:-200]  # bounded: a long-lived worker must not grow
-
-        def errors(self) -> list[str]:
-            return [m for s, m in self.records if s in ("INTERNAL_ERROR", "ERROR")]
-
-    return CaptureLogger()
-
-
-def make_recorder(trt: ModuleType) -> Any:
-    """An ``IErrorRecorder``. TensorRT's C++ side calls ``get_num_errors``; Python callers use
-    ``num_errors``: both are defined (reference/tensorrt-anchors.md, section 0)."""
-
-    class Recorder(trt.IErrorRecorder):  # type: ignore[name-defined,misc]
-        def __init__(self) -> None:
-            trt.IErrorRecorder.__init__(self)
-            self.errors: list[tuple[Any, str]] = []
-
-        def report_error(self, code: Any, desc: str) -> bool:
-            self.errors.append((code, desc))
-            del self.errors[:-100]
-            return False  # not fatal from our side: TensorRT decides
-
-        def get_num_errors(self) -> int:
-            return len(self.errors)
-
-        num_errors = get_num_errors
-
-        def get_error_code(self, index: int) -> Any:
-            return self.errors[index][0]
-
-        def get_error_desc(self, index: int) -> str:
-            return self.errors[index][1]
-
-        def has_overflowed(self) -> bool:
-            return False
-
-        def clear(self) -> None:
-            self.errors.clear()
-
-        def texts(self) -> list[str]:
-            return [f"{getattr(c, 'name', c)}: {d}" for c, d in self.errors]
-
-    return Recorder()
-
-
 @dataclass
 class _Buffers:
     host: dict[str, np.ndarray]
@@ -191,33 +124,10 @@ class TensorRTRunner:
     # --- CUDA runtime helpers --------------------------------------------------------------
 
     def _ck(self, result: Any, what: str) -> Any:
-        rt = self._rt
-        err = result[0] if isinstance(result, tuple) else result
-        if err != rt.cudaError_t.cudaSuccess:
-            try:
-                raw = rt.cudaGetErrorName(err)[1]
-                name = raw.decode() if isinstance(raw, bytes) else str(raw)
-            except Exception:
-                name = getattr(err, "name", str(err))
-            driver_name = _runtime_to_driver_name(name)
-            raise RunnerError(
-                cuda_reason(driver_name),
-                f"{what}: {name} ({int(err)})" + self._trt_tail(),
-                cuda_error=driver_name,
-                sticky=driver_name in STICKY_ERRORS,
-            )
-        values = result[1:] if isinstance(result, tuple) else ()
-        if not values:
-            return None
-        return values[0] if len(values) == 1 else values
+        return checked(self._rt, result, what, self._trt_tail)
 
     def _stream_handle(self) -> int:
-        try:
-            from cuda.bindings.utils import get_cuda_native_handle
-
-            return int(get_cuda_native_handle(self._stream))
-        except ImportError:
-            return int(self._stream)
+        return native_handle(self._stream)
 
     def _trt_tail(self) -> str:
         texts: list[str] = []
@@ -419,24 +329,3 @@ class TensorRTRunner:
             self._stream = None
         self._engine = None
         self._runtime = None
-
-
-def _runtime_to_driver_name(name: str) -> str:
-    """``cudaErrorIllegalAddress`` -> ``CUDA_ERROR_ILLEGAL_ADDRESS`` (one vocabulary for
-    reasons and metrics, whichever API reported it)."""
-    if not name.startswith("cudaError"):
-        return name
-    special = {
-        "cudaErrorMemoryAllocation": "CUDA_ERROR_OUT_OF_MEMORY",
-        "cudaErrorNoDevice": "CUDA_ERROR_NO_DEVICE",
-        "cudaErrorInsufficientDriver": "CUDA_ERROR_NO_DEVICE",
-        "cudaErrorLaunchFailure": "CUDA_ERROR_LAUNCH_FAILED",
-    }
-    if name in special:
-        return special[name]
-    out: list[str] = []
-    for ch in name[len("cudaError") :]:
-        if ch.isupper() and out:
-            out.append("_")
-        out.append(ch.upper())
-    return "CUDA_ERROR_" + "".join(out)
