@@ -186,34 +186,45 @@ class ActionsComponent:
                 for e in self._engines:
                     if r.labels.get("model", e.spec.model) == e.spec.model:
                         e.rollback.latency_sample(float(r.value))
+        if not relevant:
+            return
         for e in self._engines:
             ev = self.book.engine(e.spec.engine)
             if ev.fault is None:
                 e.fault_seen_at = None
             elif e.fault_seen_at is None:
                 e.fault_seen_at = now
-        if relevant and self._sink is not None and self.checks():
+        self._update()
+        if self._sink is not None and self.checks():
             self._sink.trigger(CHECK_NAME)
 
     # -- the decision loop -----------------------------------------------------------------
 
-    async def tick(self) -> list[CheckResult]:
-        """Update every machine from the evidence, take due actions, report."""
-        cfg = self.config
-        if not cfg.enabled:
-            return []
+    def _update(self) -> list[str | None]:
+        """Fold the evidence into every machine (also on each observe: a version that verified
+        and was replaced before the next tick is still known as good). Returns each engine's
+        fallback version."""
         gpu = self.book.gpu_fault()
-        d = cfg.degrade
+        d = self.config.degrade
         pressure = self.book.pressure(
             min_free_mib=d.min_free_mib, canary_latency=d.canary_latency, throttling=d.throttling
         )
-        out: list[CheckResult] = []
+        versions: list[str | None] = []
         for e in self._engines:
-            now = self.clock()
             ev = self.book.engine(e.spec.engine)
             e.rollback.update(ev, gpu)
             fb_version, fb_ready, fb_why = self._fallback(e, ev.fallback)
-            e.degrade.update(pressure if e.spec.degrade else None, fb_ready, fb_why, now)
+            e.degrade.update(pressure if e.spec.degrade else None, fb_ready, fb_why, self.clock())
+            versions.append(fb_version)
+        return versions
+
+    async def tick(self) -> list[CheckResult]:
+        """Update every machine from the evidence, take due actions, report."""
+        if not self.config.enabled:
+            return []
+        out: list[CheckResult] = []
+        for e, fb_version in zip(self._engines, self._update(), strict=True):
+            now = self.clock()
             decision: Decision | None = None
             if e.spec.degrade:
                 decision = e.degrade.decide(now, fb_version)

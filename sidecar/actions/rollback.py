@@ -86,6 +86,7 @@ class RollbackMachine:
         self.engine = engine
         self.settings = settings
         self.goods: list[str] = []  # versions verified on this GPU, oldest first
+        self.good_fps: dict[str, str] = {}  # their fingerprints when they verified
         self.current: str | None = None
         self.current_fp = ""
         self.failed: dict[str, tuple[str, str]] = {}  # version -> (fingerprint, why)
@@ -116,11 +117,20 @@ class RollbackMachine:
         if gpu_fault is not None:
             return  # blame the GPU: the engine is neither marked failed nor good
         if ev.fault is not None:
+            if ev.fault.startswith("engine/") and self.good_fps.get(ev.version) == ev.fingerprint:
+                # the file of an engine that verified here fails under an unchanged manifest
+                # (replaced mid-rollout, or corrupted on the volume): not a bad *new* version,
+                # nothing to roll back from; the engine conditions report it. Its canary
+                # failing (canary/engine/...) or a latency regression still counts.
+                return
             self.failed[ev.version] = (ev.fingerprint, f"{ev.fault}: {ev.detail}".strip(": "))
         elif ev.verified and ev.version not in self.failed:
             if ev.version in self.goods:
                 self.goods.remove(ev.version)
             self.goods.append(ev.version)
+            self.good_fps[ev.version] = ev.fingerprint
+            for old in self.goods[:-8]:
+                self.good_fps.pop(old, None)
             del self.goods[:-8]
 
     @property

@@ -186,17 +186,20 @@ async def test_gpu_fault_does_not_roll_back(mlserver: MLServer) -> None:
 
 
 async def test_flapping_pair_is_bounded(mlserver: MLServer) -> None:
-    """Version 2 keeps changing, verifying and failing: two rollbacks within the window, the
-    third is not made (RollbackFlapping, 2 stays served); past the window it acts again."""
+    """Version 2 keeps changing, verifying and then failing its canary: two rollbacks within
+    the window, the third is not made (RollbackFlapping, 2 stays served); past the window it
+    acts again."""
     clock = SteppableClock()
     actions, _, _ = make(mlserver, "flap", clock)
     try:
         actions.observe(engine_results("flap", "1"))
         await actions.tick()
-        for i in range(3):
-            actions.observe(engine_results("flap", "2", sha=f"{i}" * 64))
+        mismatch = CheckResult.failed("canary/engine/flap", "CanaryMismatch", "off", severity=Severity.FATAL)
+        for i in range(3):  # version 2 verifies by file, then its production canary fails
+            passed = CheckResult.passed("canary/engine/flap")
+            actions.observe([*engine_results("flap", "2", sha=f"{i}" * 64), passed])
             await actions.tick()
-            actions.observe(engine_results("flap", "2", bad="checksum", sha=f"{i}" * 64))
+            actions.observe([mismatch])
             results = await actions.tick()
             clock.advance(60)
         kinds = [(r.kind, r.outcome) for r in actions.history]

@@ -14,14 +14,14 @@ from sidecar.core.values import CheckResult, Severity
 
 
 def ev(
-    version: str, *, ok: bool = True, sha: str = "", fault: str = "EngineChecksumMismatch"
+    version: str, *, ok: bool = True, sha: str = "", fault: str = "engine/m/checksum: EngineChecksumMismatch"
 ) -> EngineEvidence:
     return EngineEvidence(
         engine="m",
         version=version,
         fingerprint=f"{version}@{sha}",
         verified=ok,
-        fault=None if ok else f"engine/m/checksum: {fault}",
+        fault=None if ok else fault,
         detail="" if ok else "sha256 differs",
     )
 
@@ -159,6 +159,26 @@ def test_gpu_fault_never_rolls_back_nor_marks_the_version() -> None:
     assert m.decide(2) is None and m.good == "2"
 
 
+def test_a_verified_engine_failing_unchanged_is_not_a_bad_new_version() -> None:
+    """The plan of version 1 replaced before its manifest (a rollout that is not atomic): the
+    unchanged version 1 fails its checksum. It verified here: it is not blamed, nothing is
+    rolled back, and version 2, once it arrives bad, is rolled back to 1."""
+    m = RollbackMachine("m", S)
+    m.update(ev("1"), None)
+    m.update(ev("1", ok=False), None)
+    assert "1" not in m.failed and m.decide(0) is None and m.good == "1"
+    # its canary failing is another matter: that is the engine's content
+    m2 = RollbackMachine("m", S)
+    m2.update(ev("1"), None)
+    m2.update(ev("2"), None)
+    m2.update(ev("2", ok=False, fault="canary/engine/m: CanaryMismatch"), None)
+    d2 = m2.decide(0)
+    assert d2 is not None and (d2.kind, d2.target) == (ROLLBACK, "1")
+    m.update(ev("2", ok=False, sha="b"), None)
+    d = m.decide(1)
+    assert d is not None and (d.kind, d.target) == (ROLLBACK, "1")
+
+
 def test_failed_version_not_retried_until_it_changes() -> None:
     m = RollbackMachine("m", S)
     m.update(ev("1"), None)
@@ -197,20 +217,21 @@ def test_flapping_pair_is_bounded() -> None:
     m = RollbackMachine("m", S)
     m.update(ev("1"), None)
     rollbacks = 0
-    for i in range(6):  # a new version 2 keeps arriving, verifying, then failing
+    mismatch = "canary/engine/m: CanaryMismatch"
+    for i in range(6):  # a new version 2 keeps arriving, verifying, then its canary failing
         m.update(ev("2", sha=f"s{i}"), None)
         d = m.decide(i * 10)
         if d is not None:
             assert d.kind == RELEASE
             m.done(d, True, i * 10)
-        m.update(ev("2", ok=False, sha=f"s{i}"), None)
+        m.update(ev("2", ok=False, sha=f"s{i}", fault=mismatch), None)
         d = m.decide(i * 10 + 1)
         if d is not None:
             assert d.kind == ROLLBACK
             rollbacks += 1
             m.done(d, True, i * 10 + 1)
     assert rollbacks == 2 and m.status()[0] == "RollbackFlapping"
-    m.update(ev("2", ok=False, sha="late"), None)
+    m.update(ev("2", ok=False, sha="late", fault=mismatch), None)
     assert m.decide(150) is not None  # the window passed since the last rollback
 
 
