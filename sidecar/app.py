@@ -199,8 +199,10 @@ class SidecarApp:
         diagnostics = DiagnosticsService(
             self.snapshot, monotonic=self.clock, started_unix=self.started_unix, simulated=cfg.simulate
         )
-        self.grpc = start_grpc_server(
-            cfg.grpc, self.health_service, diagnostics, make_room=remove_stale_socket
+        # servers are built, bound and started on a thread (first imports, TLS files, binds):
+        # nothing blocking runs on the loop, start-up included
+        self.grpc = await asyncio.to_thread(
+            start_grpc_server, cfg.grpc, self.health_service, diagnostics, make_room=remove_stale_socket
         )
         self.grpc_port, self.grpc_tls_port = self.grpc.port, self.grpc.tls_port
         if cfg.http.enabled:
@@ -212,13 +214,13 @@ class SidecarApp:
                 max_connections=cfg.http.max_connections,
                 request_timeout_s=cfg.http.request_timeout_s,
             )
-            self.http.start()
+            await asyncio.to_thread(self.http.start)
         if cfg.simulate:
             self.scenario = ScenarioFile(Path(cfg.scenario) if cfg.scenario else None)
             await self.scenario.start()
             self.slots.scenario = self.scenario
         for section in self.slots.sections:
-            self.slots.install(section, cfg)
+            await self.slots.install(section, cfg)
         for section in self.slots.sections:
             await self.slots.start(section)
         self._tasks.append(asyncio.create_task(self.heartbeat.run(), name="heartbeat"))

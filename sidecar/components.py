@@ -184,8 +184,6 @@ def _build_engines(config: EnginesConfig, ctx: BuildContext) -> EngineComponent:
     return EngineComponent(
         config,
         registry=ctx.registry,
-        state_dir=ctx.state_dir,
-        simulate=ctx.simulate,
         gpu_compute_capability=ctx.gpu_state.compute_capability,
         gpu_free_memory_mib=ctx.gpu_state.free_memory_mib,
     )

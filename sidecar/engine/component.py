@@ -84,9 +84,6 @@ class EngineComponent:
         config: EnginesConfig,
         *,
         registry: CollectorRegistry,
-        state_dir: Path | None = None,
-        simulate: bool = False,
-        scenario: object | None = None,
         gpu_compute_capability: Callable[[], str | None] | None = None,
         gpu_free_memory_bytes: Callable[[], int | None] | None = None,
         gpu_free_memory_mib: Callable[[], float | None] | None = None,
@@ -95,8 +92,6 @@ class EngineComponent:
         clock: Clock = time.monotonic,
     ) -> None:
         self.config = config
-        self.state_dir = state_dir
-        self.simulate = simulate  # engine checks run on real files in simulation too
         self._gpu_cc = gpu_compute_capability
         self._gpu_free = gpu_free_memory_bytes
         if self._gpu_free is None and gpu_free_memory_mib is not None:

@@ -96,9 +96,11 @@ class Slots:
         registry = CollectorRegistry()
         return self._build(section, config, registry), registry
 
-    def install(self, section: str, config: SidecarConfig) -> None:
-        """Build one section's component and put it in its slot (at start)."""
-        obj, registry = self.build(section, config)
+    async def install(self, section: str, config: SidecarConfig) -> None:
+        """Build one section's component and put it in its slot (at start). The build runs on
+        a thread, as during a reload: it imports the component's modules and reads files,
+        and the loop is what liveness measures."""
+        obj, registry = await asyncio.to_thread(self.build, section, config)
         self._put(section, obj, registry, SlotSink(self._live, staged=False))
 
     def _put(self, section: str, obj: Component | None, registry: CollectorRegistry, sink: SlotSink) -> None:

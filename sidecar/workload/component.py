@@ -13,9 +13,9 @@ Two conditions:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -71,9 +71,6 @@ class WorkloadComponent:
         *,
         registry: CollectorRegistry,
         gpu_state: GpuStateView | None = None,
-        simulate: bool = False,
-        scenario: object | None = None,
-        state_dir: Path | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.config = config
@@ -107,7 +104,8 @@ class WorkloadComponent:
     async def start(self, sink: ResultSink) -> None:
         if not self.config.enabled:
             return
-        self._probe = make_probe(self.config, transport=self._transport)
+        # the HTTP client loads the CA bundle: on a thread
+        self._probe = await asyncio.to_thread(make_probe, self.config, transport=self._transport)
         sink.submit(
             [
                 CheckResult.unknown(
@@ -129,7 +127,7 @@ class WorkloadComponent:
 
     async def probe_once(self) -> ProbeOutcome:
         if self._probe is None:
-            self._probe = make_probe(self.config, transport=self._transport)
+            self._probe = await asyncio.to_thread(make_probe, self.config, transport=self._transport)
         outcome = await self._probe.probe()
         kind = self.config.kind
         self.m_latency.labels(kind=kind).observe(outcome.latency_s)
