@@ -14,6 +14,7 @@ import pytest
 from sidecar.canary.protocol import FaultSpec, LoadRequest
 from sidecar.canary.worker import faults
 from sidecar.canary.worker.runners.base import RunnerError, RunnerUnavailable
+from sidecar.canary.worker.runners.cuda_kernel import STICKY_ERRORS
 from sidecar.canary.worker.runners.cuda_runtime import checked, runtime_to_driver_name
 from sidecar.canary.worker.selection import build_production, build_runner, manifest
 
@@ -27,10 +28,21 @@ from sidecar.canary.worker.selection import build_production, build_runner, mani
         ("cudaErrorInsufficientDriver", "CUDA_ERROR_NO_DEVICE"),
         ("cudaErrorLaunchFailure", "CUDA_ERROR_LAUNCH_FAILED"),
         ("CUDA_ERROR_ASSERT", "CUDA_ERROR_ASSERT"),  # already the driver's name
+        # acronyms stay one word (they used to become CUDA_ERROR_E_C_C_..., missing the sticky set)
+        ("cudaErrorECCUncorrectable", "CUDA_ERROR_ECC_UNCORRECTABLE"),
+        ("cudaErrorMpsClientTerminated", "CUDA_ERROR_MPS_CLIENT_TERMINATED"),
+        ("cudaErrorInvalidPc", "CUDA_ERROR_INVALID_PC"),
+        ("cudaErrorNvlinkUncorrectable", "CUDA_ERROR_NVLINK_UNCORRECTABLE"),
     ],
 )
 def test_runtime_error_names_in_the_driver_vocabulary(runtime: str, driver: str) -> None:
     assert runtime_to_driver_name(runtime) == driver
+
+
+def test_an_uncorrectable_ecc_error_from_the_runtime_api_is_sticky() -> None:
+    """The TensorRT runner reports runtime-API errors: an uncorrectable ECC error there poisons
+    the context as it does from the driver API (the worker must be replaced)."""
+    assert runtime_to_driver_name("cudaErrorECCUncorrectable") in STICKY_ERRORS
 
 
 class FakeError(enum.IntEnum):

@@ -57,9 +57,14 @@ def runtime_to_driver_name(name: str) -> str:
     }
     if name in special:
         return special[name]
+    # a word starts at a capital after a lower-case letter or digit, or at the last capital of
+    # an acronym (``ECCUncorrectable`` -> ``ECC_UNCORRECTABLE``, not ``E_C_C_...``)
+    rest = name[len("cudaError") :]
     out: list[str] = []
-    for ch in name[len("cudaError") :]:
-        if ch.isupper() and out:
-            out.append("_")
+    for i, ch in enumerate(rest):
+        if ch.isupper() and i > 0:
+            prev, nxt = rest[i - 1], rest[i + 1 : i + 2]
+            if not prev.isupper() or (nxt and nxt.islower()):
+                out.append("_")
         out.append(ch.upper())
     return "CUDA_ERROR_" + "".join(out)
