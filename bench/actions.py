@@ -31,8 +31,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.actions.component import ActionRecord, ActionsComponent
+from sidecar.actions.component import ActionsComponent
 from sidecar.actions.config import parse_actions_config
+from sidecar.actions.report import ActionRecord
 from sidecar.config import Section
 from sidecar.core.values import CheckResult, Severity
 from sidecar.engine.config import EngineSpec

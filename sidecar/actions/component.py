@@ -35,25 +35,18 @@ from sidecar.actions.config import ActionsConfig, EngineActions
 from sidecar.actions.degrade import DegradeMachine
 from sidecar.actions.evidence import EvidenceBook
 from sidecar.actions.metrics import ActionMetrics
+from sidecar.actions.report import ActionRecord, engine_conditions, report_action
 from sidecar.actions.repository import ActionCallError, Driver, RepositoryClient, make_driver
-from sidecar.actions.rollback import DEGRADE, RESTORE, ROLLBACK, Decision, RollbackMachine
+from sidecar.actions.rollback import DEGRADE, RESTORE, Decision, RollbackMachine
 from sidecar.core.protocols import Check, ResultSink
-from sidecar.core.values import CheckResult, CheckStatus, Severity, Transition
+from sidecar.core.values import CheckResult, Transition
 from sidecar.workload.config import WorkloadConfig
 from sidecar.workload.probes import WorkloadProbe, make_probe
 
 log = logging.getLogger(__name__)
 
 CHECK_NAME = "actions"
-SERVICE_PRIMARY = "primary"
-GATES = frozenset({SERVICE_PRIMARY})
 WORKLOAD = "workload"
-ACTION_REASONS = {
-    ROLLBACK: "EngineRolledBack",
-    "release": "EngineRolledForward",
-    DEGRADE: "ServingFallback",
-    RESTORE: "RestoredPrimary",
-}
 
 ProbeFactory = Callable[[str, str | None], WorkloadProbe | None]
 
@@ -72,29 +65,6 @@ def workload_probe_factory(workload: WorkloadConfig | None) -> ProbeFactory | No
         return make_probe(dataclasses.replace(wl, model_version=version or ""))
 
     return factory
-
-
-@dataclass(frozen=True, slots=True)
-class ActionRecord:
-    """One action taken (or, in dry-run, that would have been)."""
-
-    engine: str
-    model: str
-    kind: str
-    target: str | None
-    previous: str | None
-    evidence: str
-    outcome: str  # ok | failed | dry_run
-    calls: str
-    server: str  # what the server serves afterwards
-    verdict_at: float  # when the evidence that caused it was first seen
-    started_at: float
-    called_at: float
-    verified_at: float
-
-    @property
-    def total_s(self) -> float:
-        return self.verified_at - self.verdict_at
 
 
 @dataclass
@@ -317,110 +287,17 @@ class ActionsComponent:
     def _record(self, e: _Engine, rec: ActionRecord) -> None:
         self.history.append(rec)
         e.last = rec
-        self.metrics.actions.labels(rec.engine, rec.kind, rec.outcome).inc()
-        if rec.outcome == "ok":
-            self.metrics.seconds.labels(rec.engine, rec.kind).set(rec.total_s)
-        reason = ACTION_REASONS.get(rec.kind, "EngineAction")
-        if rec.outcome == "dry_run":
-            reason = "DryRun" + reason
-        elif rec.outcome == "failed":
-            reason = reason + "Failed"
-        to = rec.target or "the repository's versions"
-        message = (
-            f"{rec.kind} {rec.model} to {to} (was {rec.previous or '-'}): {rec.outcome}; "
-            f"evidence: {rec.evidence}; calls: {rec.calls}; server: {rec.server}"
-        )
-        level = logging.WARNING if rec.outcome != "ok" or rec.kind in (ROLLBACK, DEGRADE) else logging.INFO
-        log.log(
-            level,
-            "engine action",
-            extra={
-                "engine": rec.engine,
-                "model": rec.model,
-                "action": rec.kind,
-                "target": rec.target,
-                "previous": rec.previous,
-                "outcome": rec.outcome,
-                "evidence": rec.evidence,
-                "calls": rec.calls,
-                "server": rec.server,
-                "seconds": round(rec.total_s, 3),
-            },
-        )
-        # a successful switch to or from the fallback is the degraded/<engine> condition's own
-        # transition (ServingFallback, then Recovered): announcing it too would be two Events
-        switch = rec.kind in (DEGRADE, RESTORE) and rec.outcome == "ok"
-        if self.announce is not None and not switch:
-            self.announce(
-                Transition(
-                    condition=f"actions/{rec.engine}/{rec.kind}",
-                    healthy=False,
-                    previous=True,
-                    reason=reason,
-                    message=message[:1000],
-                    at=rec.verified_at,
-                    labels={"engine": rec.engine, "model": rec.model, "target": rec.target or ""},
-                    severity=Severity.CRITICAL,
-                )
-            )
-
-    # -- results ---------------------------------------------------------------------------
-
-    def _labels(self, e: _Engine) -> dict[str, str]:
-        rb = e.rollback
-        labels = {
-            "engine": e.spec.engine,
-            "model": e.spec.model,
-            "version": rb.current or "",
-            "last_good": rb.good or "",
-            "pinned": rb.pinned or "",
-            "dry_run": "true" if self.config.dry_run else "false",
-        }
-        if e.last is not None:
-            labels.update(
-                last_action=e.last.kind,
-                last_outcome=e.last.outcome,
-                last_calls=e.last.calls[:300],
-                last_server=e.last.server[:300],
-                last_evidence=e.last.evidence[:300],
-            )
-        return labels
+        report_action(rec, self.metrics, self.announce)
 
     def _results(self, e: _Engine) -> list[CheckResult]:
-        now = self.clock()
-        labels = self._labels(e)
-        name = e.spec.engine
-        d_reason, d_msg = e.degrade.status(now) if e.spec.degrade else ("", "degrade off")
-        rb_reason, rb_msg = e.rollback.status() if e.spec.rollback else ("", "rollback off")
-        self.metrics.degraded.labels(name).set(1 if e.degrade.active else 0)
-        self.metrics.rolled_back.labels(name).set(1 if e.rollback.pinned is not None else 0)
-        if e.degrade.active and e.last is not None and e.last.kind == DEGRADE:
-            d_msg = f"{d_msg}; calls: {e.last.calls}; server: {e.last.server}"
-        dry = e.dry_run_last is not None and self.config.dry_run
-        if dry and e.last is not None:
-            note = f"dry run: {e.last.calls}"
-            d_msg, rb_msg = f"{d_msg}; {note}", f"{rb_msg}; {note}"
-        degraded = (
-            CheckResult.failed(f"degraded/{name}", d_reason, d_msg, labels=labels, gates=GATES)
-            if e.degrade.active
-            else CheckResult.passed(
-                f"degraded/{name}", reason=d_reason, message=d_msg, labels=labels, gates=GATES
-            )
+        self.metrics.degraded.labels(e.spec.engine).set(1 if e.degrade.active else 0)
+        self.metrics.rolled_back.labels(e.spec.engine).set(1 if e.rollback.pinned is not None else 0)
+        return engine_conditions(
+            e.spec,
+            e.rollback,
+            e.degrade,
+            e.last,
+            now=self.clock(),
+            dry_run=self.config.dry_run and e.dry_run_last is not None,
+            dry_run_config=self.config.dry_run,
         )
-        failing = rb_reason in (
-            "RolledBack",
-            "RollbackPending",
-            "NoGoodVersion",
-            "RollbackGaveUp",
-            "RollbackFlapping",
-        )
-        rollback = CheckResult(
-            f"actions/{name}/rollback",
-            CheckStatus.FAIL if failing else CheckStatus.OK,
-            Severity.WARNING,
-            rb_reason,
-            rb_msg,
-            labels,
-            gates=GATES,
-        )
-        return [degraded, rollback]

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.actions.component import SERVICE_PRIMARY, ActionsComponent
+from sidecar.actions.component import ActionsComponent
 from sidecar.actions.config import parse_actions_config
+from sidecar.actions.report import SERVICE_PRIMARY
 from sidecar.config import Section
 from sidecar.core.policy import HealthPolicy
 from sidecar.core.values import SERVICE_READINESS, CheckResult, Severity, Transition
