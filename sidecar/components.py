@@ -287,8 +287,15 @@ WORKLOAD: ComponentEntry[WorkloadConfig, WorkloadComponent] = ComponentEntry(
     "workload", _parse_workload, _build_workload
 )
 TRENDS: ComponentEntry[TrendsConfig, TrendComponent] = ComponentEntry("trends", _parse_trends, _build_trends)
+
+
+async def _hand_over_actions(old: ActionsComponent, new: ActionsComponent) -> None:
+    """The pins the old one made and the versions that failed here are not forgotten."""
+    await new.take_over(old)
+
+
 ACTIONS: ComponentEntry[ActionsConfig, ActionsComponent] = ComponentEntry(
-    "actions", _parse_actions, _build_actions
+    "actions", _parse_actions, _build_actions, hand_over=_hand_over_actions
 )
 EVENTS: ComponentEntry[EventsConfig, ListenerComponent] = ComponentEntry(
     "events", _parse_events, _build_events, listener=True

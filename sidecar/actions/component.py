@@ -129,6 +129,7 @@ class ActionsComponent:
         ]
         self._sink: ResultSink | None = None
         self._check = _ActionsCheck(self)
+        self._adopted = False  # the pins an earlier run left were looked for
 
     # -- Component / ResultObserver --------------------------------------------------------
 
@@ -188,10 +189,50 @@ class ActionsComponent:
             versions.append(fb_version)
         return versions
 
+    async def take_over(self, old: ActionsComponent) -> None:
+        """A reload's replacement takes the old component's evidence, machines and history
+        (the pins it made, the versions that failed here), under its own settings."""
+        self.book = old.book
+        self.history.extend(old.history)
+        self._adopted = old._adopted
+        previous = {e.spec.engine: e for e in old._engines}
+        for e in self._engines:
+            o = previous.get(e.spec.engine)
+            if o is None or o.spec.model != e.spec.model:
+                continue
+            e.rollback, e.degrade = o.rollback, o.degrade
+            e.rollback.retune(self.config.rollback)
+            e.degrade.retune(self.config.degrade, self.config.rollback)
+            e.fault_seen_at, e.last = o.fault_seen_at, o.last
+
+    async def _adopt_pins(self) -> None:
+        """Once: a pin an earlier run left on the server (parked versions) is this run's pin,
+        so it is released when the version on the volume verifies (never left behind)."""
+        self._adopted = True
+        if self.driver is None:
+            return
+        for e in self._engines:
+            if e.rollback.pinned is not None or e.degrade.active:
+                continue
+            pin = await self.driver.current_pin(e.spec.model)
+            if pin is None:
+                continue
+            log.warning(
+                "the main server is pinned by an earlier run; adopting the pin",
+                extra={"engine": e.spec.engine, "model": e.spec.model, "pinned": pin},
+            )
+            fallback = self._fallback(e, self.book.engine(e.spec.engine).fallback)[0]
+            if pin == fallback:
+                e.degrade.active = True  # restored (to no pin) once the pressure is gone
+            else:
+                e.rollback.pinned = pin
+
     async def tick(self) -> list[CheckResult]:
         """Update every machine from the evidence, take due actions, report."""
         if not self.config.enabled:
             return []
+        if not self._adopted:
+            await self._adopt_pins()
         out: list[CheckResult] = []
         for e, fb_version in zip(self._engines, self._update(), strict=True):
             now = self.clock()

@@ -25,6 +25,12 @@ class DegradeMachine:
         self.fallback_why = "no fallback named"
         self.attempts = Attempts(retry.backoff_initial_s, retry.backoff_max_s, retry.max_attempts)
 
+    def retune(self, settings: DegradeSettings, retry: RollbackSettings) -> None:
+        """New settings (a reload); the state stays."""
+        self.settings = settings
+        a = self.attempts
+        a.initial_s, a.max_s, a.limit = retry.backoff_initial_s, retry.backoff_max_s, retry.max_attempts
+
     def update(self, pressure: str | None, fallback_ready: bool, fallback_why: str, now: float) -> None:
         self.fallback_ready, self.fallback_why = fallback_ready, fallback_why
         was = self.pressure is not None

@@ -118,6 +118,11 @@ class Driver(Protocol):
 
     kind: str
 
+    async def current_pin(self, model: str) -> str | None:
+        """The pin an earlier run of the sidecar left on the server, where it can be told
+        (a restart or a reload does not forget that the server is pinned)."""
+        ...
+
     def plan(self, model: str, version: str | None) -> str:
         """What :meth:`pin` would call (the dry-run report)."""
         ...
@@ -140,6 +145,9 @@ class TritonDriver:
             f"POST /v2/repository/models/{model}/load with config override "
             f'version_policy {{"specific": {{"versions": [{version}]}}}}'
         )
+
+    async def current_pin(self, model: str) -> str | None:
+        return None  # a config override leaves no trace the sidecar can tell from the operator's
 
     @staticmethod
     def override(config: Mapping[str, Any], version: str) -> dict[str, Any]:
@@ -222,6 +230,16 @@ class MLServerDriver:
             f"park every version of {model} but {version} under {self.root}; "
             f"POST /v2/repository/models/{model}/load"
         )
+
+    async def current_pin(self, model: str) -> str | None:
+        try:
+            entries = await asyncio.to_thread(_scan, self.root, model)
+        except (OSError, ActionCallError):
+            return None
+        live = [e.version for e in entries if not e.parked]
+        if any(e.parked for e in entries) and len(live) == 1:
+            return live[0]
+        return None
 
     async def pin(self, model: str, version: str | None) -> str:
         try:

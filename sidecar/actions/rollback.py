@@ -99,6 +99,16 @@ class RollbackMachine:
         self.flapping_since: float | None = None
         self.latency = _Latency()
 
+    def retune(self, settings: RollbackSettings) -> None:
+        """New settings (a reload); the state stays."""
+        self.settings = settings
+        a = self.attempts
+        a.initial_s, a.max_s, a.limit = (
+            settings.backoff_initial_s,
+            settings.backoff_max_s,
+            settings.max_attempts,
+        )
+
     # -- evidence -------------------------------------------------------------------------
 
     def update(self, ev: EngineEvidence, gpu_fault: str | None) -> None:

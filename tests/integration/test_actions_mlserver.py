@@ -38,7 +38,14 @@ from sidecar.testing.mlserver import (
 from sidecar.workload.config import parse_workload_config
 from sidecar.workload.probes import WorkloadProbe, make_probe
 
-MODELS = {"rb": ["1", "2"], "gpu": ["1", "2"], "flap": ["1", "2"], "fb": ["0", "2"], "dry": ["1", "2"]}
+MODELS = {
+    "rb": ["1", "2"],
+    "gpu": ["1", "2"],
+    "flap": ["1", "2"],
+    "fb": ["0", "2"],
+    "dry": ["1", "2"],
+    "adopt": ["1", "2"],
+}
 GOLDEN = [float(v) for v in np.load(CANARY_DIR / "golden_output.npy").flatten()]
 
 
@@ -308,3 +315,27 @@ async def test_dry_run_changes_nothing(mlserver: MLServer) -> None:
         assert index(mlserver.url, "dry") == ["1", "2"] and served_by(mlserver, "dry") == "2"
     finally:
         await actions.stop()
+
+
+async def test_a_restarted_sidecar_adopts_the_pin_it_left(mlserver: MLServer) -> None:
+    """A sidecar that rolled back stops (the server stays pinned: version 2 parked); a new one,
+    knowing nothing, adopts the pin from the repository and releases it once version 2,
+    fixed, verifies: the server lists both again and 2 answers."""
+    first, _, _ = make(mlserver, "adopt", SteppableClock())
+    try:
+        first.observe(engine_results("adopt", "1"))
+        await first.tick()
+        first.observe(engine_results("adopt", "2", bad="checksum", sha="b" * 64))
+        await first.tick()
+        assert index(mlserver.url, "adopt") == ["1"]
+    finally:
+        await first.stop()
+    second, _, _ = make(mlserver, "adopt", SteppableClock())
+    try:
+        second.observe(engine_results("adopt", "2", sha="c" * 64))
+        results = await second.tick()
+        assert [(r.kind, r.outcome) for r in second.history] == [("release", "ok")]
+        assert condition(results, "actions/adopt/rollback").reason == ""
+        assert index(mlserver.url, "adopt") == ["1", "2"] and served_by(mlserver, "adopt") == "2"
+    finally:
+        await second.stop()

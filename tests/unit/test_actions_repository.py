@@ -145,3 +145,49 @@ def test_config_defaults_are_off() -> None:
         )
     )
     assert errors == [] and cfg.url == "http://t" and not cfg.engines[0].rollback
+
+
+async def test_a_reload_hands_over_what_the_old_component_knew() -> None:
+    """The replacement built by a reload takes the evidence and the machines: version 1 that
+    verified under the old component is still the last good one (dry run: no server)."""
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.actions.component import ActionsComponent
+    from sidecar.core.values import CheckResult
+
+    errors: list[str] = []
+    raw = {
+        "enabled": True,
+        "dry_run": True,
+        "server": "triton",
+        "url": "http://t",
+        "engines": [{"engine": "m", "rollback": True}],
+    }
+    cfg = parse_actions_config(Section(raw, "actions", errors))
+    assert errors == []
+
+    def results(version: str, bad: bool = False) -> list[CheckResult]:
+        labels = {"engine": "m", "version": version}
+        out = []
+        for suffix in ("manifest", "file", "checksum", "plan", "version", "arch"):
+            name = f"engine/m/{suffix}"
+            out.append(
+                CheckResult.failed(name, "Bad", "bad", labels=labels)
+                if bad and suffix == "checksum"
+                else CheckResult.passed(name, labels=labels)
+            )
+        return out
+
+    old = ActionsComponent(cfg, registry=CollectorRegistry())
+    old.observe(results("1"))
+    new = ActionsComponent(cfg, registry=CollectorRegistry())
+    await new.take_over(old)
+    new.observe(results("2", bad=True))
+    await new.tick()
+    assert [(r.kind, r.target, r.outcome) for r in new.history] == [("rollback", "1", "dry_run")]
+    fresh = ActionsComponent(cfg, registry=CollectorRegistry())
+    fresh.observe(results("2", bad=True))
+    await fresh.tick()
+    assert not fresh.history  # without the hand-over it would not know a good version
+    for c in (old, new, fresh):
+        await c.stop()
