@@ -29,6 +29,8 @@ from sidecar.testing import pick_port, wait_until
 CANARY_DIR = Path(__file__).resolve().parents[2] / "engines" / "canary"
 
 RUNTIME = """
+import asyncio
+
 import onnxruntime as ort
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
@@ -43,6 +45,9 @@ class VersionedOnnx(MLModel):
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        delay = float(getattr(self.settings.parameters, "delay_s", 0) or 0)
+        if delay:
+            await asyncio.sleep(delay)  # a slower version (latency-regression tests)
         feeds = {i.name: NumpyCodec.decode_input(i) for i in payload.inputs}
         names = [o.name for o in self.sess.get_outputs()]
         outs = self.sess.run(names, feeds)
@@ -58,8 +63,9 @@ def mlserver_exe() -> str | None:
     return os.environ.get("TRT_HEALTH_TEST_MLSERVER") or shutil.which("mlserver")
 
 
-def write_version(root: Path, model: str, version: str) -> Path:
-    """``root/<model>/v<version>/`` with the runtime, the canary ONNX file and the settings."""
+def write_version(root: Path, model: str, version: str, delay_s: float = 0.0) -> Path:
+    """``root/<model>/v<version>/`` with the runtime, the canary ONNX file and the settings;
+    ``delay_s``: every inference of this version waits that long first."""
     d = root / model / f"v{version}"
     d.mkdir(parents=True, exist_ok=True)
     (d / "versioned_runtime.py").write_text(RUNTIME, encoding="utf-8")
@@ -67,7 +73,7 @@ def write_version(root: Path, model: str, version: str) -> Path:
     settings = {
         "name": model,
         "implementation": "versioned_runtime.VersionedOnnx",
-        "parameters": {"uri": str(d / "model.onnx"), "version": version},
+        "parameters": {"uri": str(d / "model.onnx"), "version": version, "delay_s": delay_s},
     }
     (d / "model-settings.json").write_text(json.dumps(settings), encoding="utf-8")
     return d
@@ -98,7 +104,10 @@ def _ready(proc: subprocess.Popen[bytes], url: str, models: Sequence[str]) -> st
 
 @contextlib.contextmanager
 def running_mlserver(
-    root: Path, models: Mapping[str, Sequence[str]], timeout: float = 120.0
+    root: Path,
+    models: Mapping[str, Sequence[str]],
+    timeout: float = 120.0,
+    delays: Mapping[tuple[str, str], float] | None = None,
 ) -> Iterator[MLServer]:
     """Start MLServer on ``root`` serving ``models`` (name -> versions); stop it afterwards.
     MLServer cannot bind port 0 and say which port it got: ports are picked, and it starts
@@ -108,7 +117,7 @@ def running_mlserver(
         raise RuntimeError("MLServer not available: set TRT_HEALTH_TEST_MLSERVER")
     for model, versions in models.items():
         for v in versions:
-            write_version(root, model, v)
+            write_version(root, model, v, (delays or {}).get((model, v), 0.0))
     for attempt in range(5):
         ports = {"http_port": pick_port(), "grpc_port": pick_port(), "metrics_port": pick_port()}
         settings: dict[str, Any] = {**ports, "parallel_workers": 0, "host": "127.0.0.1"}

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -35,6 +36,7 @@ from sidecar.testing.mlserver import (
     mlserver_exe,
     running_mlserver,
 )
+from sidecar.workload.component import WorkloadComponent
 from sidecar.workload.config import parse_workload_config
 from sidecar.workload.probes import WorkloadProbe, make_probe
 
@@ -45,7 +47,9 @@ MODELS = {
     "fb": ["0", "2"],
     "dry": ["1", "2"],
     "adopt": ["1", "2"],
+    "slow": ["1", "2"],
 }
+DELAYS = {("slow", "2"): 0.08}  # version 2 of "slow" answers 80 ms later
 GOLDEN = [float(v) for v in np.load(CANARY_DIR / "golden_output.npy").flatten()]
 
 
@@ -53,7 +57,7 @@ GOLDEN = [float(v) for v in np.load(CANARY_DIR / "golden_output.npy").flatten()]
 def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServer]:
     if mlserver_exe() is None:
         pytest.skip("MLServer not available: set TRT_HEALTH_TEST_MLSERVER (see module docstring)")
-    with running_mlserver(tmp_path_factory.mktemp("mlserver-actions"), MODELS) as server:
+    with running_mlserver(tmp_path_factory.mktemp("mlserver-actions"), MODELS, delays=DELAYS) as server:
         yield server
 
 
@@ -339,3 +343,50 @@ async def test_a_restarted_sidecar_adopts_the_pin_it_left(mlserver: MLServer) ->
         assert index(mlserver.url, "adopt") == ["1", "2"] and served_by(mlserver, "adopt") == "2"
     finally:
         await second.stop()
+
+
+def _operator_load(server: MLServer, model: str, *, park: str | None) -> None:
+    """What a rollout does by hand: version ``park`` hidden (or every version back), then load."""
+    for p in (server.root / model).rglob("model-settings.json*"):
+        hidden = p.name != "model-settings.json"
+        want_hidden = park is not None and p.parent.name == f"v{park}"
+        if hidden != want_hidden:
+            p.rename(p.with_name("model-settings.json" + (".hidden-by-operator" if want_hidden else "")))
+    httpx.post(f"{server.url}/v2/repository/models/{model}/load", timeout=10).raise_for_status()
+
+
+async def test_latency_regression_of_the_new_version_rolls_back(mlserver: MLServer) -> None:
+    """The real workload probe measures version 1, then version 2 after a rollout: 2 is over
+    latency_ratio x slower on this GPU (it verifies by file) -> pinned back to 1."""
+    clock = SteppableClock()
+    actions, _, _ = make(mlserver, "slow", clock, rollback={"latency_ratio": 2.0, "latency_min_samples": 5})
+    errors: list[str] = []
+    wl_raw = {"enabled": True, "kind": "kserve-http", "url": mlserver.url, "model": "slow",
+              "manifest": str(CANARY_DIR / "manifest.yaml"), "timeout": "5s"}  # fmt: skip
+    workload = WorkloadComponent(
+        parse_workload_config(Section(wl_raw, "workload", errors)), registry=CollectorRegistry()
+    )
+    assert errors == []
+
+    async def probe_n(n: int) -> None:
+        for _ in range(n):
+            actions.observe(workload.results(await workload.probe_once()))
+
+    try:
+        _operator_load(mlserver, "slow", park="2")  # before the rollout: version 1 only
+        actions.observe(engine_results("slow", "1"))
+        await probe_n(5)
+        await actions.tick()
+        _operator_load(mlserver, "slow", park=None)  # the rollout: version 2 (newest) serves
+        actions.observe(engine_results("slow", "2", sha="b" * 64))
+        await actions.tick()
+        assert not actions.history and served_by(mlserver, "slow") == "2"
+        await probe_n(5)
+        await actions.tick()
+        rec = actions.history[-1]
+        assert (rec.kind, rec.target, rec.outcome) == ("rollback", "1", "ok"), rec
+        assert rec.evidence.startswith("LatencyRegression"), rec.evidence
+        assert index(mlserver.url, "slow") == ["1"] and served_by(mlserver, "slow") == "1"
+    finally:
+        await workload.stop()
+        await actions.stop()
