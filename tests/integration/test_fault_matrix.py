@@ -1066,7 +1066,7 @@ def make_actions_sidecar(tmp: Path, server: MLServer, group: str) -> Iterator[Si
             "restore_after": "1s",
             "min_free_mib": 1000,
             "canary_latency": False,
-            "throttling": False,
+            "throttling": True,
             # the production-engine canary runs one engine; the fallback is verified by file
             "require_fallback_canary": False,
         },
