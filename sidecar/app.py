@@ -226,7 +226,7 @@ class SidecarApp:
         self._tasks.append(asyncio.create_task(self.heartbeat.run(), name="heartbeat"))
         self.heartbeat.start_watchdog()
         if cfg.config_file:
-            self._tasks.append(self.reloader.start_watch())
+            self._tasks.append(await self.reloader.start_watch())
         for task in self._tasks:
             task.add_done_callback(_report_task_end)
         self.policy.set_started(True)

@@ -72,13 +72,11 @@ class Reloader:
     def _stat_config(self) -> Stamp | None:
         return stamp(self._app.config.config_file)
 
-    def start_watch(self) -> asyncio.Task[None]:
+    async def start_watch(self) -> asyncio.Task[None]:
         """Watch the config file (:class:`sidecar.runtime.watch.FileChanges`: inotify, a stat
-        poll every second behind it, or the poll alone on NFS / FUSE); ends when cancelled."""
-        self._config_stamp = self._stat_config()
-        return asyncio.create_task(self._watch_config(), name="config-watch")
-
-    async def _watch_config(self) -> None:
+        poll every second behind it, or the poll alone on NFS / FUSE). The watch is armed when
+        this returns (a change from then on is seen); the task holds it until cancelled."""
+        self._config_stamp = await asyncio.to_thread(self._stat_config)
         changes = FileChanges(
             [Path(self._app.config.config_file)],
             self._config_changed,
@@ -88,6 +86,9 @@ class Reloader:
             debounce_s=CONFIG_DEBOUNCE_S,
         )
         await changes.start()
+        return asyncio.create_task(self._hold_watch(changes), name="config-watch")
+
+    async def _hold_watch(self, changes: FileChanges) -> None:
         try:
             await asyncio.Event().wait()  # until cancelled
         finally:
