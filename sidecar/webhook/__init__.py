@@ -35,96 +35,22 @@ injected container and volumes), :mod:`~sidecar.webhook.plan` (the pod patch),
 
 from __future__ import annotations
 
-from sidecar.webhook.admission import (
-    Decision,
-    admission_response,
-)
-from sidecar.webhook.main import (
-    main,
-    run_webhook,
-)
-from sidecar.webhook.options import (
-    DEFAULT_CONFIG_MAP,
-    DEFAULT_IMAGE_ENV,
-    WebhookOptions,
-    add_webhook_arguments,
-    options_from_args,
-)
-from sidecar.webhook.plan import (
-    ANNOTATION_CONFIG_MAP,
-    ANNOTATION_DEFAULT_CONTAINER,
-    ANNOTATION_ENGINE_VOLUME,
-    ANNOTATION_INJECT,
-    ANNOTATION_INJECTED,
-    ANNOTATION_MAIN_CONTAINER,
-    ANNOTATION_PREFIX,
-    ANNOTATION_VISIBLE_DEVICES,
-    ANNOTATION_WORKLOAD_LIVENESS,
-    MAX_WARNING_CHARS,
-    plan_patch,
-    pointer_token,
-)
-from sidecar.webhook.server import (
-    MAX_BODY_BYTES,
-    REQUEST_TIMEOUT_S,
-    WebhookServer,
-)
-from sidecar.webhook.spec import (
-    DEFAULT_ENGINE_MOUNT,
-    LIVENESS_PROBE,
-    READINESS_PROBE,
-    RESOURCES,
-    SECURITY_CONTEXT,
-    SERVICE_ACCOUNT_DIR,
-    SIDECAR_NAME,
-    STARTUP_PROBE,
-    VOLUME_CONFIG,
-    VOLUME_KUBE_API,
-    VOLUME_STATE,
-    VOLUME_TMP,
-    WORKLOAD_LIVENESS_PROBE,
-    sidecar_container,
-    sidecar_volumes,
-)
+# The package's names are its parts' public names (asyncio's pattern): each part's __all__ is
+# the one list of what it offers.
+from sidecar.webhook import admission, options, plan, server, spec
+from sidecar.webhook import main as entry
+from sidecar.webhook.admission import *  # noqa: F403
+from sidecar.webhook.main import *  # noqa: F403
+from sidecar.webhook.options import *  # noqa: F403
+from sidecar.webhook.plan import *  # noqa: F403
+from sidecar.webhook.server import *  # noqa: F403
+from sidecar.webhook.spec import *  # noqa: F403
 
 __all__ = [
-    "ANNOTATION_CONFIG_MAP",
-    "ANNOTATION_DEFAULT_CONTAINER",
-    "ANNOTATION_ENGINE_VOLUME",
-    "ANNOTATION_INJECT",
-    "ANNOTATION_INJECTED",
-    "ANNOTATION_MAIN_CONTAINER",
-    "ANNOTATION_PREFIX",
-    "ANNOTATION_VISIBLE_DEVICES",
-    "ANNOTATION_WORKLOAD_LIVENESS",
-    "DEFAULT_CONFIG_MAP",
-    "DEFAULT_ENGINE_MOUNT",
-    "DEFAULT_IMAGE_ENV",
-    "LIVENESS_PROBE",
-    "MAX_BODY_BYTES",
-    "MAX_WARNING_CHARS",
-    "READINESS_PROBE",
-    "REQUEST_TIMEOUT_S",
-    "RESOURCES",
-    "SECURITY_CONTEXT",
-    "SERVICE_ACCOUNT_DIR",
-    "SIDECAR_NAME",
-    "STARTUP_PROBE",
-    "VOLUME_CONFIG",
-    "VOLUME_KUBE_API",
-    "VOLUME_STATE",
-    "VOLUME_TMP",
-    "WORKLOAD_LIVENESS_PROBE",
-    "Decision",
-    "WebhookOptions",
-    "WebhookServer",
-    "add_webhook_arguments",
-    "admission_response",
-    "main",
-    "options_from_args",
-    "plan_patch",
-    "pointer_token",
-    "run_webhook",
-    "sidecar_container",
-    "sidecar_volumes",
+    *admission.__all__,
+    *entry.__all__,
+    *options.__all__,
+    *plan.__all__,
+    *server.__all__,
+    *spec.__all__,
 ]
