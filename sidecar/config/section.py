@@ -185,15 +185,8 @@ class Section:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(key, f"must be a number, got {short_repr(value)}")
-            return default
-        try:
-            out = float(value)
-        except OverflowError:
-            out = math.inf
-        if not math.isfinite(out):
-            self.error(key, f"must be a finite number, got {out}")
+        out = self._finite(key, value, "a number", "number")
+        if out is None:
             return default
         if minimum is not None and out < minimum:
             self.error(key, f"must be >= {minimum}, got {out}")
@@ -222,15 +215,8 @@ class Section:
             except ValueError as exc:
                 self.error(key, str(exc))
                 return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(key, f"must be a duration (seconds or e.g. '500ms'), got {short_repr(value)}")
-            return default
-        try:
-            out = float(value)
-        except OverflowError:
-            out = math.inf
-        if not math.isfinite(out):
-            self.error(key, f"must be a finite duration, got {out}")
+        out = self._finite(key, value, "a duration (seconds or e.g. '500ms')", "duration")
+        if out is None:
             return default
         if minimum is not None and out < minimum:
             self.error(key, f"must be >= {minimum}s, got {out}s")
@@ -238,6 +224,21 @@ class Section:
         if out > maximum:
             self.error(key, f"must be <= {maximum:g}s, got {out:g}s")
             return default
+        return out
+
+    def _finite(self, key: str, value: Any, expected: str, noun: str) -> float | None:
+        """``value`` as a finite float; None once the error (``must be <expected>`` or ``must be
+        a finite <noun>``) is recorded."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(key, f"must be {expected}, got {short_repr(value)}")
+            return None
+        try:
+            out = float(value)
+        except OverflowError:
+            out = math.inf
+        if not math.isfinite(out):
+            self.error(key, f"must be a finite {noun}, got {out}")
+            return None
         return out
 
     def text_list(self, key: str, default: Iterable[str] = ()) -> list[str]:
