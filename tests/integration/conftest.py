@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -188,3 +190,15 @@ def server(certs: CertFiles) -> Iterator[webhook.WebhookServer]:
 @pytest.fixture
 def client(server: webhook.WebhookServer, certs: CertFiles) -> Client:
     return Client(server.port, certs.ca)
+
+
+@pytest.fixture
+def other_fs() -> Iterator[Path]:
+    """A folder on another file system than the temporary folder (tmpfs): no hard link there,
+    so the last-good keep copies."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tempfile.gettempdir()).st_dev:
+        pytest.skip("needs /dev/shm on another file system than the temporary folder")
+    folder = Path(tempfile.mkdtemp(prefix="trt-keep-", dir=shm))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

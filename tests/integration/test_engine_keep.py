@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from sidecar.engine.keep import LastGoodKeep
 from sidecar.engine.manifest import load_manifest
 from sidecar.testing.engine import plan_bytes, write_engine
-
-
-@pytest.fixture
-def other_fs() -> Iterator[Path]:
-    """A folder on another file system than the temporary folder (tmpfs): no hard link there."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tempfile.gettempdir()).st_dev:
-        pytest.skip("needs /dev/shm on another file system than the temporary folder")
-    folder = Path(tempfile.mkdtemp(prefix="trt-keep-", dir=shm))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_kept_engine_says_which_and_where(tmp_path: Path) -> None:

@@ -17,8 +17,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,17 +47,6 @@ DETECTOR = "<Handle sleep(0.15)"  # the detector's own check
 def slow() -> Iterator[SlowCallbacks]:
     with slow_callbacks() as handler:
         yield handler
-
-
-@pytest.fixture
-def other_fs() -> Iterator[Path]:
-    """A folder on another file system than the temporary folder (tmpfs), so the keep copies."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tempfile.gettempdir()).st_dev:
-        pytest.skip("needs /dev/shm on another file system than the temporary folder")
-    folder = Path(tempfile.mkdtemp(prefix="trt-keep-", dir=shm))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _write_engine(folder: Path, seed: int) -> Path:
