@@ -248,6 +248,7 @@ class FileChanges:
     without, the poll runs every ``poll_interval_s``. ``on_change`` is also run on every poll
     tick where the path is polled: it compares what it read itself (and must not raise: an
     error is logged and watching goes on). Changes during a run collapse into one more run.
+    Once inotify is armed, one run catches up with what changed before (while arming).
     """
 
     def __init__(
@@ -273,10 +274,12 @@ class FileChanges:
         self._watcher: FileWatcher | None = None
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         if self._task is not None:
             return
+        self._stopping = False
         interval = self.poll_interval_s
         # off the loop: the mount table is read and the folders are stat-ed (a hung NFS mount)
         watcher, self.note = await asyncio.to_thread(
@@ -290,16 +293,24 @@ class FileChanges:
             self._watcher = watcher
             self.mode = watcher.mode
             interval = max(interval, self.backup_poll_s)
+            self._kick.set()  # one run catches up with a change made while the watch was armed
         self._task = asyncio.create_task(self._run(interval), name=f"{self.name}-watch")
 
     def _changed(self, _path: Path) -> None:
         self._kick.set()
 
+    async def _kicked_within(self, seconds: float) -> bool:
+        """Wait for a change at most ``seconds``. ``asyncio.timeout``, not ``wait_for``:
+        Python 3.11's ``wait_for`` swallows a cancel that meets a set event (stop hung)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._kick.wait()
+        return self._kick.is_set()
+
     async def _run(self, interval: float) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), interval)
-            if self._kick.is_set() and self.debounce_s > 0:
+        while not self._stopping:
+            kicked = await self._kicked_within(interval)
+            if kicked and self.debounce_s > 0:
                 await self._quiet()
             self._kick.clear()
             try:
@@ -313,12 +324,11 @@ class FileChanges:
         give_up = loop.time() + 4 * self.debounce_s
         while loop.time() < give_up:
             self._kick.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), min(self.debounce_s, give_up - loop.time()))
-            if not self._kick.is_set():
+            if not await self._kicked_within(min(self.debounce_s, give_up - loop.time())):
                 return
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._watcher is not None:
             await self._watcher.stop()
             self._watcher = None

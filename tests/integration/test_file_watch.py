@@ -356,3 +356,41 @@ async def test_file_changes_start_stats_nothing_on_the_loop(
         monkeypatch.undo()
         await changes.stop()
     assert on_loop == []
+
+
+async def test_file_changes_catch_up_once_armed(tmp_path: Path) -> None:
+    """A change made before inotify was armed (no event for it) is caught up by one run as
+    soon as the watch is armed, without waiting for the backup poll."""
+    path = tmp_path / "config.yaml"
+    _write(path, "0")
+    runs: list[str] = []
+
+    async def reload() -> None:
+        runs.append(path.read_text(encoding="utf-8"))
+
+    changes = FileChanges([path], reload, name="test", backup_poll_s=3600.0)
+    await changes.start()
+    try:
+        await await_until(lambda: runs, timeout=5.0, what="the catch-up run")
+        assert runs == ["0"]
+    finally:
+        await changes.stop()
+
+
+async def test_file_changes_stop_ends_while_changes_keep_coming(tmp_path: Path) -> None:
+    """stop() ends the watch even when a change arrives at the moment it cancels (each run
+    rewrites the file, so a change is always pending; Python 3.11's wait_for lost the cancel)."""
+    path = tmp_path / "busy.yaml"
+    _write(path, "0")
+    for round_ in range(20):
+        runs: list[int] = []
+
+        async def rewrite_it(runs: list[int] = runs) -> None:
+            runs.append(len(runs))
+            _write(path, str(len(runs)))
+
+        changes = FileChanges([path], rewrite_it, name="test", backup_poll_s=60.0)
+        await changes.start()
+        await await_until(lambda r=runs: len(r) >= 3, timeout=5.0, what=f"round {round_}: changes coming")
+        async with asyncio.timeout(5.0):
+            await changes.stop()
