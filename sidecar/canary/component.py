@@ -243,8 +243,9 @@ class CanaryComponent:
         return bool(self.gpu_state is not None and self._uses_gpu() and self.gpu_state.exclusive_process())
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        with contextlib.suppress(TimeoutError):  # asyncio.timeout: see runtime.scheduler
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
         self._wake.clear()
 
     async def _idle_until_exit_or_wake(self, sup: CanarySupervisor) -> None:

@@ -170,8 +170,11 @@ class CheckLoop:
             self.last_beat = self._clock()
             interval = self.check.interval_s
             delay = interval * (1.0 + self._rng.uniform(-self._jitter, self._jitter))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel of stop()
+            # when the wake-up lands at the same moment, and the loop would never end
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, delay))
+                async with asyncio.timeout(max(0.0, delay)):
+                    await self._wake.wait()
             self._wake.clear()
             self.last_beat = self._clock()
 
