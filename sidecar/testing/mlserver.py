@@ -85,6 +85,7 @@ class MLServer:
     root: Path
     proc: subprocess.Popen[bytes]
     log_path: Path
+    grpc_target: str  # host:port of its KServe v2 gRPC endpoint
 
     def log_tail(self, n: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
@@ -139,7 +140,7 @@ def running_mlserver(
     else:
         raise RuntimeError("MLServer: every port chosen was taken")
     try:
-        yield MLServer(url, root, proc, log_path)
+        yield MLServer(url, root, proc, log_path, f"127.0.0.1:{ports['grpc_port']}")
     finally:
         proc.terminate()
         try:

@@ -1,10 +1,11 @@
 """The workload probe against real servers on real sockets.
 
 - KServe v2 over HTTP and gRPC: a real MLServer (Seldon's, nobody here wrote it) serving the
-  canary ONNX model through a small custom MLModel that runs ONNX Runtime. MLServer pins
-  protobuf < 7, which conflicts with this project's generated code, so it runs from its own
-  environment: set ``TRT_HEALTH_TEST_MLSERVER`` to its ``mlserver`` executable (or have
-  ``mlserver`` on PATH). Without it those tests skip and say why.
+  canary ONNX model through a small custom MLModel that runs ONNX Runtime
+  (:mod:`sidecar.testing.mlserver`). MLServer pins protobuf < 7, which conflicts with this
+  project's generated code, so it runs from its own environment: set
+  ``TRT_HEALTH_TEST_MLSERVER`` to its ``mlserver`` executable (or have ``mlserver`` on PATH).
+  Without it those tests skip and say why.
 - OpenAI-compatible completions and error paths (503, slow, wrong answer): a small
   ``http.server`` fake in this file (an honest HTTP server, but written here).
 - Connection refused: a port nobody listens on.
@@ -14,9 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,119 +27,22 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.config import Section
-from sidecar.testing import closed_port, pick_port, wait_until
+from sidecar.testing import closed_port
+from sidecar.testing.mlserver import mlserver_exe, running_mlserver
 from sidecar.workload.component import WorkloadComponent
 from sidecar.workload.config import Tensor, WorkloadConfig, parse_workload_config
 from sidecar.workload.probes import make_probe
 
 CANARY = Path(__file__).resolve().parents[2] / "engines" / "canary"
 
-RUNTIME = """
-import onnxruntime as ort
-from mlserver import MLModel
-from mlserver.codecs import NumpyCodec
-from mlserver.types import InferenceRequest, InferenceResponse
-
-
-class CanaryOnnx(MLModel):
-    async def load(self) -> bool:
-        self.sess = ort.InferenceSession(
-            self.settings.parameters.uri, providers=["CPUExecutionProvider"]
-        )
-        return True
-
-    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        feeds = {i.name: NumpyCodec.decode_input(i) for i in payload.inputs}
-        names = [o.name for o in self.sess.get_outputs()]
-        outs = self.sess.run(names, feeds)
-        return InferenceResponse(
-            model_name=self.name,
-            outputs=[NumpyCodec.encode_output(n, o) for n, o in zip(names, outs)],
-        )
-"""
-
-
-def mlserver_exe() -> str | None:
-    return os.environ.get("TRT_HEALTH_TEST_MLSERVER") or shutil.which("mlserver")
-
 
 @pytest.fixture(scope="module")
 def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A real MLServer serving the canary model; yields (http url, grpc target)."""
-    exe = mlserver_exe()
-    if exe is None:
+    if mlserver_exe() is None:
         pytest.skip("MLServer not available: set TRT_HEALTH_TEST_MLSERVER (see module docstring)")
-    root = tmp_path_factory.mktemp("mlserver")
-    model_dir = root / "canary"
-    model_dir.mkdir()
-    (model_dir / "canary_runtime.py").write_text(RUNTIME, encoding="utf-8")
-    shutil.copyfile(CANARY / "canary.onnx", model_dir / "canary.onnx")
-    (model_dir / "model-settings.json").write_text(
-        json.dumps(
-            {
-                "name": "canary",
-                "implementation": "canary_runtime.CanaryOnnx",
-                "parameters": {"uri": str(model_dir / "canary.onnx")},
-            }
-        ),
-        encoding="utf-8",
-    )
-    import httpx
-
-    # MLServer cannot bind port 0 and say which port it got: pick ports, and start again with
-    # new ones when a parallel run took one first (a bounded number of times)
-    for attempt in range(5):
-        http_port, grpc_port, metrics_port = pick_port(), pick_port(), pick_port()
-        (root / "settings.json").write_text(
-            json.dumps(
-                {
-                    "http_port": http_port,
-                    "grpc_port": grpc_port,
-                    "metrics_port": metrics_port,
-                    "parallel_workers": 0,
-                    "host": "127.0.0.1",
-                }
-            ),
-            encoding="utf-8",
-        )
-        log_path = root / f"mlserver-{attempt}.log"
-        log = log_path.open("wb")
-        proc = subprocess.Popen([exe, "start", str(root)], cwd=root, stdout=log, stderr=log)
-        url = f"http://127.0.0.1:{http_port}"
-
-        def ready(proc: subprocess.Popen[bytes] = proc, url: str = url) -> str | None:
-            if proc.poll() is not None:
-                return "exited"
-            try:
-                if httpx.get(f"{url}/v2/models/canary/ready", timeout=1).status_code == 200:
-                    return "ready"
-            except httpx.HTTPError:
-                pass
-            return None
-
-        try:
-            state = wait_until(ready, timeout=60, interval=0.1, what="MLServer ready")
-        except AssertionError:
-            proc.kill()
-            log.close()
-            pytest.fail("MLServer not ready in 60 s: " + log_path.read_text()[-4000:])
-        if state == "ready":
-            break
-        log.close()
-        text = log_path.read_text()
-        if "address already in use" not in text.lower():
-            pytest.fail("MLServer exited: " + text[-2000:])
-    else:
-        pytest.fail("MLServer: every port chosen was taken")
-    try:
-        yield url, f"127.0.0.1:{grpc_port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with running_mlserver(tmp_path_factory.mktemp("mlserver"), {"canary": ["1"]}) as server:
+        yield server.url, server.grpc_target
 
 
 def canary_cfg(kind: str, url: str = "", target: str = "", **kw: Any) -> WorkloadConfig:
