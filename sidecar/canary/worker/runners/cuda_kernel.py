@@ -14,6 +14,7 @@ changes (a real hang; only SIGKILL ends it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,8 +120,17 @@ def open_cuda(wanted: tuple[int, ...]) -> tuple[Any, Any, tuple[int, ...]]:
     return driver, nvrtc, ordinals
 
 
-def compile_ptx(nvrtc: Any, source: bytes) -> bytes:
-    """NVRTC source -> PTX (JIT-compiled by the driver for each device)."""
+def compile_ptx(
+    nvrtc: Any,
+    source: bytes,
+    *,
+    name: bytes = b"canary.cu",
+    options: Sequence[bytes] = (),
+    failure: str = "NVRTC compile failed",
+    log_chars: int | None = None,
+) -> bytes:
+    """NVRTC source -> PTX (JIT-compiled by the driver for each device). A failed compile
+    raises ``CudaError`` saying ``failure`` and NVRTC's log (its first ``log_chars``)."""
 
     def ck(result: Any, what: str) -> Any:
         err = result[0]
@@ -128,14 +138,16 @@ def compile_ptx(nvrtc: Any, source: bytes) -> bytes:
             raise RunnerError("CudaError", f"NVRTC {what}: {getattr(err, 'name', err)}")
         return result[1] if len(result) > 1 else None
 
-    prog = ck(nvrtc.nvrtcCreateProgram(source, b"canary.cu", 0, [], []), "create")
+    prog = ck(nvrtc.nvrtcCreateProgram(source, name, 0, [], []), "create")
     try:
-        err = nvrtc.nvrtcCompileProgram(prog, 0, [])[0]
+        opts = list(options)
+        err = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)[0]
         if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             size = ck(nvrtc.nvrtcGetProgramLogSize(prog), "log size")
             buf = b" " * size
             ck(nvrtc.nvrtcGetProgramLog(prog, buf), "log")
-            raise RunnerError("CudaError", f"NVRTC compile failed: {buf.decode(errors='replace')}")
+            text = buf.decode(errors="replace")[:log_chars]
+            raise RunnerError("CudaError", f"{failure}: {text}")
         size = ck(nvrtc.nvrtcGetPTXSize(prog), "PTX size")
         ptx = b" " * size
         ck(nvrtc.nvrtcGetPTX(prog, ptx), "PTX")

@@ -31,7 +31,7 @@ import numpy as np
 
 from sidecar.canary import sdc
 from sidecar.canary.worker.runners.base import LoadInfo, RunnerError, RunnerUnavailable
-from sidecar.canary.worker.runners.cuda_kernel import check, open_cuda
+from sidecar.canary.worker.runners.cuda_kernel import check, compile_ptx, open_cuda
 from sidecar.canary.worker.sdc_model import fast_simulate_launch
 
 INJECTION_ENV = sdc.INJECTION_ENV
@@ -170,29 +170,14 @@ def _uuid_text(raw: Any) -> str:
 
 def compile_tc_ptx(nvrtc: Any, arch: str) -> bytes:
     """NVRTC source -> PTX for ``compute_XY`` (mma.sync needs sm_80 or later)."""
-
-    def ck(result: Any, what: str) -> Any:
-        err = result[0]
-        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise RunnerError("CudaError", f"NVRTC {what}: {getattr(err, 'name', err)}")
-        return result[1] if len(result) > 1 else None
-
-    prog = ck(nvrtc.nvrtcCreateProgram(TC_SOURCE, b"tc_canary.cu", 0, [], []), "create")
-    try:
-        opts = [f"--gpu-architecture={arch}".encode()]
-        err = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)[0]
-        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            size = ck(nvrtc.nvrtcGetProgramLogSize(prog), "log size")
-            buf = b" " * size
-            ck(nvrtc.nvrtcGetProgramLog(prog, buf), "log")
-            text = buf.decode(errors="replace")[:2000]
-            raise RunnerError("CudaError", f"NVRTC compile of the tensor-core canary failed: {text}")
-        size = ck(nvrtc.nvrtcGetPTXSize(prog), "PTX size")
-        ptx = b" " * size
-        ck(nvrtc.nvrtcGetPTX(prog, ptx), "PTX")
-        return bytes(ptx)
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
+    return compile_ptx(
+        nvrtc,
+        TC_SOURCE,
+        name=b"tc_canary.cu",
+        options=[f"--gpu-architecture={arch}".encode()],
+        failure="NVRTC compile of the tensor-core canary failed",
+        log_chars=2000,
+    )
 
 
 @dataclass
