@@ -1,9 +1,11 @@
 """Config-reload test support: a small sidecar config, its flag-style overrides, and a Watch
-stream recorder (shared by the reload, no-blink, failure and loop tests)."""
+stream recorder (shared by the reload, no-blink, failure and loop tests), and the rejected-reload
+count a running sidecar's /metrics shows."""
 
 from __future__ import annotations
 
 import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,19 @@ BASE: dict[str, Any] = {
     "gpu": {"poll_interval": "0.2s"},
     "canary": {"interval": "1s", "timeout": "1s", "first_timeout": "3s", "load_timeout": "3s"},
 }
+
+REJECTED = 'trt_health_config_reloads_total{result="rejected"}'
+
+
+def reloads_rejected(http_base: str) -> float:
+    """The rejected config reloads the sidecar at ``http_base`` counts on /metrics (0 before
+    the first)."""
+    with urllib.request.urlopen(f"{http_base}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(REJECTED + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def overrides(doc: dict[str, Any], state: Path) -> dict[tuple[str, ...], Any]:

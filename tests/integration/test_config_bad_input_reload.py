@@ -4,23 +4,13 @@ internal error (the reload path catches ConfigError only)."""
 from __future__ import annotations
 
 import logging
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from sidecar.testing.reload import reloads_rejected
+
 from .conftest import AppThread, core_config
-
-REJECTED = 'trt_health_config_reloads_total{result="rejected"}'
-
-
-def rejected_count(app: AppThread) -> float:
-    with urllib.request.urlopen(f"{app.http_base}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    for line in text.splitlines():
-        if line.startswith(REJECTED + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 @pytest.mark.parametrize(
@@ -44,11 +34,11 @@ def test_bad_config_file_on_reload_is_rejected_and_counted(
     path = tmp_path / "config.yaml"
     path.write_text("{}\n", encoding="utf-8")
     app: AppThread = make_app(core_config(config_file=str(path)))  # type: ignore[operator]
-    before = rejected_count(app)
+    before = reloads_rejected(app.http_base)
     path.write_bytes(data)
     with caplog.at_level(logging.ERROR):
         assert app.call(app.app.reload_config({("state_dir",): str(tmp_path)})) is False
-    assert rejected_count(app) == before + 1
+    assert reloads_rejected(app.http_base) == before + 1
     records = [r for r in caplog.records if r.getMessage() == "config reload rejected, old config stays"]
     assert records, "the rejection is logged"
     problems = " ".join(getattr(records[-1], "problems", []))

@@ -4,7 +4,6 @@ ConfigMap whose ``..data`` link is swapped."""
 
 from __future__ import annotations
 
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +11,11 @@ import pytest
 
 from sidecar.runtime import reload
 from sidecar.testing import wait_until
+from sidecar.testing.reload import reloads_rejected
 
 from .conftest import AppThread, core_config
 
-REJECTED = 'trt_health_config_reloads_total{result="rejected"}'
 BAD = "policy:\n  failure_threshold: 0\n"  # rejected: a reload witness that builds nothing
-
-
-def rejected_count(app: AppThread) -> float:
-    with urllib.request.urlopen(f"{app.http_base}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    for line in text.splitlines():
-        if line.startswith(REJECTED + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def plain(d: Path) -> Path:
@@ -64,6 +54,6 @@ def test_config_file_change_is_reloaded_by_inotify(
     monkeypatch.setattr(reload, "CONFIG_POLL_S", 3600.0)
     path = setup(tmp_path)
     app: AppThread = make_app(core_config(config_file=str(path)))
-    before = rejected_count(app)
+    before = reloads_rejected(app.http_base)
     change(path)
-    wait_until(lambda: rejected_count(app) > before, timeout=10, what="the changed file reloaded")
+    wait_until(lambda: reloads_rejected(app.http_base) > before, timeout=10, what="the changed file reloaded")
