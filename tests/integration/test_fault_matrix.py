@@ -606,17 +606,23 @@ def params(group: str) -> list[Any]:
     return out
 
 
-def make_sidecar(tmp: Path, **gpu: Any) -> Iterator[Sidecar]:
-    endpoint = Endpoint()
-    engine = Engine(tmp / "engines" / ENGINE).create()
-    sc = Sidecar(tmp, base_config(engine.manifest, endpoint.url, **gpu), engine, endpoint)
+def healthy_sidecar(sc: Sidecar) -> Iterator[Sidecar]:
+    """``sc`` started and healthy; killed, and its endpoint closed, afterwards."""
     try:
         sc.start()
         wait_for(sc.healthy, 30, sc, "healthy after start")
         yield sc
     finally:
         sc.kill()
-        endpoint.close()
+        sc.endpoint.close()
+
+
+def make_sidecar(tmp: Path, **gpu: Any) -> Iterator[Sidecar]:
+    endpoint = Endpoint()
+    engine = Engine(tmp / "engines" / ENGINE).create()
+    yield from healthy_sidecar(
+        Sidecar(tmp, base_config(engine.manifest, endpoint.url, **gpu), engine, endpoint)
+    )
 
 
 @pytest.fixture(scope="class")
@@ -1071,14 +1077,7 @@ def make_actions_sidecar(tmp: Path, server: MLServer, group: str) -> Iterator[Si
             "require_fallback_canary": False,
         },
     }
-    sc = Sidecar(tmp, cfg, engine, endpoint)
-    try:
-        sc.start()
-        wait_for(sc.healthy, 30, sc, "healthy after start")
-        yield sc
-    finally:
-        sc.kill()
-        endpoint.close()
+    yield from healthy_sidecar(Sidecar(tmp, cfg, engine, endpoint))
 
 
 def run_actions_row(sc: Sidecar, server: MLServer, row: Row, model: str) -> None:
