@@ -23,7 +23,8 @@ Conditions reported (all gate ``readiness`` and ``canary`` unless said otherwise
   while the GPU is busy; ``ExclusiveProcessMode`` (OK, INFO: unmonitored).
 - ``canary/latency``: WARNING when over budget (CRITICAL with ``latency_gates_readiness``).
 - ``canary/worker-memory``: WARNING ``WorkerMemoryGrowth`` when the worker's RSS grows.
-- ``canary/engine/<name>``: the opt-in production engine (also gates ``engine/<name>``).
+- ``canary/engine/<name>``: each opt-in production engine (``canary.production_engines``; also
+  gates ``engine/<name>``): :mod:`sidecar.canary.production_keeper`.
 """
 
 from __future__ import annotations
@@ -42,11 +43,12 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.canary.config import CanaryConfig
 from sidecar.canary.consistency import DigestGauge
-from sidecar.canary.golden_store import CanaryGoldens, ProductionGoldens
+from sidecar.canary.golden_store import CanaryGoldens
 from sidecar.canary.judge import CanaryJudge, Judgement
 from sidecar.canary.metrics import CanaryMetrics
 from sidecar.canary.outcome import RunOutcome
-from sidecar.canary.protocol import FAULT_MODES, GPU_FAULTS, FaultSpec, LoadRequest, ProductionSpec
+from sidecar.canary.production_keeper import ProductionEngines
+from sidecar.canary.protocol import FAULT_MODES, GPU_FAULTS, FaultSpec, LoadRequest
 from sidecar.canary.sdc_screen import SdcScreen
 from sidecar.canary.supervisor import CanarySupervisor, SupervisorSettings
 from sidecar.canary.verdicts import CHECK_NAME, GATES, WorkerView, sdc_state_result
@@ -147,16 +149,12 @@ class CanaryComponent:
         self.trt_manifest_path = (
             config.tensorrt_manifest or engines_dir / "canary" / "canary-plan.manifest.yaml"
         )
-        prod = config.production_engine
+        self.production = ProductionEngines(config)
         self.load_request = LoadRequest(
             runner=config.runner,
             manifest=str(self.manifest_path.resolve()),
             tensorrt_manifest=str(self.trt_manifest_path.resolve()),
-            production=ProductionSpec(
-                str(prod.manifest.resolve()), prod.memory_budget_mib, prod.release_after_verify
-            )
-            if prod
-            else None,
+            productions=self.production.specs(),
             allow_engine_host_code=config.allow_engine_host_code,
             devices=config.devices,
             warmup_runs=config.warmup_runs,
@@ -182,7 +180,6 @@ class CanaryComponent:
         if restored is not None:  # a silent-data-corruption finding survives restarts
             self.judge.restore_sdc(*restored)
         self.goldens = CanaryGoldens(self.manifest_path, self.trt_manifest_path)
-        self.production_goldens = ProductionGoldens(prod.manifest) if prod is not None else None
         self._check = CanaryCheck(self, self.interval_s, config.first_timeout_s + config.timeout_s + 5.0)
         self._sink: ResultSink | None = None
         self._task: asyncio.Task[None] | None = None
@@ -282,6 +279,7 @@ class CanaryComponent:
             if wait > 0:
                 await self._sleep(wait)
                 continue
+            await self.production.before_load(sup.load_request.engines())
             err = await sup.start()
             if self._sink is not None:
                 if err is None:
@@ -330,9 +328,6 @@ class CanaryComponent:
         if j.replace_worker is not None:
             await self.supervisor.replace("memory_limit", "WorkerMemoryLimit", j.replace_worker)
             self._wake.set()
-        if j.release_production:
-            await self.supervisor.release_production()
-            self.supervisor.load_request = dataclasses.replace(self.load_request, production=None)
         return j.results
 
     async def run_canary(self) -> list[CheckResult]:
@@ -372,8 +367,7 @@ class CanaryComponent:
         )
         results = await self._apply(j)
         results.extend(await self._apply(self.judge.memory(outcome, self._worker())))
-        if self.load_request.production is not None:
-            results.extend(await self._production(outcome, generation))
+        results.extend(await self.production.rounds(outcome, generation, self.judge, self.supervisor))
         return results
 
     async def judge_sdc(self, outcome: RunOutcome, generation: int) -> list[CheckResult]:
@@ -393,11 +387,3 @@ class CanaryComponent:
             results.append(state)
         results.extend(await self._apply(self.judge.memory(outcome, self._worker())))
         return results
-
-    async def _production(self, outcome: RunOutcome, generation: int) -> list[CheckResult]:
-        assert self.production_goldens is not None
-        try:  # parsed again only when its files changed, on a thread
-            found = await self.production_goldens.get()
-        except Exception as exc:
-            return await self._apply(self.judge.production_unreadable(exc))
-        return await self._apply(self.judge.production_round(outcome, found, generation))

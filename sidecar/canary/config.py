@@ -50,19 +50,18 @@ class TensorCoreConfig:
 
 @dataclass(frozen=True, slots=True)
 class ProductionEngineConfig:
+    """One engine the canary verifies against its manifest's goldens (its own
+    ``canary/engine/<name>``): the primary, or a fallback verified in advance
+    (``release_after_verify``: its GPU memory given back once it passed)."""
+
     manifest: Path
     memory_budget_mib: float
     release_after_verify: bool = False
 
 
-def _production_engine(
-    sec: Section, key: str, default: ProductionEngineConfig | None
-) -> ProductionEngineConfig | None:
-    """``production_engine: {manifest: PATH, memory_budget_mib: N, release_after_verify: false}``:
-    absent is None; given, ``manifest`` and ``memory_budget_mib`` are required."""
-    if not sec.has(key):
-        return default
-    p = sec.sub(key)
+def _engine_entry(p: Section) -> ProductionEngineConfig | None:
+    """One ``{manifest: PATH, memory_budget_mib: N, release_after_verify: false}``: ``manifest``
+    and ``memory_budget_mib`` are required (errors recorded on ``p``)."""
     manifest = p.opt_text("manifest")
     if not manifest:
         p.error("manifest", "required")
@@ -72,6 +71,37 @@ def _production_engine(
     release = p.flag("release_after_verify", False)
     p.reject_unknown()
     return ProductionEngineConfig(Path(manifest), mib, release) if manifest else None
+
+
+def _production_engine(
+    sec: Section, key: str, default: ProductionEngineConfig | None
+) -> ProductionEngineConfig | None:
+    """``production_engine: {manifest: PATH, memory_budget_mib: N, release_after_verify: false}``:
+    absent is None; given, ``manifest`` and ``memory_budget_mib`` are required."""
+    if not sec.has(key):
+        return default
+    return _engine_entry(sec.sub(key))
+
+
+def _production_engines(
+    sec: Section, key: str, default: tuple[ProductionEngineConfig, ...]
+) -> tuple[ProductionEngineConfig, ...]:
+    """``production_engines: [{manifest, memory_budget_mib, release_after_verify}, ...]``: each
+    entry as ``production_engine``; one manifest once."""
+    if not sec.has(key):
+        return default
+    out: list[ProductionEngineConfig] = []
+    seen: dict[Path, int] = {}
+    for i, item in enumerate(sec.sub_list(key)):
+        entry = _engine_entry(item)
+        if entry is None:
+            continue
+        first = seen.setdefault(entry.manifest, i)
+        if first != i:
+            item.error("manifest", f"{entry.manifest} is already entry [{first}]")
+            continue
+        out.append(entry)
+    return tuple(out)
 
 
 def _ordinals(devices: tuple[int, ...]) -> str | None:
@@ -98,6 +128,7 @@ class CanaryConfig:
     manifest: Path | None = opt_path()
     tensorrt_manifest: Path | None = opt_path()
     production_engine: ProductionEngineConfig | None = custom(_production_engine, default=None)
+    production_engines: tuple[ProductionEngineConfig, ...] = custom(_production_engines, default=())
     allow_engine_host_code: bool = flag(False)
     devices: tuple[int, ...] = int_list(valid=_ordinals)
     warmup_runs: int = integer(2, min=0, max=100)
@@ -107,6 +138,14 @@ class CanaryConfig:
     worker_max_rss_mib: float = number(4096.0, min=1.0)
     tensor_core: TensorCoreConfig = section(TensorCoreConfig)
     determinism_check: bool = flag(True)
+
+    @property
+    def engines(self) -> tuple[ProductionEngineConfig, ...]:
+        """Every production engine the canary verifies: ``production_engines``, or the one
+        ``production_engine`` (the one-entry form)."""
+        if self.production_engines:
+            return self.production_engines
+        return (self.production_engine,) if self.production_engine is not None else ()
 
 
 def parse_canary_config(sec: Section, env: Mapping[str, str] | None = None) -> CanaryConfig:
@@ -135,6 +174,12 @@ def parse_canary_config(sec: Section, env: Mapping[str, str] | None = None) -> C
                 "restart_backoff_max", f"must be >= restart_backoff_initial ({cfg.backoff_initial_s:g}s)"
             )
             cfg = dataclasses.replace(cfg, backoff_max_s=cfg.backoff_initial_s)
+        if cfg.production_engine is not None and cfg.production_engines:
+            sec.error(
+                "production_engines",
+                "give production_engine (one engine) or production_engines (a list), not both",
+            )
+            cfg = dataclasses.replace(cfg, production_engine=None)
         if cfg.tensor_core.allow_fault_injection and environ.get(sdc.INJECTION_ENV) != "1":
             sec.error(
                 "tensor_core.allow_fault_injection",

@@ -4,9 +4,10 @@
   computed, the ONNX / TensorRT canaries' come from their manifests), read once on the first
   round of that runner and kept for the component's life (a reload builds a new component).
   A read that fails is not kept: the next round tries again.
-- :class:`ProductionGoldens`: the opt-in production engine's manifest and golden outputs,
+- :class:`ProductionGoldens`: one opt-in production engine's manifest and golden outputs,
   kept while their files are unchanged (size, mtime, inode, ctime); a changed, fixed or
-  broken file is seen on the next round, as when they were read on every round.
+  broken file is seen on the next round, as when they were read on every round. Its
+  ``fingerprint`` says when a released engine's files changed (it is then verified again).
 
 Every blocking read runs in a worker thread (``asyncio.to_thread``), never on the loop.
 """
@@ -156,6 +157,27 @@ class ProductionGoldens:
         if manifest_stat is not None and stats is not None and found.error is None:
             self._signature = (manifest_stat, *stats)
         return found
+
+    def fingerprint(self) -> tuple[tuple[int, int, int, int] | None, ...]:
+        """Blocking: the stat (size, mtime, inode, ctime) of every file the engine's
+        verification rests on: the manifest, then (when it parses) the engine file, its golden
+        inputs and outputs (None for one that cannot be stat'ed). Equal: nothing changed."""
+        paths = [self.manifest_path]
+        try:
+            m = self.read().manifest
+        except Exception:  # a broken manifest: its own stat says when it changes
+            m = None
+        if m is not None:
+            paths.append(m.path)
+            paths.extend(p for _, p in sorted(m.golden_input_paths().items()))
+            paths.extend(p for _, p in sorted(m.golden_output_paths().items()))
+        out: list[tuple[int, int, int, int] | None] = []
+        for path in paths:
+            try:
+                out.append(_stat(path))
+            except OSError:
+                out.append(None)
+        return tuple(out)
 
     def _unchanged(self, kept: ProductionGolden, signature: Signature) -> bool:
         paths = [self.manifest_path] + [

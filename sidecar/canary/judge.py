@@ -1,11 +1,12 @@
 """The canary's judge: worker outcomes, goldens and time in, check results out. Pure.
 
 It holds what one canary remembers between rounds (the mismatch latch and its reason, the
-production engine's latch, the last pass) and decides every verdict: skipped, not ready,
-timed out or crashed, matching or not, silent data corruption, latency, worker memory, the
-production engine. It does no I/O and reads no clock (``now`` is passed in); what the
-verdict asks the world to do (count a metric, publish or clear the output digest, persist or
-clear an SDC latch, replace the worker, release the production engine) comes back in the
+production engines' verdicts (:mod:`sidecar.canary.production`), the last pass) and decides
+every verdict: skipped, not ready, timed out or crashed, matching or not, silent data
+corruption, latency, worker memory, each production engine. It does no I/O and reads no clock
+(``now`` is passed in); what the verdict asks the world to do (count a metric, publish or
+clear the output digest, persist or clear an SDC latch, replace the worker, release or load
+again a production engine) comes back in the
 :class:`Judgement` for :class:`sidecar.canary.component.CanaryComponent` to carry out.
 """
 
@@ -24,13 +25,13 @@ from sidecar.canary.golden import compare_outputs
 from sidecar.canary.golden_store import KERNEL_GOLDEN_BUDGET, Golden, ProductionGolden
 from sidecar.canary.latch import MismatchLatch
 from sidecar.canary.outcome import RunOutcome
+from sidecar.canary.production import MISMATCH_REASON, EngineCanary, Fingerprint
 from sidecar.canary.sdc_screen import REASON as SDC_REASON
 from sidecar.canary.sdc_screen import Judged
-from sidecar.core.values import CheckResult, CheckStatus, Severity, engine_service
+from sidecar.core.values import CheckResult, CheckStatus, Severity
 
 log = logging.getLogger("sidecar.canary.component")  # the name these lines always had
 
-MISMATCH_REASON = "CanaryMismatch"
 STATE_NOTE = "the state directory; cleared only after a GPU reset and passing rounds"
 
 
@@ -47,6 +48,7 @@ class Judgement:
     clear_sdc: bool = False  # the SDC finding cleared: drop the persisted latches
     replace_worker: str | None = None  # over its memory limit: replace it, with this message
     release_production: bool = False  # verified: drop the production engine in the worker
+    reload_production: bool = False  # its files changed since verified: load it again
     final: bool = False  # nothing more to add to this round (no state / memory results)
 
 
@@ -58,9 +60,8 @@ class CanaryJudge:
         self.sdc_persisted = sdc_persisted  # SDC findings survive restarts (a state dir)
         self.latch = MismatchLatch(config.recovery_passes)
         self.latch_reason = MISMATCH_REASON
-        self.production_latch = MismatchLatch(config.recovery_passes)
-        self.production_failed: CheckResult | None = None  # the last result while it holds
-        self.production_released = False
+        # one per production engine (canary.production_engines), in config order
+        self.engines = [EngineCanary(e, config.recovery_passes) for e in config.engines]
         self.last_pass_at: float | None = None
         self.passes = 0
 
@@ -91,11 +92,18 @@ class CanaryJudge:
                 "canary latch handed over across the reload",
                 extra={"reason": self.latch_reason, "recovering": self.latch.recovering},
             )
-        if old.production_latch.holds_more_than(self.production_latch):
-            self.production_latch.take(old.production_latch)
-            if old.production_failed is not None:
-                now.append(old.production_failed)
-            log.warning("canary production-engine latch handed over across the reload")
+        olds = {e.config.manifest: e for e in old.engines}
+        for engine in self.engines:
+            was = olds.get(engine.config.manifest)
+            if was is None or not was.latch.holds_more_than(engine.latch):
+                continue
+            engine.latch.take(was.latch)
+            if was.failed is not None:
+                now.append(was.failed)
+            log.warning(
+                "canary production-engine latch handed over across the reload",
+                extra={"engine": str(engine.config.manifest)},
+            )
         return now
 
     # --- before the worker runs ------------------------------------------------------------
@@ -114,7 +122,8 @@ class CanaryJudge:
     def before_run(self, generation: int, *, ready: bool, worker: v.WorkerView) -> Judgement | None:
         """A latched finding, or no loaded worker: the round ends here. ``None``: go on."""
         self.latch.observe_generation(generation)
-        self.production_latch.observe_generation(generation)
+        for engine in self.engines:
+            engine.latch.observe_generation(generation)
         if self.latch.latched:
             return Judgement([self.mismatch_result(self.latch.message, worker.runner)], final=True)
         if not ready:
@@ -296,63 +305,35 @@ class CanaryJudge:
         )
         return Judgement([result], replace_worker=replace)
 
-    # --- the opt-in production engine ------------------------------------------------------
+    # --- the opt-in production engines (sidecar.canary.production) ------------------------
 
-    def production_unreadable(self, exc: Exception) -> Judgement:
-        prod = self.config.production_engine
-        assert prod is not None
-        name = f"canary/engine/{prod.manifest.stem}"
-        return Judgement([CheckResult.failed(name, "ManifestInvalid", str(exc), gates=v.GATES)])
+    @property
+    def production_failed(self) -> CheckResult | None:
+        """The first production engine's held failure (the one-engine form)."""
+        return self.engines[0].failed if self.engines else None
 
-    def production_round(self, outcome: RunOutcome, found: ProductionGolden, generation: int) -> Judgement:
-        """The production engine's outputs against its manifest's goldens (its own latch);
-        verified once with ``release_after_verify``, it is released."""
-        prod = self.config.production_engine
-        assert prod is not None
-        m = found.manifest
-        name = f"canary/engine/{m.name}"
-        gates = v.GATES | {engine_service(m.name)}
-        if outcome.production_outputs is None:
-            if self.production_released:
-                released = CheckResult.passed(
-                    name,
-                    reason="VerifiedAndReleased",
-                    message="production engine verified, then released",
-                    gates=gates,
-                )
-                return Judgement([released])
-            return Judgement(
-                [CheckResult.unknown(name, "LoadingEngine", "production engine not loaded", gates=gates)]
-            )
-        cmp = compare_outputs(outcome.production_outputs, found.outputs(), m.tolerance)
-        if not cmp.matches:
-            self.production_latch.mismatch(generation, f"production engine {m.name}: {cmp.detail}")
-        else:
-            self.production_latch.passed()
-        if self.production_latch.holds:
-            self.production_failed = CheckResult.failed(
-                name,
-                MISMATCH_REASON,
-                self.production_latch.message,
-                severity=Severity.FATAL,
-                gates=gates,
-            )
-            return Judgement([self.production_failed])
-        self.production_failed = None
-        j = Judgement(
-            [
-                CheckResult.passed(
-                    name,
-                    reason="CanaryPassed",
-                    message=f"production engine {m.name} matches golden",
-                    gates=gates,
-                )
-            ]
+    def production_unreadable(self, exc: Exception, index: int = 0) -> Judgement:
+        return Judgement(self.engines[index].unreadable(exc).results)
+
+    def production_round(
+        self,
+        outcome: RunOutcome,
+        found: ProductionGolden,
+        generation: int,
+        *,
+        index: int = 0,
+        outputs: dict[str, np.ndarray] | None = None,
+        fingerprint: Fingerprint = None,
+    ) -> Judgement:
+        """Production engine ``index``'s outputs (``outputs``, else the one-engine form's
+        ``outcome.production_outputs``) against its manifest's goldens: its own latch; with
+        ``release_after_verify``, released once verified and verified again when its files
+        (``fingerprint``) change."""
+        got = outputs if outputs is not None or index > 0 else outcome.production_outputs
+        verdict = self.engines[index].round(got, found, generation, fingerprint)
+        return Judgement(
+            verdict.results, release_production=verdict.release, reload_production=verdict.reload
         )
-        if prod.release_after_verify:
-            j.release_production = True
-            self.production_released = True
-        return j
 
     # --- shared ------------------------------------------------------------------------------
 

@@ -30,7 +30,9 @@ class RunOutcome:
     ok: bool
     runner: str = ""
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
-    production_outputs: dict[str, np.ndarray] | None = None
+    production_outputs: dict[str, np.ndarray] | None = None  # the one-engine form's reply
+    # each loaded production engine's outputs, by its manifest path (ProductionSpec.manifest)
+    engine_outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     latency_s: float = 0.0
     warmup_s: float = 0.0
     rss_bytes: int = 0

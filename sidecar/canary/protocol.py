@@ -7,9 +7,14 @@ base64 with dtype and shape: canary tensors are tiny.
 
 Requests (``op``):
 
-- ``load``: choose and load a runner. Fields of :class:`LoadRequest`.
-- ``run``: one canary. ``id``, ``fault`` (simulation only; ``None`` in production).
-- ``release``: drop the production engine (verify-then-release).
+- ``load``: choose and load a runner, and the production engines. Fields of
+  :class:`LoadRequest` (``productions``: a list; the one-engine form ``production`` is read too).
+- ``run``: one canary. ``id``, ``fault`` (simulation only; ``None`` in production). The reply's
+  ``engine_outputs`` holds each loaded production engine's outputs by its manifest path.
+- ``load_engine``: load one more production engine (``production``: a :class:`ProductionSpec`)
+  into the running worker: a released one whose files changed, to verify it again.
+- ``release``: drop the production engine ``manifest`` (verify-then-release); without
+  ``manifest``, every production engine.
 - ``exit``: leave the main loop.
 
 Replies carry the same ``op`` plus ``ok``; a failure carries ``error`` (:class:`WorkerError`
@@ -29,6 +34,7 @@ import numpy as np
 OP_LOAD = "load"
 OP_RUN = "run"
 OP_RELEASE = "release"
+OP_LOAD_ENGINE = "load_engine"
 OP_EXIT = "exit"
 
 # Fault modes the scenario file may set (simulation only). ``gpu_fault`` values are test-only
@@ -106,11 +112,23 @@ class FaultSpec:
 
 @dataclass(frozen=True, slots=True)
 class ProductionSpec:
-    """The opt-in production engine: its manifest and the GPU memory it may take."""
+    """One opt-in production engine: its manifest (also its key in replies) and the GPU
+    memory it may take."""
 
     manifest: str
     memory_budget_mib: float
     release_after_verify: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ProductionSpec:
+        return cls(
+            manifest=str(raw["manifest"]),
+            memory_budget_mib=float(raw.get("memory_budget_mib", 0.0)),
+            release_after_verify=bool(raw.get("release_after_verify", False)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,21 +147,29 @@ class LoadRequest:
     tc_allow_injection: bool = False
     tc_simulated_sms: int = 0  # > 0: the numpy model of the kernel (simulation only)
     determinism_check: bool = True  # onnxruntime / tensorrt: run twice at load, compare bits
+    productions: tuple[ProductionSpec, ...] = ()  # several production engines (with production)
+
+    def engines(self) -> tuple[ProductionSpec, ...]:
+        """Every production engine to load: ``production`` first, then ``productions``."""
+        first = (self.production,) if self.production is not None else ()
+        return first + tuple(p for p in self.productions if p != self.production)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["op"] = OP_LOAD
         out["devices"] = list(self.devices)
+        out["productions"] = [p.to_dict() for p in self.productions]
         return out
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> LoadRequest:
         prod = raw.get("production")
+        more = raw.get("productions") or []
         return cls(
             runner=str(raw.get("runner", "auto")),
             manifest=raw.get("manifest"),
             tensorrt_manifest=raw.get("tensorrt_manifest"),
-            production=ProductionSpec(**prod) if isinstance(prod, dict) else None,
+            production=ProductionSpec.from_dict(prod) if isinstance(prod, dict) else None,
             allow_engine_host_code=bool(raw.get("allow_engine_host_code", False)),
             devices=tuple(int(d) for d in raw.get("devices") or ()),
             warmup_runs=int(raw.get("warmup_runs", 2)),
@@ -151,6 +177,7 @@ class LoadRequest:
             tc_allow_injection=bool(raw.get("tc_allow_injection", False)),
             tc_simulated_sms=int(raw.get("tc_simulated_sms", 0)),
             determinism_check=bool(raw.get("determinism_check", True)),
+            productions=tuple(ProductionSpec.from_dict(p) for p in more if isinstance(p, dict)),
         )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -26,7 +27,7 @@ from typing import Any
 from sidecar.canary import protocol
 from sidecar.canary.metrics import CanaryMetrics
 from sidecar.canary.outcome import Death, RunOutcome
-from sidecar.canary.protocol import FaultSpec, LoadRequest, WorkerError
+from sidecar.canary.protocol import FaultSpec, LoadRequest, ProductionSpec, WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +210,12 @@ class CanarySupervisor:
                 return RunOutcome(False, runner=self.runner, error=err, rss_bytes=rss)
             try:
                 outputs = protocol.decode_arrays(reply.get("outputs"))
-                prod_raw = reply.get("production_outputs")
+                prod_raw = reply.get("production_outputs")  # the one-engine form
                 prod = protocol.decode_arrays(prod_raw) if prod_raw is not None else None
+                engines_raw = reply.get("engine_outputs") or {}
+                if not isinstance(engines_raw, dict):
+                    raise ValueError("engine_outputs must be an object")
+                engines = {str(k): protocol.decode_arrays(v) for k, v in engines_raw.items()}
             except ValueError as exc:
                 err = WorkerError("WorkerProtocolError", f"bad outputs from worker: {exc}")
                 return RunOutcome(False, runner=self.runner, error=err, rss_bytes=rss)
@@ -224,6 +229,7 @@ class CanarySupervisor:
                 runner=self.runner,
                 outputs=outputs,
                 production_outputs=prod,
+                engine_outputs=engines,
                 latency_s=latency,
                 warmup_s=float(reply.get("warmup_s") or 0.0),
                 rss_bytes=rss,
@@ -238,15 +244,52 @@ class CanarySupervisor:
                 return None
             return await self._reap()
 
-    async def release_production(self) -> None:
-        """Drop the production engine in the worker (verify-then-release)."""
+    async def release_production(self, manifest: str | None = None) -> None:
+        """Drop production engine ``manifest`` in the worker (verify-then-release); every one
+        without ``manifest``. A restarted worker does not load it again."""
         async with self._lock:
+            engines = self.load_request.engines()
+            kept = tuple(p for p in engines if manifest is not None and p.manifest != manifest)
+            self.load_request = dataclasses.replace(self.load_request, production=None, productions=kept)
             if self.ready:
-                reply, _ = await self._request(
-                    {"op": protocol.OP_RELEASE}, self.settings.timeout_s, timeout_reason="CanaryTimeout"
-                )
+                msg: dict[str, Any] = {"op": protocol.OP_RELEASE}
+                if manifest is not None:
+                    msg["manifest"] = manifest
+                reply, _ = await self._request(msg, self.settings.timeout_s, timeout_reason="CanaryTimeout")
                 if reply is not None:
                     self._record_memory(reply)
+
+    async def load_engine(self, spec: ProductionSpec) -> WorkerError | None:
+        """Load production engine ``spec`` into the running worker (a released one whose files
+        changed: verified again by the next rounds). ``None`` on success, and a restarted
+        worker loads it too; else why not (a missed deadline or a sticky error replaces the
+        worker, which then starts without it)."""
+        async with self._lock:
+            if not self.ready:
+                return WorkerError("WorkerNotReady", "no loaded worker")
+            msg = {"op": protocol.OP_LOAD_ENGINE, "production": spec.to_dict()}
+            deadline = self.settings.load_timeout_s
+            reply, death = await self._request(msg, deadline, timeout_reason="LoadTimeout")
+            if death is not None:
+                return WorkerError(death.reason, death.message, labels=death.labels)
+            assert reply is not None
+            self._record_memory(reply)
+            if not reply.get("ok"):
+                err = WorkerError.from_dict(reply.get("error"))
+                if err.sticky:
+                    await self._kill(grace_s=2.0)
+                    cause = err.cuda_error or err.reason
+                    self._record_death(Death(cause, err.reason, err.message, err.labels))
+                return err
+            others = tuple(p for p in self.load_request.engines() if p.manifest != spec.manifest)
+            self.load_request = dataclasses.replace(
+                self.load_request, production=None, productions=(*others, spec)
+            )
+            log.info(
+                "canary production engine loaded again",
+                extra={"engine": spec.manifest, "detail": str(reply.get("detail", ""))},
+            )
+            return None
 
     async def replace(self, cause: str, reason: str, message: str) -> Death:
         """Kill the worker on purpose (memory limit ...) and arm the backoff."""
@@ -278,7 +321,7 @@ class CanarySupervisor:
             line = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
         except TimeoutError:
             await self._kill()
-            what = "load" if msg.get("op") == protocol.OP_LOAD else "canary"
+            what = "load" if msg.get("op") in (protocol.OP_LOAD, protocol.OP_LOAD_ENGINE) else "canary"
             death = Death(
                 timeout_reason,
                 timeout_reason,

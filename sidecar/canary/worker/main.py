@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from sidecar.canary import protocol
-from sidecar.canary.protocol import FaultSpec, LoadRequest, WorkerError
+from sidecar.canary.protocol import FaultSpec, LoadRequest, ProductionSpec, WorkerError
 from sidecar.canary.worker import faults
 from sidecar.canary.worker.determinism import determinism_self_test
 from sidecar.canary.worker.memory import GpuMemoryProbe, rss_bytes
@@ -48,9 +48,12 @@ class Worker:
         self.allow_faults = allow_faults
         self.runner: Runner | None = None
         self.runner_name = ""
-        self.production: Runner | None = None
+        self.request: LoadRequest | None = None
+        # the loaded production engines by manifest path, in load order
+        self.productions: dict[str, Runner] = {}
         self.warmup_runs = 2
         self.warmed = False
+        self.warmed_engines: set[str] = set()  # production engines past their warm-up runs
         self.memory = GpuMemoryProbe()
         self.leaked: list[np.ndarray] = []
         self.exit_after_reply: int | None = None
@@ -73,10 +76,13 @@ class Worker:
         elif op == protocol.OP_RUN:
             self.run(msg)
         elif op == protocol.OP_RELEASE:
-            if self.production is not None:
-                self.production.close()
-                self.production = None
+            key = msg.get("manifest")  # absent: every production engine (the one-engine form)
+            for name in [k for k in self.productions if key is None or k == key]:
+                self.productions.pop(name).close()
+                self.warmed_engines.discard(name)
             self.reply({"op": op, "ok": True, "gpu_memory_bytes": self.memory.own()})
+        elif op == protocol.OP_LOAD_ENGINE:
+            self.load_engine(msg)
         elif op == protocol.OP_EXIT:
             return False
         else:
@@ -98,11 +104,14 @@ class Worker:
             if req.determinism_check and self.runner.name in ("onnxruntime", "tensorrt"):
                 determinism = determinism_self_test(self.runner, req)
             self.runner_name = self.runner.name
-            prod_detail = ""
-            production = build_production(req)
-            if production is not None:
-                self.production = production
-                prod_detail = production.load().detail
+            self.request = req
+            details: list[str] = []
+            for spec in req.engines():
+                production = build_production(req, spec)
+                assert production is not None
+                self.productions[spec.manifest] = production
+                details.append(production.load().detail)
+            prod_detail = "; ".join(details)
         except RunnerError as exc:
             self.error_reply("load", self._with_memory(exc), load_s=time.perf_counter() - t0)
             return
@@ -110,6 +119,7 @@ class Worker:
             self.error_reply("load", _unexpected(exc), load_s=time.perf_counter() - t0)
             return
         self.warmed = False
+        self.warmed_engines = set()
         self.reply(
             {
                 "op": "load",
@@ -120,6 +130,43 @@ class Worker:
                 "load_s": time.perf_counter() - t0,
                 "gpu_memory_bytes": self.memory.own(),
                 "determinism": determinism,
+            }
+        )
+
+    def load_engine(self, msg: dict[str, Any]) -> None:
+        """One more production engine into the running worker (one of the same manifest is
+        closed first): a released engine whose files changed, verified again."""
+        t0 = time.perf_counter()
+        raw = msg.get("production")
+        if self.request is None or self.runner is None:
+            self.error_reply("load_engine", WorkerError("RunnerNotLoaded", "load_engine before load"))
+            return
+        if not isinstance(raw, dict) or not isinstance(raw.get("manifest"), str):
+            self.error_reply("load_engine", WorkerError("WorkerProtocolError", f"bad production: {raw!r}"))
+            return
+        spec = ProductionSpec.from_dict(raw)
+        old = self.productions.pop(spec.manifest, None)
+        if old is not None:
+            old.close()
+        self.warmed_engines.discard(spec.manifest)
+        try:
+            production = build_production(self.request, spec)
+            assert production is not None
+            detail = production.load().detail
+        except RunnerError as exc:
+            self.error_reply("load_engine", self._with_memory(exc), load_s=time.perf_counter() - t0)
+            return
+        except Exception as exc:
+            self.error_reply("load_engine", _unexpected(exc), load_s=time.perf_counter() - t0)
+            return
+        self.productions[spec.manifest] = production
+        self.reply(
+            {
+                "op": "load_engine",
+                "ok": True,
+                "detail": detail,
+                "load_s": time.perf_counter() - t0,
+                "gpu_memory_bytes": self.memory.own(),
             }
         )
 
@@ -142,20 +189,23 @@ class Worker:
         gpu_fault = fault.gpu_fault if fault is not None else "none"
         try:
             warmup_s = 0.0
-            if not self.warmed:
+            cold = [k for k in self.productions if k not in self.warmed_engines]
+            if not self.warmed or cold:
                 t0 = time.perf_counter()
                 for _ in range(self.warmup_runs):  # first-inference cost is excluded
-                    self.runner.infer()
-                    if self.production is not None:
-                        self.production.infer()
+                    if not self.warmed:
+                        self.runner.infer()
+                    for key in cold:
+                        self.productions[key].infer()
                 warmup_s = time.perf_counter() - t0
                 self.warmed = True
+                self.warmed_engines.update(cold)
             t0 = time.perf_counter()
             outputs = self.runner.infer(gpu_fault=gpu_fault)
             if fault is not None and fault.mode == "slow":
                 time.sleep(max(0.0, fault.delay_ms) / 1000.0)
             latency = time.perf_counter() - t0
-            prod_out = self.production.infer() if self.production is not None else None
+            engine_out = {key: r.infer() for key, r in self.productions.items()}
         except RunnerError as exc:
             self.error_reply("run", self._with_memory(exc), id=rid)
             return
@@ -173,8 +223,8 @@ class Worker:
             "warmup_s": warmup_s,
             "gpu_memory_bytes": self.memory.own(),
         }
-        if prod_out is not None:
-            reply["production_outputs"] = protocol.encode_arrays(prod_out)
+        if engine_out:
+            reply["engine_outputs"] = {k: protocol.encode_arrays(v) for k, v in engine_out.items()}
         self.reply(reply)
 
 
@@ -220,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             break
     if worker.exit_after_reply is not None:
         os._exit(worker.exit_after_reply)  # a dead CUDA context: skip cleanup that would fail
-    for r in (worker.runner, worker.production):
+    for r in (worker.runner, *worker.productions.values()):
         if r is not None:
             r.close()
     return 0

@@ -1,12 +1,12 @@
 """Which runner the worker loads: the configured one, or for ``auto`` the first that loads of
-tensorrt, cuda-kernel, onnxruntime; and the opt-in production engine. Each runner's library is
+tensorrt, cuda-kernel, onnxruntime; and the opt-in production engines. Each runner's library is
 imported only when that runner is chosen."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sidecar.canary.protocol import LoadRequest
+from sidecar.canary.protocol import LoadRequest, ProductionSpec
 from sidecar.canary.worker.memory import MIB
 from sidecar.canary.worker.runners.base import Runner, RunnerError, RunnerUnavailable
 from sidecar.engine.manifest import EngineManifest, load_manifest
@@ -78,15 +78,24 @@ def choose_and_load(req: LoadRequest) -> tuple[Runner, str]:
     raise RunnerUnavailable("RunnerUnavailable", "no canary runner available: " + "; ".join(skipped))
 
 
-def build_production(req: LoadRequest) -> Runner | None:
-    """The production engine's runner (not loaded yet) when the request names one, else None."""
-    if req.production is None:
-        return None
+def build_production(req: LoadRequest, spec: ProductionSpec | None = None) -> Runner | None:
+    """The runner (not loaded yet) of production engine ``spec`` (default: the request's
+    first), or None when the request names none. A ``tensorrt-plan`` manifest runs on
+    TensorRT within its memory budget; an ``onnx`` one on ONNX Runtime (CPU)."""
+    if spec is None:
+        engines = req.engines()
+        if not engines:
+            return None
+        spec = engines[0]
+    m = manifest(spec.manifest, "production engine")
+    if m.format == "onnx":
+        from sidecar.canary.worker.runners.onnxruntime_runner import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(m)
     from sidecar.canary.worker.runners.tensorrt_runner import TensorRTRunner
 
-    spec = req.production
     return TensorRTRunner(
-        manifest(spec.manifest, "production engine"),
+        m,
         device=req.devices[0] if req.devices else 0,
         allow_engine_host_code=req.allow_engine_host_code,
         memory_budget_bytes=int(spec.memory_budget_mib * MIB),
