@@ -124,3 +124,20 @@ async def until(
 
 def reason(name: str) -> Callable[[CheckResult], bool]:
     return lambda r: r.reason == name
+
+
+def onnx_engine(folder: Path, name: str, **manifest: Any) -> Path:
+    """A production engine that runs on CPU: a copy of the bundled ONNX canary model and its
+    golden files under ``folder``, its manifest naming it ``name`` (``manifest`` overrides
+    fields, e.g. ``version`` / ``fallback``). Returns the manifest path."""
+    src = ENGINES / "canary"
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in ("canary.onnx", "golden_input.npy", "golden_output.npy"):
+        (folder / f).write_bytes((src / f).read_bytes())
+    doc = yaml.safe_load((src / "manifest.yaml").read_text())
+    doc.update({"name": name, **manifest})
+    path = folder / f"{name}.manifest.yaml"
+    tmp = folder / f".{name}.manifest.tmp"
+    tmp.write_text(yaml.safe_dump(doc))
+    os.replace(tmp, path)
+    return path
