@@ -470,3 +470,99 @@ def test_production_manifest_unreadable_names_the_file_stem(tmp_path: Path) -> N
     j, _ = _production(tmp_path, False)
     (r,) = j.production_unreadable(ValueError("broken")).results
     assert (r.name, r.reason, r.message) == ("canary/engine/prod", "ManifestInvalid", "broken")
+
+
+# --- several production engines (sidecar.canary.production) ---------------------------------
+
+GOOD, BAD = [1.0, 2.0], [1.0, 2.5]
+# one step: (outputs or None when not loaded in the worker, the files' fingerprint)
+Step = tuple[list[float] | None, str | None]
+
+
+@pytest.mark.parametrize(
+    ("steps", "want"),
+    [
+        # verified, released: its pass stands while the files are those it was verified from
+        (
+            [(GOOD, "f1"), (None, "f1"), (None, "f1")],
+            ["CanaryPassed+release", "VerifiedAndReleased", "VerifiedAndReleased"],
+        ),
+        # the files changed after the release: no stale pass; loaded again, verified again
+        (
+            [(GOOD, "f1"), (None, "f2"), (GOOD, "f2"), (None, "f2")],
+            ["CanaryPassed+release", "EngineChanged+reload", "CanaryPassed+release", "VerifiedAndReleased"],
+        ),
+        # changed to files that no longer match: the reloaded engine's sticky mismatch
+        (
+            [(GOOD, "f1"), (None, "f2"), (BAD, "f2"), (GOOD, "f2")],
+            ["CanaryPassed+release", "EngineChanged+reload", "CanaryMismatch", "CanaryMismatch"],
+        ),
+        # a mismatch is never released
+        ([(BAD, "f1"), (GOOD, "f1")], ["CanaryMismatch", "CanaryMismatch"]),
+        # not loaded and never verified
+        ([(None, "f1")], ["LoadingEngine"]),
+    ],
+)
+def test_released_engine_rounds(tmp_path: Path, steps: list[Step], want: list[str]) -> None:
+    """release_after_verify: the verdict of each round, and what it asks for."""
+    j, found = _production(tmp_path, True)
+    seen = []
+    for outputs, fp in steps:
+        prod = None if outputs is None else {"out": np.array(outputs, np.float32)}
+        got = j.production_round(ok([1.0]), found, 0, outputs=prod, fingerprint=fp)
+        (r,) = got.results
+        asks = "+release" if got.release_production else "+reload" if got.reload_production else ""
+        seen.append(r.reason + asks)
+        assert r.status is (
+            CheckStatus.UNKNOWN if r.reason in ("EngineChanged", "LoadingEngine") else r.status
+        )
+    assert seen == want
+
+
+def test_failed_reload_is_held_until_the_files_change(tmp_path: Path) -> None:
+    j, found = _production(tmp_path, True)
+    j.production_round(ok([1.0]), found, 0, outputs={"out": np.array(GOOD, np.float32)}, fingerprint="f1")
+    assert j.production_round(ok([1.0]), found, 0, fingerprint="f2").reload_production
+    err = WorkerError("EngineLoadFailed", "bad model", labels={"engine": "prod"})
+    failed = j.engines[0].reload_failed(err, found, "f2")
+    assert (failed.name, failed.status, failed.reason) == (
+        "canary/engine/prod",
+        CheckStatus.FAIL,
+        "EngineLoadFailed",
+    )
+    assert "engine/prod" in failed.gates and "could not be loaded again: bad model" in failed.message
+    held = j.production_round(ok([1.0]), found, 0, fingerprint="f2")
+    assert held.results == [failed] and not held.reload_production
+    again = j.production_round(ok([1.0]), found, 0, fingerprint="f3")
+    assert again.results[0].reason == "EngineChanged" and again.reload_production
+
+
+def test_each_production_engine_has_its_own_verdict_and_latch(tmp_path: Path) -> None:
+    """Two engines: the primary's mismatch latches only its own canary/engine/<name>; the
+    fallback verifies and is released; a reload hands each latch to the same manifest's."""
+    prim, fb = (
+        ProductionEngineConfig(tmp_path / "prim.yaml", 512.0),
+        ProductionEngineConfig(tmp_path / "fb.yaml", 64.0, True),
+    )
+    cfg = CanaryConfig(production_engines=(prim, fb))
+    j = CanaryJudge(cfg)
+
+    def found(name: str) -> ProductionGolden:
+        m = EngineManifest(name=name, file=f"{name}.plan", directory=tmp_path, tolerance=Tolerance(0.0, 0.0))
+        return ProductionGolden(m, {"out": np.array(GOOD, np.float32)})
+
+    bad, good = {"out": np.array(BAD, np.float32)}, {"out": np.array(GOOD, np.float32)}
+    p = j.production_round(ok([1.0]), found("prim"), 0, index=0, outputs=bad)
+    f = j.production_round(ok([1.0]), found("fb"), 0, index=1, outputs=good, fingerprint="f1")
+    assert (p.results[0].name, p.results[0].reason) == ("canary/engine/prim", "CanaryMismatch")
+    assert (f.results[0].name, f.results[0].reason, f.release_production) == (
+        "canary/engine/fb",
+        "CanaryPassed",
+        True,
+    )
+    assert j.production_failed is p.results[0]
+    unread = j.production_unreadable(ValueError("x"), 1).results[0]
+    assert (unread.name, unread.reason) == ("canary/engine/fb", "ManifestInvalid")
+    new = CanaryJudge(CanaryConfig(production_engines=(fb, prim)))  # reordered by the reload
+    assert new.take_over(j, "onnxruntime") == [p.results[0]]
+    assert new.engines[1].latch.holds and not new.engines[0].latch.holds

@@ -77,6 +77,62 @@ def test_config_production_engine_parsed() -> None:
     assert cfg.production_engine is not None
     assert cfg.production_engine.memory_budget_mib == 512
     assert cfg.production_engine.release_after_verify is True
+    assert cfg.engines == (cfg.production_engine,)  # the one-entry form
+
+
+def test_config_production_engines_list() -> None:
+    """production_engines: each entry as production_engine, in order; the primary kept, the
+    fallback released after verify; none configured is no engine."""
+    cfg, errors = parse(
+        {
+            "production_engines": [
+                {"manifest": "/e/prim.yaml", "memory_budget_mib": 2048},
+                {"manifest": "/e/fb.yaml", "memory_budget_mib": 512, "release_after_verify": True},
+            ]
+        }
+    )
+    assert errors == []
+    assert [(str(e.manifest), e.memory_budget_mib, e.release_after_verify) for e in cfg.engines] == [
+        ("/e/prim.yaml", 2048, False),
+        ("/e/fb.yaml", 512, True),
+    ]
+    assert parse({})[0].engines == () and parse({"production_engines": []})[0].engines == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "problems"),
+    [
+        (
+            {"production_engines": [{"manifest": "m.yaml"}, {"memory_budget_mib": 1, "x": 1}]},
+            [
+                "canary.production_engines[0].memory_budget_mib: required: the GPU memory the "
+                "production engine may take",
+                "canary.production_engines[1].manifest: required",
+                "canary.production_engines[1].x: unknown field",
+            ],
+        ),
+        (
+            {"production_engines": [{"manifest": "m.yaml", "memory_budget_mib": 1}] * 2},
+            ["canary.production_engines[1].manifest: m.yaml is already entry [0]"],
+        ),
+        (
+            {
+                "production_engine": {"manifest": "a.yaml", "memory_budget_mib": 1},
+                "production_engines": [{"manifest": "b.yaml", "memory_budget_mib": 1}],
+            },
+            [
+                "canary.production_engines: give production_engine (one engine) or "
+                "production_engines (a list), not both"
+            ],
+        ),
+        (
+            {"production_engines": {"manifest": "m.yaml"}},
+            ["canary.production_engines: must be a list, got dict"],
+        ),
+    ],
+)
+def test_config_production_engines_refused(raw: dict[str, object], problems: list[str]) -> None:
+    assert parse(raw)[1] == problems
 
 
 def test_compare_match_and_max_abs_error() -> None:
@@ -146,6 +202,22 @@ def test_load_request_round_trip() -> None:
         "tensorrt", "/a.yaml", "/b.yaml", ProductionSpec("/p.yaml", 256.0, True), True, (0, 1), 3
     )
     assert LoadRequest.from_dict(req.to_dict()) == req
+
+
+def test_load_request_with_several_production_engines() -> None:
+    """productions round-trip; engines() lists the one-engine form's first, each once; the
+    one-engine form (``production`` only, as an older request) is still read."""
+    a, b = ProductionSpec("/a.yaml", 256.0), ProductionSpec("/b.yaml", 64.0, True)
+    req = LoadRequest("onnxruntime", "/c.yaml", None, productions=(a, b))
+    back = LoadRequest.from_dict(req.to_dict())
+    assert back == req and back.engines() == (a, b)
+    legacy = {
+        "op": "load",
+        "runner": "onnxruntime",
+        "production": {"manifest": "/a.yaml", "memory_budget_mib": 256},
+    }
+    assert LoadRequest.from_dict(legacy).engines() == (a,)
+    assert LoadRequest("onnxruntime", None, None, a, productions=(a, b)).engines() == (a, b)
 
 
 def test_backoff_doubles_and_caps() -> None:
