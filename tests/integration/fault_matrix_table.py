@@ -25,6 +25,8 @@ from typing import Any
 UUID = "GPU-sim-0"
 GPU = f"gpu/{UUID}"
 ENGINE = "prod"
+FALLBACK = "prod-fallback"  # the actions rows' fallback engine: ONNX, so it has its own canary
+FALLBACK_CANARY = f"canary/engine/{FALLBACK}"
 
 S, N = "SERVING", "NOT_SERVING"
 
@@ -593,12 +595,12 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         id="actions-degrade-memory",
-        fault="GPU memory headroom under `degrade.min_free_mib` (degrade on, verified fallback)",
+        fault="GPU memory headroom under `degrade.min_free_mib` (degrade on, fallback verified by its own canary)",
         injection="`gpus: [{memory_free_mib: 100}]`, `enter_after: 0.3s`",
         group="actions",
         gpu={"memory_free_mib": 100},
         expect={"primary": N},
-        reasons={f"degraded/{ENGINE}": "ServingFallback"},
+        reasons={f"degraded/{ENGINE}": "ServingFallback", FALLBACK_CANARY: "VerifiedAndReleased"},
         metric='trt_health_degraded{engine="prod"} == 1',
         evidence="the server lists only the fallback (version 0); back to every version after "
         "`restore_after: 1s` without pressure",
@@ -608,12 +610,12 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         id="actions-degrade-thermal",
-        fault="GPU at its slowdown temperature (thermal throttling; degrade on, verified fallback)",
+        fault="GPU at its slowdown temperature (thermal throttling; degrade on, fallback verified by its own canary)",
         injection="`gpus: [{temperature_c: 88}]`, `enter_after: 0.3s`",
         group="actions",
         gpu={"temperature_c": 88},
         expect={"primary": N},
-        reasons={f"{GPU}/thermal": "ThermalSlowdown", f"degraded/{ENGINE}": "ServingFallback"},
+        reasons={f"{GPU}/thermal": "ThermalSlowdown", f"degraded/{ENGINE}": "ServingFallback", FALLBACK_CANARY: "VerifiedAndReleased"},
         metric='trt_health_degraded{engine="prod"} == 1',
         evidence="the server lists only the fallback (version 0); back after `restore_after: 1s`",
         served="0",
@@ -686,7 +688,11 @@ def markdown() -> str:
         " healthy between rows); `multi_gpu` runs with `gpu.multi_gpu_model: true`; `reload`"
         " and `restart` get their own processes; `actions`, `actions_flap` and `actions_dry` run"
         " with a real MLServer (versions 0, 1, 2 of the model) and the `actions` section"
-        " (docs/actions.md), and also assert what the server lists and which version answers.",
+        " (docs/actions.md), and also assert what the server lists and which version answers."
+        f" Their fallback `{FALLBACK}` (version 0) is an ONNX engine in"
+        " `canary.production_engines` with `release_after_verify: true`: the degrade rows use it"
+        f" only because its own canary passed (`{FALLBACK_CANARY}`, `require_fallback_canary:"
+        " true`).",
         "",
         "| # | fault | injection | services | reasons | metric | recovery | group |",
         "|---|---|---|---|---|---|---|---|",

@@ -37,12 +37,13 @@ from sidecar.engine.manifest import EngineManifest, TensorSpec, dump_manifest
 from sidecar.engine.plan import make_plan_header
 from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
 from sidecar.testing import child_pids, wait_until
+from sidecar.testing.canary import onnx_engine
 from sidecar.testing.mlserver import MLServer, index, infer_version, mlserver_exe, running_mlserver
 from sidecar.testing.reload import Watcher
 
 from . import fault_matrix_table as table
 from .conftest import REPO, SidecarProcess, start_sidecar
-from .fault_matrix_table import ALL_SERVING, ENGINE, Row
+from .fault_matrix_table import ALL_SERVING, ENGINE, FALLBACK, Row
 
 PLAN_VERSION = (10, 13, 0, 35)
 PROBE_BUDGET_S = 1.0
@@ -1053,10 +1054,14 @@ def fm_mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServer]:
 def make_actions_sidecar(tmp: Path, server: MLServer, group: str) -> Iterator[Sidecar]:
     model = ACTION_GROUPS[group]
     endpoint = Endpoint()
-    engine = Engine(tmp / "engines" / ENGINE, engine_version="1", fallback="prod-fallback").create()
-    fallback = Engine(tmp / "engines" / "prod-fallback", name="prod-fallback", engine_version="0").create()
+    engine = Engine(tmp / "engines" / ENGINE, engine_version="1", fallback=FALLBACK).create()
+    # the fallback runs on CPU (ONNX), so that it has its own canary: verified, then released
+    fallback = onnx_engine(tmp / "engines" / FALLBACK, FALLBACK, version="0")
     cfg = base_config(engine.manifest, endpoint.url)
-    cfg["engines"]["list"].append({"name": "prod-fallback", "manifest": str(fallback.manifest)})
+    cfg["engines"]["list"].append({"name": FALLBACK, "manifest": str(fallback)})
+    cfg["canary"]["production_engines"] = [
+        {"manifest": str(fallback), "memory_budget_mib": 64, "release_after_verify": True}
+    ]
     cfg["actions"] = {
         "enabled": True,
         "dry_run": group == "actions_dry",
@@ -1073,8 +1078,7 @@ def make_actions_sidecar(tmp: Path, server: MLServer, group: str) -> Iterator[Si
             "min_free_mib": 1000,
             "canary_latency": False,
             "throttling": True,
-            # the production-engine canary runs one engine; the fallback is verified by file
-            "require_fallback_canary": False,
+            "require_fallback_canary": True,  # canary/engine/prod-fallback passed (the default)
         },
     }
     yield from healthy_sidecar(Sidecar(tmp, cfg, engine, endpoint))
