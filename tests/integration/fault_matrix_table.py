@@ -595,7 +595,8 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         id="actions-degrade-memory",
-        fault="GPU memory headroom under `degrade.min_free_mib` (degrade on, fallback verified by its own canary)",
+        fault="GPU memory headroom under `degrade.min_free_mib` (degrade on, fallback verified by "
+        "its own canary)",
         injection="`gpus: [{memory_free_mib: 100}]`, `enter_after: 0.3s`",
         group="actions",
         gpu={"memory_free_mib": 100},
@@ -610,12 +611,17 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         id="actions-degrade-thermal",
-        fault="GPU at its slowdown temperature (thermal throttling; degrade on, fallback verified by its own canary)",
+        fault="GPU at its slowdown temperature (thermal throttling; degrade on, fallback verified "
+        "by its own canary)",
         injection="`gpus: [{temperature_c: 88}]`, `enter_after: 0.3s`",
         group="actions",
         gpu={"temperature_c": 88},
         expect={"primary": N},
-        reasons={f"{GPU}/thermal": "ThermalSlowdown", f"degraded/{ENGINE}": "ServingFallback", FALLBACK_CANARY: "VerifiedAndReleased"},
+        reasons={
+            f"{GPU}/thermal": "ThermalSlowdown",
+            f"degraded/{ENGINE}": "ServingFallback",
+            FALLBACK_CANARY: "VerifiedAndReleased",
+        },
         metric='trt_health_degraded{engine="prod"} == 1',
         evidence="the server lists only the fallback (version 0); back after `restore_after: 1s`",
         served="0",
