@@ -1,11 +1,13 @@
 """What one canary request came to, as the supervisor hands it to the judge.
 
 Plain values (no process, no I/O): the supervisor builds them from the worker's replies and
-its own deadlines; :mod:`sidecar.canary.judge` turns them into check results.
+its own deadlines; :mod:`sidecar.canary.judge` turns them into check results. Also what a
+worker's exit status says and the restart backoff (pure functions the supervisor uses).
 """
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,3 +40,23 @@ class RunOutcome:
     rss_bytes: int = 0
     error: WorkerError | None = None
     death: Death | None = None
+
+
+def backoff_delay(failures: int, initial_s: float, max_s: float) -> float:
+    """Exponential backoff: 0 before any failure, then initial, 2x initial ... capped."""
+    if failures <= 0:
+        return 0.0
+    return float(min(max_s, initial_s * (2 ** min(failures - 1, 30))))
+
+
+def describe_exit(returncode: int | None) -> tuple[str, str]:
+    """(cause label, message) for a worker exit status."""
+    if returncode is None:
+        return "unknown", "worker ended, exit status unknown"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return name, f"worker killed by {name}"
+    return f"exit_{returncode}", f"worker exited with code {returncode}"

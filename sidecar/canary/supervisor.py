@@ -17,7 +17,6 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -26,8 +25,10 @@ from typing import Any
 
 from sidecar.canary import protocol
 from sidecar.canary.metrics import CanaryMetrics
-from sidecar.canary.outcome import Death, RunOutcome
+from sidecar.canary.outcome import Death, RunOutcome, backoff_delay, describe_exit
 from sidecar.canary.protocol import FaultSpec, LoadRequest, ProductionSpec, WorkerError
+
+__all__ = ["CanarySupervisor", "SupervisorSettings", "backoff_delay", "describe_exit"]
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +46,6 @@ class SupervisorSettings:
     allow_faults: bool = False  # simulation only: lets scenario faults reach the worker
     python: str = sys.executable
     env: dict[str, str] | None = None
-
-
-def backoff_delay(failures: int, initial_s: float, max_s: float) -> float:
-    """Exponential backoff: 0 before any failure, then initial, 2x initial ... capped."""
-    if failures <= 0:
-        return 0.0
-    return float(min(max_s, initial_s * (2 ** min(failures - 1, 30))))
-
-
-def describe_exit(returncode: int | None) -> tuple[str, str]:
-    """(cause label, message) for a worker exit status."""
-    if returncode is None:
-        return "unknown", "worker ended, exit status unknown"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return name, f"worker killed by {name}"
-    return f"exit_{returncode}", f"worker exited with code {returncode}"
 
 
 class CanarySupervisor:
@@ -276,19 +257,15 @@ class CanarySupervisor:
             self._record_memory(reply)
             if not reply.get("ok"):
                 err = WorkerError.from_dict(reply.get("error"))
-                if err.sticky:
+                if err.sticky:  # the worker exits by itself; make sure, and count the death
                     await self._kill(grace_s=2.0)
-                    cause = err.cuda_error or err.reason
-                    self._record_death(Death(cause, err.reason, err.message, err.labels))
+                    self._record_death(Death(err.cuda_error or err.reason, err.reason, err.message))
                 return err
             others = tuple(p for p in self.load_request.engines() if p.manifest != spec.manifest)
             self.load_request = dataclasses.replace(
                 self.load_request, production=None, productions=(*others, spec)
             )
-            log.info(
-                "canary production engine loaded again",
-                extra={"engine": spec.manifest, "detail": str(reply.get("detail", ""))},
-            )
+            log.info("canary production engine loaded again", extra={"engine": spec.manifest})
             return None
 
     async def replace(self, cause: str, reason: str, message: str) -> Death:
