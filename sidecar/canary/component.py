@@ -367,7 +367,8 @@ class CanaryComponent:
         )
         results = await self._apply(j)
         results.extend(await self._apply(self.judge.memory(outcome, self._worker())))
-        results.extend(await self.production.rounds(outcome, generation, self.judge, self.supervisor))
+        prod = await self.production.rounds(outcome, generation, self.judge, self.supervisor, self.clock())
+        results.extend(prod)
         return results
 
     async def judge_sdc(self, outcome: RunOutcome, generation: int) -> list[CheckResult]:

@@ -61,7 +61,7 @@ class CanaryJudge:
         self.latch = MismatchLatch(config.recovery_passes)
         self.latch_reason = MISMATCH_REASON
         # one per production engine (canary.production_engines), in config order
-        self.engines = [EngineCanary(e, config.recovery_passes) for e in config.engines]
+        self.engines = [EngineCanary(e, config.recovery_passes, config.backoff_max_s) for e in config.engines]
         self.last_pass_at: float | None = None
         self.passes = 0
 
@@ -324,13 +324,14 @@ class CanaryJudge:
         index: int = 0,
         outputs: dict[str, np.ndarray] | None = None,
         fingerprint: Fingerprint = None,
+        now: float = 0.0,
     ) -> Judgement:
         """Production engine ``index``'s outputs (``outputs``, else the one-engine form's
         ``outcome.production_outputs``) against its manifest's goldens: its own latch; with
         ``release_after_verify``, released once verified and verified again when its files
-        (``fingerprint``) change."""
+        (``fingerprint``) change; a failed load again is tried again after a while (``now``)."""
         got = outputs if outputs is not None or index > 0 else outcome.production_outputs
-        verdict = self.engines[index].round(got, found, generation, fingerprint)
+        verdict = self.engines[index].round(got, found, generation, fingerprint, now)
         return Judgement(
             verdict.results, release_production=verdict.release, reload_production=verdict.reload
         )

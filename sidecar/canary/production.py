@@ -6,8 +6,8 @@ An engine loaded in the worker is compared with its manifest's goldens on every 
 own sticky latch). With ``release_after_verify`` it is released once it passed, and its pass
 stays valid (``VerifiedAndReleased``) while its files (manifest, engine file, golden inputs and
 outputs: a :data:`Fingerprint`) are those it was verified from; when they change it is loaded
-again (``EngineChanged``) and verified again. A load that fails is reported until they change
-again.
+again (``EngineChanged``) and verified again. A load that fails is reported, and tried again
+every ``restart_backoff_max`` and at once when the files change again.
 """
 
 from __future__ import annotations
@@ -43,13 +43,15 @@ class EngineVerdict:
 class EngineCanary:
     """What one production engine's canary remembers between rounds."""
 
-    def __init__(self, config: ProductionEngineConfig, recovery_passes: int) -> None:
+    def __init__(self, config: ProductionEngineConfig, recovery_passes: int, retry_s: float = 60.0) -> None:
         self.config = config
         self.latch = MismatchLatch(recovery_passes)
         self.failed: CheckResult | None = None  # the last result while the latch holds
         self.released = False
         self.verified: Fingerprint = None  # the files its released pass was of
-        self.load_failed: tuple[Fingerprint, CheckResult] | None = None  # a failed reload
+        self.retry_s = retry_s  # a failed reload is tried again this often (and on a change)
+        # a failed reload: of which files, its result, when
+        self.load_failed: tuple[Fingerprint, CheckResult, float] | None = None
 
     def name(self, found: ProductionGolden | None = None) -> str:
         stem = found.manifest.name if found is not None else self.config.manifest.stem
@@ -65,6 +67,7 @@ class EngineCanary:
         found: ProductionGolden,
         generation: int,
         fingerprint: Fingerprint = None,
+        now: float = 0.0,
     ) -> EngineVerdict:
         """``outputs``: the engine's answer this round (None: not loaded in the worker).
         ``fingerprint``: its files as loaded (with outputs), or as they are now (without)."""
@@ -72,7 +75,7 @@ class EngineCanary:
         name = self.name(found)
         gates = v.GATES | {engine_service(m.name)}
         if outputs is None:
-            return self._not_loaded(name, gates, fingerprint)
+            return self._not_loaded(name, gates, fingerprint, now)
         cmp = compare_outputs(outputs, found.outputs(), m.tolerance)
         if not cmp.matches:
             self.latch.mismatch(generation, f"production engine {m.name}: {cmp.detail}")
@@ -92,11 +95,13 @@ class EngineCanary:
         self.released, self.verified = True, fingerprint
         return EngineVerdict([passed], release=True)
 
-    def _not_loaded(self, name: str, gates: frozenset[str], fingerprint: Fingerprint) -> EngineVerdict:
+    def _not_loaded(
+        self, name: str, gates: frozenset[str], fingerprint: Fingerprint, now: float
+    ) -> EngineVerdict:
         if self.load_failed is not None:
-            failed_for, result = self.load_failed
-            if fingerprint == failed_for:
-                return EngineVerdict([result])
+            failed_for, result, at = self.load_failed
+            if fingerprint == failed_for:  # the same files: tried again now and then
+                return EngineVerdict([result], reload=now - at >= self.retry_s)
             self.load_failed = None
             return self._changed(name, gates, "changed since its load failed")
         if self.released:
@@ -119,17 +124,19 @@ class EngineCanary:
         return EngineVerdict([CheckResult.unknown(name, "EngineChanged", msg, gates=gates)], reload=True)
 
     def reload_failed(
-        self, err: WorkerError, found: ProductionGolden, fingerprint: Fingerprint
+        self, err: WorkerError, found: ProductionGolden, fingerprint: Fingerprint, now: float = 0.0
     ) -> CheckResult:
-        """Loading it again failed: reported until its files change again."""
+        """Loading it again failed: reported until it loads (tried again every ``retry_s``,
+        and at once when its files change)."""
         m = found.manifest
         labels = {**err.labels, **({"cuda_error": err.cuda_error} if err.cuda_error else {})}
         result = CheckResult.failed(
             self.name(found),
             err.reason,
-            f"production engine {m.name} could not be loaded again: {err.message}",
+            f"production engine {m.name} could not be loaded again: {err.message} (tried again "
+            f"every {self.retry_s:g}s and when its files change)",
             labels=labels,
             gates=v.GATES | {engine_service(m.name)},
         )
-        self.load_failed = (fingerprint, result)
+        self.load_failed = (fingerprint, result, now)
         return result

@@ -54,7 +54,12 @@ class ProductionEngines:
                 e.loaded = await asyncio.to_thread(e.goldens.fingerprint)
 
     async def rounds(
-        self, outcome: RunOutcome, generation: int, judge: CanaryJudge, sup: CanarySupervisor
+        self,
+        outcome: RunOutcome,
+        generation: int,
+        judge: CanaryJudge,
+        sup: CanarySupervisor,
+        now: float,
     ) -> list[CheckResult]:
         """Each engine's ``canary/engine/<name>`` for this round (a released one: whether its
         pass still stands); releases and loads again what the judge asks for."""
@@ -70,7 +75,9 @@ class ProductionEngines:
             if e.spec.release_after_verify:
                 loaded = outputs is not None or (i == 0 and outcome.production_outputs is not None)
                 fp = e.loaded if loaded else await asyncio.to_thread(e.goldens.fingerprint)
-            j = judge.production_round(outcome, found, generation, index=i, outputs=outputs, fingerprint=fp)
+            j = judge.production_round(
+                outcome, found, generation, index=i, outputs=outputs, fingerprint=fp, now=now
+            )
             out.extend(j.results)
             if j.release_production:
                 await sup.release_production(e.spec.manifest)
@@ -78,5 +85,6 @@ class ProductionEngines:
                 e.loaded = fp
                 err = await sup.load_engine(e.spec)
                 if err is not None:
-                    out.append(judge.engines[i].reload_failed(err, found, fp))
+                    out = [r for r in out if r.name != j.results[0].name]  # replaced by why
+                    out.append(judge.engines[i].reload_failed(err, found, fp, now))
         return out

@@ -520,6 +520,8 @@ def test_released_engine_rounds(tmp_path: Path, steps: list[Step], want: list[st
 
 
 def test_failed_reload_is_held_until_the_files_change(tmp_path: Path) -> None:
+    """A released engine's failed load again: its reason held; tried again after
+    restart_backoff_max, and at once when the files change."""
     j, found = _production(tmp_path, True)
     j.production_round(ok([1.0]), found, 0, outputs={"out": np.array(GOOD, np.float32)}, fingerprint="f1")
     assert j.production_round(ok([1.0]), found, 0, fingerprint="f2").reload_production
@@ -531,8 +533,10 @@ def test_failed_reload_is_held_until_the_files_change(tmp_path: Path) -> None:
         "EngineLoadFailed",
     )
     assert "engine/prod" in failed.gates and "could not be loaded again: bad model" in failed.message
-    held = j.production_round(ok([1.0]), found, 0, fingerprint="f2")
+    held = j.production_round(ok([1.0]), found, 0, fingerprint="f2", now=59.0)
     assert held.results == [failed] and not held.reload_production
+    retry = j.production_round(ok([1.0]), found, 0, fingerprint="f2", now=60.0)  # restart_backoff_max
+    assert retry.results == [failed] and retry.reload_production  # tried again (memory may be back)
     again = j.production_round(ok([1.0]), found, 0, fingerprint="f3")
     assert again.results[0].reason == "EngineChanged" and again.reload_production
 
