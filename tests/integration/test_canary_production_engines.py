@@ -4,16 +4,19 @@ until its files change, and then it is loaded again and verified again."""
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from sidecar.canary import protocol
 from sidecar.canary.component import CanaryComponent
 from sidecar.canary.config import ProductionEngineConfig
+from sidecar.canary.worker.main import Worker
 from sidecar.core.values import CheckResult, CheckStatus, Severity
-from sidecar.testing.canary import Sink, main, make, onnx_engine, reason, until
+from sidecar.testing.canary import ENGINES, Sink, main, make, onnx_engine, reason, until
 
 PRIMARY = "canary/engine/prim"
 FALLBACK = "canary/engine/fb"
@@ -132,3 +135,36 @@ async def test_released_engine_whose_new_file_cannot_load_reports_it(tmp_path: P
         await _rounds_until(comp, FALLBACK, reason("VerifiedAndReleased"))
     finally:
         await comp.stop()
+
+
+def test_worker_protocol_several_engines_and_the_one_engine_form(tmp_path: Path) -> None:
+    """The worker (in this process, ONNX Runtime): a load in the one-engine form
+    (``production``) and one more engine by ``load_engine``; a run answers each by manifest
+    path; ``release`` of one manifest drops only it, ``release`` without one drops all."""
+    a = str(onnx_engine(tmp_path / "a", "a"))
+    b = str(onnx_engine(tmp_path / "b", "b"))
+    out = io.BytesIO()
+    worker = Worker(out, allow_faults=False)
+
+    def ask(msg: dict[str, object]) -> dict[str, object]:
+        start = out.tell()
+        assert worker.handle(msg)
+        out.seek(start)
+        reply = protocol.loads(out.readline())
+        out.seek(0, io.SEEK_END)
+        return reply
+
+    load = {"op": "load", "runner": "onnxruntime", "manifest": str(ENGINES / "canary" / "manifest.yaml")}
+    assert ask({**load, "production": {"manifest": a, "memory_budget_mib": 64}})["ok"]
+    assert ask({"op": "load_engine", "production": {"manifest": b, "memory_budget_mib": 64}})["ok"]
+    bad = ask({"op": "load_engine", "production": {"manifest": str(tmp_path / "none.yaml")}})
+    assert not bad["ok"] and bad["error"]["reason"] == "EngineMissing"  # type: ignore[index]
+    run = ask({"op": "run", "id": 1})
+    outputs = run["engine_outputs"]
+    assert isinstance(outputs, dict) and sorted(outputs) == [a, b]
+    golden = np.load(tmp_path / "a" / "golden_output.npy")
+    assert np.allclose(protocol.decode_arrays(outputs[a])["y"], golden, atol=1e-5)
+    assert ask({"op": "release", "manifest": a})["ok"]
+    assert sorted(ask({"op": "run", "id": 2})["engine_outputs"]) == [b]  # type: ignore[arg-type]
+    assert ask({"op": "release"})["ok"]
+    assert "engine_outputs" not in ask({"op": "run", "id": 3})
