@@ -195,7 +195,9 @@ def _parse_workload(sec: Section) -> WorkloadConfig:
     return parse_workload_config(sec)
 
 
-def _build_workload(config: WorkloadConfig, ctx: BuildContext) -> WorkloadComponent:
+def _build_workload(config: WorkloadConfig, ctx: BuildContext) -> WorkloadComponent | None:
+    if not config.enabled:  # off (the default): nothing to probe, nothing imported
+        return None
     from sidecar.workload.component import WorkloadComponent
 
     return WorkloadComponent(config, registry=ctx.registry, gpu_state=ctx.gpu_state)
@@ -220,7 +222,9 @@ def _parse_actions(sec: Section) -> ActionsConfig:
     return parse_actions_config(sec)
 
 
-def _build_actions(config: ActionsConfig, ctx: BuildContext) -> ActionsComponent:
+def _build_actions(config: ActionsConfig, ctx: BuildContext) -> ActionsComponent | None:
+    if not config.enabled:  # off (the default): nothing is built, no HTTP client is made
+        return None
     from sidecar.actions.component import ActionsComponent, workload_probe_factory
 
     return ActionsComponent(
