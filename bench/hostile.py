@@ -196,7 +196,7 @@ def probe_under_watch_flood(
             f"  {name:14s} {streams} Watch at once on 1 connection: opened "
             f"{watch.opened.get('opened')}, refused {watch.opened.get('refused')}, failed "
             f"{watch.opened.get('failed')} ({open_s:.1f} s): probes {res.get('probes')}, "
-            f"failed {failed} {res.get('failed_examples', [])[:3]}, "
+            f"failed {failed} {(res.get('failed_examples') or [])[:3]}, "
             f"p50 {lat.get('p50_ms', 0):.1f} p99 {lat.get('p99_ms', 0):.1f} "
             f"max {lat.get('max_ms', 0):.1f} ms",
             flush=True,
@@ -365,7 +365,7 @@ def http_attacks(gen: Generator, *, quick: bool, fd_limit: int = 1024) -> dict[s
                 "attacker": json.loads(out.strip().splitlines()[-1]) if out.strip() else {},
                 "grpc_probes": box.get("probes", 0),
                 "grpc_failed": box.get("probes", 0) - int(lat.get("n", 0)),
-                "grpc_failed_examples": box.get("failed_examples", []),
+                "grpc_failed_examples": box.get("failed_examples") or [],
                 "grpc_latency": lat,
                 "http_probes": len(http_probes),
                 "http_failed": len(http_probes) - len(http_ok),
