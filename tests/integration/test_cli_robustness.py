@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from sidecar.testing import sidecar_argv
+
 from .conftest import NOT_SERVING, REPO, SERVING, check, wait_until
 
 
@@ -66,19 +68,7 @@ def test_stop_signal_during_start_up_exits_0_quietly(tmp_path: Path, sig: int) -
     err = tmp_path / "err.log"
     with open(err, "w") as f:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sidecar",
-                "serve",
-                "--simulate",
-                "--grpc-port",
-                "0",
-                "--http-port",
-                "0",
-                "--state-dir",
-                str(tmp_path / "state"),
-            ],
+            sidecar_argv("--simulate", "--state-dir", str(tmp_path / "state")),
             stdout=subprocess.DEVNULL,
             stderr=f,
             cwd=REPO,
@@ -176,21 +166,7 @@ def test_unknown_flag_shows_the_subcommands_usage() -> None:
 
 def _serve_on_socket(tmp_path: Path, sock: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sidecar",
-            "serve",
-            "--simulate",
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "0",
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--unix-socket",
-            str(sock),
-        ],
+        sidecar_argv("--simulate", "--state-dir", str(tmp_path / "state"), "--unix-socket", str(sock)),
         capture_output=True,
         text=True,
         timeout=60,

@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -36,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar.engine.manifest import EngineManifest, TensorSpec, dump_manifest
 from sidecar.engine.plan import make_plan_header
 from sidecar.proto import diagnostics_pb2, diagnostics_pb2_grpc
-from sidecar.testing import child_pids, wait_until
+from sidecar.testing import child_pids, sidecar_argv, wait_until
 from sidecar.testing.canary import onnx_engine
 from sidecar.testing.mlserver import MLServer, index, infer_version, mlserver_exe, running_mlserver
 from sidecar.testing.reload import Watcher
@@ -957,21 +956,7 @@ def test_unix_socket_path_holding_a_file_is_kept(tmp_path: Path, row: Row) -> No
     data = os.urandom(4096)
     path.write_bytes(data)
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sidecar",
-            "serve",
-            "--simulate",
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "0",
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--unix-socket",
-            str(path),
-        ],
+        sidecar_argv("--simulate", "--state-dir", str(tmp_path / "state"), "--unix-socket", str(path)),
         capture_output=True,
         text=True,
         timeout=60,
