@@ -38,7 +38,7 @@ from sidecar.engine.keep import LastGoodKeep
 from sidecar.engine.manifest import read_manifest
 from sidecar.engine.metrics import EngineMetrics
 from sidecar.engine.verify import CONDITIONS, EngineVerification
-from sidecar.engine.watch import FileWatcher, choose_watcher
+from sidecar.runtime.watch import FileWatcher, choose_watcher
 
 log = logging.getLogger(__name__)
 

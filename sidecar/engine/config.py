@@ -9,7 +9,7 @@ from pathlib import Path
 from sidecar.config import Section
 from sidecar.config.fields import duration, flag, number, opt_path, opt_text, read, sections, text
 from sidecar.engine.manifest import FORMATS
-from sidecar.engine.watch import WATCH_MODES
+from sidecar.runtime.watch import WATCH_MODES
 
 
 def _known_format(fmt: str) -> str | None:

@@ -16,7 +16,7 @@ from sidecar.core.values import CheckStatus, Severity
 from sidecar.engine.component import EngineComponent
 from sidecar.engine.config import EngineSpec
 from sidecar.engine.plan import make_plan_header
-from sidecar.engine.watch import PollWatcher, choose_watcher
+from sidecar.runtime.watch import PollWatcher, choose_watcher
 from sidecar.testing.engine import PLAN_VERSION, Sink, config, is_, plan_bytes, started, write_engine
 
 
@@ -315,7 +315,7 @@ def test_inotify_failure_falls_back_to_poll(tmp_path: Path) -> None:
 
 def test_real_filesystem_type_is_found(tmp_path: Path) -> None:
     """filesystem_type reads /proc/self/mountinfo and names the tmp folder's file system."""
-    from sidecar.engine.watch import filesystem_type
+    from sidecar.runtime.watch import filesystem_type
 
     if not Path("/proc/self/mountinfo").exists():
         pytest.skip("no /proc/self/mountinfo")
