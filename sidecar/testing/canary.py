@@ -74,6 +74,7 @@ def make(
     scenario: dict[str, Any] | None = None,
     gpu: GpuState | None = None,
     clock: Callable[[], float] = time.monotonic,
+    state_dir: Path | None = None,
     **cfg: Any,
 ) -> tuple[CanaryComponent, ScenarioFile | None, CollectorRegistry]:
     sf: ScenarioFile | None = None
@@ -92,6 +93,7 @@ def make(
         gpu_state=gpu,
         engines_dir=ENGINES,
         clock=clock,
+        state_dir=state_dir,
     )
     return comp, sf, reg
 

@@ -54,8 +54,7 @@ class Harness:
         poll = next(c for c in self.component.checks() if c.name == "gpu")
         self.sink.submit(await poll.run())
 
-    async def start(self, boot_id: str = "boot-1") -> GpuComponent:
-        await self.scenario.start()
+    async def _start_component(self, boot_id: str) -> GpuComponent:
         self.component = GpuComponent(
             self.config,
             simulate=True,
@@ -68,22 +67,17 @@ class Harness:
         await self.component.start(self.sink)
         return self.component
 
+    async def start(self, boot_id: str = "boot-1") -> GpuComponent:
+        await self.scenario.start()
+        return await self._start_component(boot_id)
+
     async def restart(self, boot_id: str = "boot-1") -> GpuComponent:
+        """A new component on the same state dir, with a fresh sink and registry."""
         assert self.component is not None
         await self.component.stop()
         self.sink = RecordingSink()
         self.registry = CollectorRegistry()
-        self.component = GpuComponent(
-            self.config,
-            simulate=True,
-            scenario=self.scenario,
-            registry=self.registry,
-            state_dir=self.state_dir,
-            boot_id=boot_id,
-            clock=self.clock,
-        )
-        await self.component.start(self.sink)
-        return self.component
+        return await self._start_component(boot_id)
 
     async def stop(self) -> None:
         if self.component is not None:

@@ -24,6 +24,7 @@ from sidecar.testing.canary import (
     GpuState,
     Sink,
     main,
+    make,
     reason,
     set_scenario,
     until,
@@ -41,25 +42,15 @@ def make_tc(
     inject: bool = False,
     **cfg: Any,
 ) -> tuple[CanaryComponent, ScenarioFile | None, CollectorRegistry]:
-    sf: ScenarioFile | None = None
-    if scenario is not None:
-        path = tmp_path / "scenario.yaml"
-        path.write_text(yaml.safe_dump(scenario))
-        sf = ScenarioFile(path)
-        sf.reload()
-    reg = CollectorRegistry()
     tc = TensorCoreConfig(blocks_per_sm=2, allow_fault_injection=inject, simulated_sms=16)
-    config = CanaryConfig(**{**FAST, "runner": "tensor-core", "tensor_core": tc, **cfg})
-    comp = CanaryComponent(
-        config,
+    return make(
+        tmp_path,
         simulate=simulate,
-        scenario=sf,
-        registry=reg,
-        gpu_state=gpu,
-        engines_dir=ENGINES,
+        scenario=scenario,
+        gpu=gpu,
         state_dir=tmp_path / "state",
+        **{"runner": "tensor-core", "tensor_core": tc, **cfg},
     )
-    return comp, sf, reg
 
 
 def named(results: list[CheckResult], name: str) -> CheckResult:
